@@ -1,0 +1,1 @@
+"""Datasets: the nodule table format (`lidc-voi`), LIDC from DICOM, and a hospital's own cases."""

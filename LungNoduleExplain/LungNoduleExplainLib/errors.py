@@ -1,0 +1,25 @@
+"""Exceptions the engine raises on bad input; each message names the file/field and what was expected."""
+
+
+class LungNoduleExplainError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class InputImageError(LungNoduleExplainError, ValueError):
+    """A CT image is missing, unreadable, or not a usable chest CT."""
+
+
+class PointError(LungNoduleExplainError, ValueError):
+    """A clicked point is outside the image or otherwise unusable."""
+
+
+class DatasetError(LungNoduleExplainError, ValueError):
+    """A dataset folder or table does not follow the expected format."""
+
+
+class BundleError(LungNoduleExplainError, ValueError):
+    """A model bundle is missing, incomplete, or fails its checksum."""
+
+
+class ConfigError(LungNoduleExplainError, ValueError):
+    """A configuration (tasks, training, network) is invalid."""

@@ -1,0 +1,120 @@
+"""The classifier's input patch: resample, clip, normalise, centre-crop/pad, and the way back to the CT grid.
+
+METHOD.md: 0.7 x 0.7 x 1.25 mm (x, y, z), clip to the [0.5, 99.5] percentiles, min-max to [0, 1],
+64 x 64 x 32 voxels (x, y, z) centred on the nodule, padded with air (-1000 HU). The patch grid is axis-aligned
+in LPS (identity direction) whatever the CT's direction, so the network always sees the same anatomical
+orientation. Arrays are numpy [z, y, x] (SimpleITK order); torch tensors [C, D=z, H=y, W=x].
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+SPACING_XYZ_MM: tuple[float, float, float] = (0.7, 0.7, 1.25)
+PATCH_SIZE_XYZ: tuple[int, int, int] = (64, 64, 32)
+AIR_HU = -1000.0
+CLIP_PERCENTILES = (0.5, 99.5)
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """Physical grid of a patch (LPS mm). `size` and `spacing` are (x, y, z)."""
+
+    origin: tuple[float, float, float]
+    spacing: tuple[float, float, float] = SPACING_XYZ_MM
+    size: tuple[int, int, int] = PATCH_SIZE_XYZ
+    direction: tuple[float, ...] = IDENTITY
+
+    @classmethod
+    def centred_at(cls, center_lps: Sequence[float], spacing: Sequence[float] = SPACING_XYZ_MM,
+                   size: Sequence[int] = PATCH_SIZE_XYZ) -> "PatchGeometry":
+        """The patch whose continuous centre ((size - 1) / 2 in index space) lies at `center_lps`."""
+        spacing_a = np.asarray(spacing, dtype=float)
+        origin = np.asarray(center_lps, dtype=float) - (np.asarray(size) - 1) / 2.0 * spacing_a
+        return cls(tuple(float(v) for v in origin), tuple(float(s) for s in spacing),
+                   tuple(int(n) for n in size))
+
+    @property
+    def center_lps(self) -> np.ndarray:
+        return np.asarray(self.origin) + (np.asarray(self.size) - 1) / 2.0 * np.asarray(self.spacing)
+
+    def reference_image(self, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
+        ref = sitk.Image([int(n) for n in self.size], pixel_type)
+        ref.SetOrigin(self.origin)
+        ref.SetSpacing(self.spacing)
+        ref.SetDirection(self.direction)
+        return ref
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PatchGeometry":
+        return cls(**{k: tuple(v) for k, v in data.items()})
+
+
+def resample_to_grid(image: sitk.Image, geometry: PatchGeometry, *, interpolator: int = sitk.sitkLinear,
+                     default_value: float = AIR_HU) -> np.ndarray:
+    """Resample `image` onto the patch grid; voxels outside `image` get `default_value`. Returns [z, y, x] float32."""
+    resampled = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), geometry.reference_image(), sitk.Transform(),
+                              interpolator, float(default_value), sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(resampled)
+
+
+def normalise_intensity(hu: np.ndarray, percentiles: tuple[float, float] = CLIP_PERCENTILES) -> np.ndarray:
+    """Clip to the patch's own [0.5, 99.5] percentiles and min-max to [0, 1] (float32)."""
+    lo, hi = np.percentile(hu, percentiles)
+    if hi <= lo:
+        return np.zeros_like(hu, dtype=np.float32)
+    return ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+@dataclass
+class Patch:
+    """One classifier input: normalised image and prior on the patch grid, with that grid's geometry.
+
+    image: [z, y, x] float32 in [0, 1]. prior: [z, y, x] float32 in [0, 1] (nodule probability or mask).
+    """
+
+    image: np.ndarray
+    prior: np.ndarray
+    geometry: PatchGeometry
+
+
+def extract_patch(ct: sitk.Image, center_lps: Sequence[float], prior: sitk.Image | None = None, *,
+                  spacing: Sequence[float] = SPACING_XYZ_MM, size: Sequence[int] = PATCH_SIZE_XYZ) -> Patch:
+    """Cut the classifier patch centred at `center_lps` from `ct` (HU) and, if given, its prior map.
+
+    Areas outside the CT are padded with air; a tight VOI is therefore padded, never stretched.
+    The prior (probability in [0, 1] or binary mask) is resampled linearly onto the same grid.
+    """
+    geometry = PatchGeometry.centred_at(center_lps, spacing, size)
+    image = normalise_intensity(resample_to_grid(ct, geometry))
+    if prior is None:
+        prior_array = np.zeros_like(image)
+    else:
+        prior_array = np.clip(resample_to_grid(prior, geometry, default_value=0.0), 0.0, 1.0)
+    return Patch(image=image, prior=prior_array.astype(np.float32), geometry=geometry)
+
+
+def paste_to_reference(array: np.ndarray, geometry: PatchGeometry, reference: sitk.Image, *,
+                       interpolator: int = sitk.sitkLinear, default_value: float = 0.0) -> sitk.Image:
+    """Map a patch-grid array [z, y, x] back onto `reference`'s grid (size, spacing, origin, direction).
+
+    The inverse of `resample_to_grid`: returns a float32 image with `reference`'s geometry; outside the patch
+    it holds `default_value`.
+    """
+    expected = tuple(reversed(geometry.size))
+    if array.shape != expected:
+        raise ValueError(f"patch array has shape {array.shape}; expected [z, y, x] = {expected}")
+    patch_image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
+    patch_image.SetOrigin(geometry.origin)
+    patch_image.SetSpacing(geometry.spacing)
+    patch_image.SetDirection(geometry.direction)
+    return sitk.Resample(patch_image, reference, sitk.Transform(), interpolator, float(default_value),
+                         sitk.sitkFloat32)

@@ -1,0 +1,159 @@
+"""CT volume I/O and point geometry.
+
+Conventions: SimpleITK/ITK/DICOM world coordinates are LPS millimetres; Slicer shows RAS millimetres
+(x and y negated). Voxel indices are (i, j, k) = (x, y, z) in ITK order; numpy arrays from SimpleITK are
+indexed [k, j, i] = [z, y, x].
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputImageError, PointError
+
+logger = logging.getLogger(__name__)
+
+PointSpace = Literal["ras", "lps", "ijk"]
+POINT_SPACES: tuple[str, ...] = ("ras", "lps", "ijk")
+
+# Spacing outside this range (mm) is not a CT a radiologist would read nodules on.
+MIN_SPACING_MM = 0.05
+MAX_SPACING_MM = 10.0
+
+
+def read_ct(path: str | Path) -> sitk.Image:
+    """Read a CT from a DICOM series folder or a NIfTI/NRRD/MHA file and validate it.
+
+    Returns a float32-free copy in its original pixel type; geometry (origin, spacing, direction) is kept.
+    Raises InputImageError naming the path and the problem.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputImageError(f"CT not found: {path}")
+    if path.is_dir():
+        image = _read_dicom_folder(path)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise InputImageError(f"cannot read CT file {path}: {_first_line(exc)}") from exc
+    validate_ct(image, source=str(path))
+    return image
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series_ids = reader.GetGDCMSeriesIDs(str(folder)) or ()
+    if not series_ids:
+        raise InputImageError(f"no DICOM series found in folder {folder}")
+    if len(series_ids) > 1:
+        raise InputImageError(
+            f"DICOM folder {folder} mixes {len(series_ids)} series ({', '.join(series_ids)}); "
+            "expected exactly one series per folder"
+        )
+    files = reader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
+    if len(files) < 2:
+        raise InputImageError(f"DICOM folder {folder} holds a single slice; a 3D CT needs at least 2 slices")
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputImageError(f"cannot read DICOM series in {folder}: {_first_line(exc)}") from exc
+    _check_slice_gaps(files, folder)
+    return image
+
+
+def _check_slice_gaps(files: Sequence[str], folder: Path) -> None:
+    """A missing slice makes the series non-uniform; ITK would silently stretch it."""
+    z = []
+    for name in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(name)
+        r.LoadPrivateTagsOff()
+        try:
+            r.ReadImageInformation()
+            z.append(float(r.GetMetaData("0020|0032").split("\\")[2]))
+        except RuntimeError as exc:
+            raise InputImageError(f"corrupt DICOM file {name}: {_first_line(exc)}") from exc
+        except (KeyError, IndexError, ValueError):
+            return  # no ImagePositionPatient: nothing to check against
+    steps = np.abs(np.diff(np.sort(z)))
+    if len(steps) and steps.max() > 1.5 * np.median(steps) + 1e-3:
+        raise InputImageError(
+            f"DICOM series in {folder} has missing slices: gap of {steps.max():.2f} mm where the "
+            f"slice spacing is {np.median(steps):.2f} mm"
+        )
+
+
+def validate_ct(image: sitk.Image, source: str = "CT") -> None:
+    """Check dimension, spacing, finiteness and Hounsfield range; raise InputImageError if unusable."""
+    if image.GetDimension() != 3:
+        raise InputImageError(f"{source}: expected a 3D CT, got a {image.GetDimension()}D image")
+    size = image.GetSize()
+    if min(size) < 2:
+        raise InputImageError(f"{source}: expected a 3D CT with at least 2 voxels per axis, got size {size}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError(f"{source}: expected a single-channel CT, got "
+                              f"{image.GetNumberOfComponentsPerPixel()} components per voxel")
+    spacing = image.GetSpacing()
+    if not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in spacing):
+        raise InputImageError(
+            f"{source}: spacing {tuple(round(s, 4) for s in spacing)} mm is missing or absurd; "
+            f"expected each axis in [{MIN_SPACING_MM}, {MAX_SPACING_MM}] mm"
+        )
+    array = sitk.GetArrayViewFromImage(image)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        n_bad = int((~np.isfinite(array)).sum())
+        raise InputImageError(f"{source}: {n_bad} voxels are NaN or Inf; expected finite Hounsfield units")
+    if array.dtype == np.uint8:
+        raise InputImageError(f"{source}: 8-bit pixels cannot hold Hounsfield units; expected a CT in HU")
+    lo, hi = float(array.min()), float(array.max())
+    # Air is about -1000 HU; a CT crop without anything below -500 HU is not lung CT (MR, PET, or rescaled).
+    if lo > -500 or hi < -200 or hi > 40000:
+        raise InputImageError(
+            f"{source}: intensity range [{lo:g}, {hi:g}] does not look like CT in Hounsfield units "
+            "(expected air near -1000 HU and soft tissue near 0 HU)"
+        )
+
+
+def ras_to_lps(point: Sequence[float]) -> np.ndarray:
+    """RAS millimetres (Slicer) to LPS millimetres (ITK): negate x and y."""
+    p = np.asarray(point, dtype=float)
+    return np.array([-p[0], -p[1], p[2]])
+
+
+lps_to_ras = ras_to_lps  # the same sign flip both ways
+
+
+def point_to_lps(point: Sequence[float], space: PointSpace, image: sitk.Image) -> np.ndarray:
+    """Convert a point given in RAS mm, LPS mm or voxel index (i, j, k) to LPS mm; check it is inside `image`."""
+    if len(point) != 3:
+        raise PointError(f"a point needs 3 coordinates, got {len(point)}: {tuple(point)}")
+    if not np.all(np.isfinite(np.asarray(point, dtype=float))):
+        raise PointError(f"point {tuple(point)} has non-finite coordinates")
+    if space == "ras":
+        lps = ras_to_lps(point)
+    elif space == "lps":
+        lps = np.asarray(point, dtype=float)
+    elif space == "ijk":
+        lps = np.asarray(image.TransformContinuousIndexToPhysicalPoint([float(c) for c in point]))
+    else:
+        raise PointError(f"unknown point space {space!r}; expected one of {POINT_SPACES}")
+    index = np.asarray(image.TransformPhysicalPointToContinuousIndex(lps.tolist()))
+    size = np.asarray(image.GetSize())
+    if np.any(index < -0.5) or np.any(index > size - 0.5):
+        raise PointError(
+            f"point {tuple(np.round(point, 2))} ({space.upper()}) lies outside the image: voxel index "
+            f"{tuple(np.round(index, 1))} is not within size {tuple(int(s) for s in size)}"
+        )
+    return lps
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
