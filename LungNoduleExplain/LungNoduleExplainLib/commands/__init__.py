@@ -1,0 +1,1 @@
+"""One module per `lungnodule-explain` verb: `register(subparsers)` and `run(args) -> int`."""
