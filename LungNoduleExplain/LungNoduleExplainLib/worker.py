@@ -1,0 +1,254 @@
+"""Background worker: `python -m LungNoduleExplainLib.worker REQUEST.json`.
+
+Slicer (or any front end) runs this in its own process so its UI never freezes, and reads one JSON object per
+line on stdout:
+
+    {"type": "progress", "fraction": 0.0-1.0, "message": "..."}
+    {"type": "log", "level": "info" | "warning" | "error", "message": "..."}
+    {"type": "result", "out_dir": "...", "findings": ["<out_dir>/nodule-01/finding.json", ...],
+     "report": "<out_dir>/report.html" | null, "device": "cpu" | "cuda"}
+    {"type": "error", "message": "...", "error_type": "InputImageError"}
+
+Exit code: 0 success, 2 bad input (an engine error whose message says what was expected), 1 unexpected failure.
+Anything else a library prints goes to stderr, so stdout carries only protocol lines.
+
+The request (JSON object):
+    ct: path of a CT (DICOM folder, NRRD, NIfTI, MHA); points: [[x, y, z], ...]; space: "ras" | "lps" | "ijk"
+    (default "ras"); bundle: null (the shipped model) or a bundle path; device: "auto" | "cpu" | "cuda";
+    out_dir: folder for write_findings' layout (nodule-01/finding.json, ..., report.html).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Protocol, Sequence
+
+from .errors import LungNoduleExplainError
+from .volume import POINT_SPACES
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+ProgressCallback = Callable[[float, str], None]
+
+
+class RequestError(LungNoduleExplainError, ValueError):
+    """The worker's request file is missing, not JSON, or lacks a required field."""
+
+
+class AnalyzerLike(Protocol):
+    def analyze(self, ct: Any, point: Sequence[float], space: str = "ras") -> Any: ...
+
+
+AnalyzerFactory = Callable[..., AnalyzerLike]  # (bundle=, device=, progress=) -> analyzer
+FindingsWriter = Callable[..., Path]  # (findings, ct, out_dir, title=...) -> report path
+
+
+@dataclass(frozen=True)
+class Request:
+    ct: Path
+    points: list[tuple[float, float, float]]
+    out_dir: Path
+    space: str = "ras"
+    bundle: Path | None = None
+    device: str = "auto"
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "request") -> "Request":
+        if not isinstance(data, dict):
+            raise RequestError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        for key in ("ct", "points", "out_dir"):
+            if key not in data:
+                raise RequestError(f"{source}: missing field {key!r}; required fields are ct, points, out_dir")
+        points = data["points"]
+        if not isinstance(points, list) or not points:
+            raise RequestError(f"{source}: 'points' must be a non-empty list of [x, y, z], got {points!r}")
+        for point in points:
+            if not isinstance(point, (list, tuple)) or len(point) != 3 or \
+                    not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point):
+                raise RequestError(f"{source}: each point must be [x, y, z] numbers, got {point!r}")
+        space = data.get("space", "ras")
+        if space not in POINT_SPACES:
+            raise RequestError(f"{source}: 'space' is {space!r}; expected one of {POINT_SPACES}")
+        device = data.get("device", "auto")
+        if device not in DEVICES:
+            raise RequestError(f"{source}: 'device' is {device!r}; expected one of {DEVICES}")
+        bundle = data.get("bundle")
+        return cls(ct=Path(data["ct"]), points=[tuple(float(v) for v in p) for p in points],
+                   out_dir=Path(data["out_dir"]), space=space,
+                   bundle=Path(bundle) if bundle else None, device=device)
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Request":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise RequestError(f"request file not found: {path}") from exc
+        except json.JSONDecodeError as exc:
+            raise RequestError(f"request file {path} is not valid JSON: {exc}") from exc
+        return cls.from_json(data, source=str(path))
+
+    def to_json(self) -> dict:
+        return {"ct": str(self.ct), "points": [list(p) for p in self.points], "space": self.space,
+                "bundle": str(self.bundle) if self.bundle else None, "device": self.device,
+                "out_dir": str(self.out_dir)}
+
+
+class MessageWriter:
+    """Writes protocol messages as JSON lines, flushed at once so the reader sees progress live."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+
+    def send(self, message_type: str, **fields: Any) -> None:
+        self.stream.write(json.dumps({"type": message_type, **fields}) + "\n")
+        self.stream.flush()
+
+    def progress(self, fraction: float, message: str) -> None:
+        self.send("progress", fraction=round(min(max(float(fraction), 0.0), 1.0), 4), message=message)
+
+    def log(self, message: str, level: str = "info") -> None:
+        self.send("log", level=level, message=message)
+
+
+class _ProtocolLogHandler(logging.Handler):
+    """Forwards the engine's INFO+ log records as protocol log lines."""
+
+    def __init__(self, messages: MessageWriter):
+        super().__init__(logging.INFO)
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.messages.log(record.getMessage(), level=record.levelname.lower())
+        except Exception:  # noqa: BLE001 - a log line must never kill the analysis
+            self.handleError(record)
+
+
+def resolve_device(requested: str, cuda_available: Callable[[], bool] | None = None) -> tuple[str, str | None]:
+    """(device to use, note for the user or None). Never falls back silently."""
+    if requested == "cpu":
+        return "cpu", None
+    if cuda_available is None:
+        cuda_available = _torch_cuda_available
+    if cuda_available():
+        return "cuda", None
+    if requested == "cuda":
+        return "cpu", "CUDA was requested but is not available: running on CPU (this is much slower)"
+    return "cpu", "CUDA not available: running on CPU"
+
+
+def _torch_cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _default_analyzer_factory(**kwargs: Any) -> AnalyzerLike:
+    from .analysis import Analyzer
+    return Analyzer(**kwargs)
+
+
+def _default_findings_writer(findings: list, ct: Any, out_dir: Path, **kwargs: Any) -> Path:
+    from .reports import write_findings
+    return write_findings(findings, ct, out_dir, **kwargs)
+
+
+def _default_ct_reader(path: Path) -> Any:
+    from .volume import read_ct
+    return read_ct(path)
+
+
+def finding_paths(out_dir: Path, count: int) -> list[Path]:
+    """Where write_findings puts each nodule's finding.json, in point order."""
+    return [out_dir / f"nodule-{i + 1:02d}" / "finding.json" for i in range(count)]
+
+
+def run_request(request: Request, messages: MessageWriter, *,
+                analyzer_factory: AnalyzerFactory = _default_analyzer_factory,
+                findings_writer: FindingsWriter = _default_findings_writer,
+                ct_reader: Callable[[Path], Any] = _default_ct_reader,
+                cuda_available: Callable[[], bool] | None = None) -> None:
+    """Analyse every point of the request and write the results; raises on failure (main turns it into a line)."""
+    device, note = resolve_device(request.device, cuda_available)
+    if note:
+        messages.log(note, level="warning")
+    n = len(request.points)
+    # Share of the bar: 5 % reading and model loading, 85 % analysing, 10 % writing.
+    messages.progress(0.0, f"Reading CT {request.ct.name}")
+    ct = ct_reader(request.ct)
+    messages.progress(0.02, f"Loading the model on {device.upper()}")
+    current = {"index": 0}
+
+    def on_progress(fraction: float, message: str) -> None:
+        overall = 0.05 + 0.85 * (current["index"] + min(max(fraction, 0.0), 1.0)) / n
+        prefix = f"Nodule {current['index'] + 1}/{n}: " if n > 1 else ""
+        messages.progress(overall, prefix + message)
+
+    analyzer = analyzer_factory(bundle=request.bundle, device=device, progress=on_progress)
+    findings = []
+    for index, point in enumerate(request.points):
+        current["index"] = index
+        on_progress(0.0, f"analysing point {tuple(round(v, 1) for v in point)} ({request.space.upper()})")
+        findings.append(analyzer.analyze(ct, point, space=request.space))
+    messages.progress(0.9, "Writing segmentation, maps and report")
+    report = findings_writer(findings, ct, request.out_dir)
+    paths = finding_paths(request.out_dir, n)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise RuntimeError(f"the findings writer did not write {', '.join(missing)}")
+    messages.progress(1.0, "Done")
+    messages.send("result", out_dir=str(request.out_dir), findings=[str(p) for p in paths],
+                  report=str(report) if report else None, device=device)
+
+
+def main(argv: Sequence[str] | None = None, *, stream: IO[str] | None = None, **injected: Any) -> int:
+    """Run one request. `stream` (tests) receives the messages; by default the real stdout does, and fd 1 is
+    pointed at stderr so that prints from libraries (nnU-Net, torch) cannot corrupt the messages.
+    `injected`: analyzer_factory, findings_writer, ct_reader, cuda_available (see run_request)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if stream is None:
+        stream = _claim_stdout()
+    messages = MessageWriter(stream)
+    handler = _ProtocolLogHandler(messages)
+    engine_logger = logging.getLogger(__package__)
+    engine_logger.addHandler(handler)
+    engine_logger.setLevel(logging.INFO)
+    try:
+        if len(argv) != 1:
+            raise RequestError(f"usage: python -m {__package__}.worker REQUEST.json (got {len(argv)} arguments)")
+        run_request(Request.read(argv[0]), messages, **injected)
+        return EXIT_OK
+    except LungNoduleExplainError as exc:
+        messages.send("error", message=str(exc), error_type=type(exc).__name__)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # noqa: BLE001 - the front end must hear about every failure, with its traceback
+        messages.log(traceback.format_exc(), level="error")
+        messages.send("error", message=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
+        return EXIT_FAILURE
+    finally:
+        engine_logger.removeHandler(handler)
+
+
+def _claim_stdout() -> IO[str]:
+    """A private copy of stdout for the protocol; fd 1 and sys.stdout then go to stderr."""
+    sys.stdout.flush()
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(protocol_fd, "w", encoding="utf-8", buffering=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Fakes of the engine's analysis and report writer for the worker and Slicer-logic tests.
+
+`FakeAnalyzer` returns a small synthetic Finding on the CT grid (a sphere segmentation, one Gaussian map per
+output); `fake_write_findings` writes the same file layout as `reports.write_findings`. Run as a script it is
+the worker with these fakes: `python fake_engine.py REQUEST.json`; environment variables FAKE_DELAY_S (seconds
+per nodule, for cancel tests), FAKE_FAIL ("input" or "crash"), FAKE_NOISE=1 (print to stdout as libraries do)
+and FAKE_GRANDCHILD=1 (start a sleeping child process and log its pid, for process-tree kill tests).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from LungNoduleExplainLib.errors import PointError
+from LungNoduleExplainLib.finding import Finding, OutputResult, mask_size
+from LungNoduleExplainLib.volume import point_to_lps
+
+OUTPUTS = (("malignancy", "diagnosis", 0.5), ("spiculated", "manifestation", 0.4),
+           ("calcified", "manifestation", 0.5))
+RADIUS_MM = 6.0
+
+
+def _on_ct_grid(array: np.ndarray, ct: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(ct)
+    return image
+
+
+def _distance_mm(ct: sitk.Image, centre_lps: np.ndarray) -> np.ndarray:
+    """Distance of every voxel centre from centre_lps, as a [z, y, x] array (mm)."""
+    size = ct.GetSize()
+    k, j, i = np.meshgrid(*(np.arange(n) for n in reversed(size)), indexing="ij")
+    index = np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(float)
+    direction = np.asarray(ct.GetDirection()).reshape(3, 3)
+    points = np.asarray(ct.GetOrigin()) + (index * np.asarray(ct.GetSpacing())) @ direction.T
+    return np.linalg.norm(points - centre_lps, axis=1).reshape(tuple(reversed(size)))
+
+
+class FakeAnalyzer:
+    """Same constructor and analyze() as analysis.Analyzer; probabilities depend on the point's x."""
+
+    def __init__(self, bundle=None, device: str = "cpu", progress: Callable[[float, str], None] | None = None,
+                 delay_s: float = 0.0, fail: str | None = None):
+        self.device, self.progress, self.delay_s, self.fail = device, progress or (lambda f, m: None), delay_s, fail
+
+    def analyze(self, ct: sitk.Image, point: Sequence[float], space: str = "ras") -> Finding:
+        if self.fail == "input":
+            raise PointError(f"point {tuple(point)} lies in air far from any tissue")
+        if self.fail == "crash":
+            raise RuntimeError("simulated crash inside the model")
+        lps = point_to_lps(point, space, ct)
+        if os.environ.get("FAKE_NOISE"):
+            print("noise from a library on stdout", flush=True)
+            os.write(1, b"noise written straight to fd 1\n")
+        if os.environ.get("FAKE_GRANDCHILD"):
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+            logging.getLogger("LungNoduleExplainLib.fake").info("grandchild pid %d", child.pid)
+        for step in range(4):
+            self.progress(step / 4, ("segmenting", "classifying", "explaining", "pasting back")[step])
+            time.sleep(self.delay_s / 4)
+        distance = _distance_mm(ct, lps)
+        segmentation = _on_ct_grid((distance <= RADIUS_MM).astype(np.uint8), ct)
+        probability = _on_ct_grid(np.clip(1.5 - distance / RADIUS_MM, 0, 1).astype(np.float32), ct)
+        outputs = []
+        for n, (name, kind, threshold) in enumerate(OUTPUTS):
+            blob = np.exp(-(distance / (RADIUS_MM * (1 + n))) ** 2).astype(np.float32)
+            outputs.append(OutputResult(name=name, kind=kind, description=f"fake {name}",
+                                        probability=float(0.2 + 0.3 * n), threshold=threshold,
+                                        activation_map=_on_ct_grid(blob, ct)))
+        diameter, volume = mask_size(segmentation)
+        return Finding(point_lps=tuple(float(v) for v in lps), outputs=outputs, segmentation=segmentation,
+                       segmentation_probability=probability, diameter_mm=diameter, volume_mm3=volume,
+                       model_name="fake", model_version="0", prior="nnunet", device=self.device)
+
+
+def fake_write_findings(findings: list[Finding], ct: sitk.Image, out_dir, *, title: str = "fake",
+                        is_phantom: bool = False) -> Path:
+    """The layout of reports.write_findings, without PNGs."""
+    out_dir = Path(out_dir)
+    for index, finding in enumerate(findings):
+        folder = out_dir / f"nodule-{index + 1:02d}"
+        (folder / "maps").mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(finding.segmentation, str(folder / "segmentation.nrrd"), True)
+        sitk.WriteImage(finding.segmentation_probability, str(folder / "segmentation_probability.nrrd"), True)
+        for output in finding.outputs:
+            sitk.WriteImage(output.activation_map, str(folder / "maps" / f"{output.name}.nrrd"), True)
+        (folder / "finding.json").write_text(json.dumps(finding.summary(), indent=1))
+    report = out_dir / "report.html"
+    report.write_text(f"<html><body><h1>{title}</h1>{len(findings)} nodules</body></html>")
+    return report
+
+
+def fake_worker_main(argv: list[str]) -> int:
+    from LungNoduleExplainLib import worker
+    delay_s = float(os.environ.get("FAKE_DELAY_S", "0"))
+    fail = os.environ.get("FAKE_FAIL") or None
+
+    def factory(**kwargs) -> FakeAnalyzer:
+        return FakeAnalyzer(**kwargs, delay_s=delay_s, fail=fail)
+
+    return worker.main(argv, analyzer_factory=factory, findings_writer=fake_write_findings,
+                       cuda_available=lambda: False)
+
+
+if __name__ == "__main__":
+    sys.exit(fake_worker_main(sys.argv[1:]))

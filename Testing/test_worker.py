@@ -1,0 +1,220 @@
+"""The worker's JSON-lines protocol (engine side) and the background process runner (front-end side)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import REPO_ROOT
+from fake_engine import FakeAnalyzer, fake_write_findings
+from LungNoduleExplainLib import worker
+from LungNoduleExplainLib.volume import lps_to_ras
+
+sys.path.insert(0, str(REPO_ROOT / "LungNoduleExplain"))
+from LungNoduleExplainSlicer.WorkerProcess import WorkerProcess, parseLine  # noqa: E402
+
+FAKE_ENGINE = Path(__file__).with_name("fake_engine.py")
+
+
+@pytest.fixture()
+def small_ct(tmp_path: Path) -> Path:
+    array = np.full((12, 24, 20), -1000, dtype=np.int16)
+    array[4:8, 8:16, 6:14] = 40
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 2.0))
+    image.SetOrigin((-10.0, -12.0, 5.0))
+    path = tmp_path / "ct.nrrd"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def centre_ras(ct_path: Path) -> list[float]:
+    image = sitk.ReadImage(str(ct_path))
+    lps = image.TransformContinuousIndexToPhysicalPoint([s / 2 for s in image.GetSize()])
+    return [float(v) for v in lps_to_ras(lps)]
+
+
+def write_request(tmp_path: Path, ct: Path, n_points: int = 1, **fields) -> Path:
+    point = centre_ras(ct)
+    request = {"ct": str(ct), "points": [point] * n_points, "space": "ras", "bundle": None,
+               "device": "auto", "out_dir": str(tmp_path / "out"), **fields}
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(request))
+    return path
+
+
+def run_in_process(request: Path, **injected) -> tuple[int, list[dict]]:
+    stream = io.StringIO()
+    injected.setdefault("analyzer_factory", FakeAnalyzer)
+    injected.setdefault("findings_writer", fake_write_findings)
+    injected.setdefault("cuda_available", lambda: False)
+    code = worker.main([str(request)], stream=stream, **injected)
+    return code, [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_progress_rises_to_one_and_the_result_lists_every_finding(tmp_path, small_ct):
+    code, messages = run_in_process(write_request(tmp_path, small_ct, n_points=2))
+    assert code == 0
+    fractions = [m["fraction"] for m in messages if m["type"] == "progress"]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert fractions == sorted(fractions)
+    assert any("Nodule 2/2" in m["message"] for m in messages if m["type"] == "progress")
+    result = messages[-1]
+    assert result["type"] == "result" and result["device"] == "cpu"
+    assert [Path(p).parent.name for p in result["findings"]] == ["nodule-01", "nodule-02"]
+    assert all(Path(p).is_file() for p in result["findings"])
+
+
+def test_falling_back_to_cpu_is_said_as_a_warning(tmp_path, small_ct):
+    _, messages = run_in_process(write_request(tmp_path, small_ct, device="auto"))
+    warnings = [m["message"] for m in messages if m["type"] == "log" and m["level"] == "warning"]
+    assert warnings == ["CUDA not available: running on CPU"]
+
+
+def test_explicit_cuda_without_a_gpu_runs_on_cpu_and_says_so(tmp_path, small_ct):
+    _, messages = run_in_process(write_request(tmp_path, small_ct, device="cuda"))
+    assert any("CUDA was requested but is not available" in m.get("message", "") for m in messages)
+    assert messages[-1]["device"] == "cpu"
+
+
+def test_choosing_cpu_gives_no_fallback_note(tmp_path, small_ct):
+    _, messages = run_in_process(write_request(tmp_path, small_ct, device="cpu"))
+    assert not [m for m in messages if m["type"] == "log" and m["level"] == "warning"]
+
+
+def test_the_analyzer_receives_the_resolved_device_and_the_bundle(tmp_path, small_ct):
+    seen = {}
+
+    def factory(**kwargs):
+        seen.update(kwargs)
+        return FakeAnalyzer(**kwargs)
+
+    run_in_process(write_request(tmp_path, small_ct, bundle=str(tmp_path / "my-bundle")),
+                   analyzer_factory=factory, cuda_available=lambda: True)
+    assert seen["device"] == "cuda" and seen["bundle"] == tmp_path / "my-bundle"
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"points": []}, "'points' must be a non-empty list"),
+    ({"points": [[1, 2]]}, "each point must be [x, y, z]"),
+    ({"space": "xyz"}, "'space' is 'xyz'"),
+    ({"device": "tpu"}, "'device' is 'tpu'"),
+])
+def test_a_bad_request_is_an_error_line_with_exit_code_2(tmp_path, small_ct, change, expected):
+    code, messages = run_in_process(write_request(tmp_path, small_ct, **change))
+    assert code == 2
+    assert messages[-1]["type"] == "error" and messages[-1]["error_type"] == "RequestError"
+    assert expected in messages[-1]["message"]
+
+
+def test_a_missing_request_file_names_the_path(tmp_path):
+    code, messages = run_in_process(tmp_path / "nope.json")
+    assert code == 2 and "nope.json" in messages[-1]["message"]
+
+
+def test_an_engine_input_error_keeps_its_type_and_message(tmp_path, small_ct):
+    def failing(**kwargs):
+        return FakeAnalyzer(**kwargs, fail="input")
+
+    code, messages = run_in_process(write_request(tmp_path, small_ct), analyzer_factory=failing)
+    assert code == 2
+    assert messages[-1]["error_type"] == "PointError" and "far from any tissue" in messages[-1]["message"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unexpected_crash_exits_1_with_its_traceback_in_the_log(tmp_path, small_ct):
+    def crashing(**kwargs):
+        return FakeAnalyzer(**kwargs, fail="crash")
+
+    code, messages = run_in_process(write_request(tmp_path, small_ct), analyzer_factory=crashing)
+    assert code == 1
+    assert messages[-1] == {"type": "error", "message": "RuntimeError: simulated crash inside the model",
+                            "error_type": "RuntimeError"}
+    assert any("Traceback" in m["message"] for m in messages if m["type"] == "log" and m["level"] == "error")
+
+
+def test_a_writer_that_skips_a_nodule_is_an_error(tmp_path, small_ct):
+    def lazy_writer(findings, ct, out_dir, **kwargs):
+        return fake_write_findings(findings[:1], ct, out_dir)
+
+    code, messages = run_in_process(write_request(tmp_path, small_ct, n_points=2), findings_writer=lazy_writer)
+    assert code == 1 and "nodule-02" in messages[-1]["message"]
+
+
+# --- the worker as a real background process, read through WorkerProcess -------------------------------------
+
+class Collector:
+    def __init__(self):
+        self.messages: list[dict] = []
+        self.exitCodes: list[int] = []
+        self.process = WorkerProcess(self.messages.append, self.exitCodes.append)
+
+    def start(self, request: Path, **env: str) -> None:
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env}
+        self.process.start([sys.executable, str(FAKE_ENGINE), str(request)], env=environment)
+
+    def waitFor(self, predicate, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            running = self.process.poll()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gave up after {timeout_s} s; messages so far: {self.messages[-3:]}")
+            if not running and not predicate():
+                raise AssertionError(f"process ended first; messages: {self.messages[-3:]}")
+            time.sleep(0.05)
+
+
+def test_only_protocol_lines_reach_stdout_even_when_libraries_print(tmp_path, small_ct):
+    collector = Collector()
+    collector.start(write_request(tmp_path, small_ct), FAKE_NOISE="1")
+    collector.waitFor(lambda: collector.exitCodes)
+    assert collector.exitCodes == [0]
+    noise = [m for m in collector.messages if "noise" in m.get("message", "")]
+    assert len(noise) == 2 and all(m["level"] == "debug" for m in noise)  # arrived on stderr, as plain text
+    assert collector.messages[-1]["type"] == "result"
+
+
+def test_cancel_kills_the_whole_process_tree_and_delivers_no_result(tmp_path, small_ct):
+    collector = Collector()
+    collector.start(write_request(tmp_path, small_ct), FAKE_DELAY_S="60", FAKE_GRANDCHILD="1")
+    collector.waitFor(lambda: any("grandchild pid" in m.get("message", "") for m in collector.messages))
+    grandchild = int(next(m["message"] for m in collector.messages if "grandchild pid" in m.get("message", ""))
+                     .split()[-1])
+    started = time.monotonic()
+    collector.process.stop()
+    assert time.monotonic() - started < 10
+    assert collector.exitCodes == [WorkerProcess.CANCELLED]
+    assert not collector.process.isRunning() and collector.process.poll() is False
+    assert not any(m["type"] == "result" for m in collector.messages)
+    assert not (tmp_path / "out").exists()
+    time.sleep(0.2)
+    assert not is_alive(grandchild)
+
+
+def is_alive(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan may wait unreaped where PID 1 does not reap)."""
+    status = Path(f"/proc/{pid}/status")
+    if status.exists():
+        try:
+            return "\tZ" not in next(l for l in status.read_text().splitlines() if l.startswith("State:"))
+        except FileNotFoundError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_text_that_is_not_a_protocol_message_becomes_a_debug_log():
+    assert parseLine('{"type": "progress", "fraction": 0.5, "message": "x"}\n')["fraction"] == 0.5
+    assert parseLine("{not json")["level"] == "debug"
+    assert parseLine('{"no": "type"}') == {"type": "log", "level": "debug", "message": '{"no": "type"}'}
