@@ -1,0 +1,195 @@
+"""Reports: write Findings to a folder of JSON, NRRD images on the CT grid, PNG overlays and one HTML page.
+
+Layout of `out_dir` (built in a temporary folder beside it and renamed into place, so a failure leaves nothing
+half-written):
+
+    report.html                 self-contained (overlays embedded), the page a radiologist opens
+    findings.json               index: title, source, and each nodule's summary with its folder
+    <extra images>              e.g. phantom_ct.nrrd for the demo
+    nodule-01/finding.json      Finding.summary() + the CT grid + relative paths of every file below
+    nodule-01/segmentation.nrrd               uint8, 1 = nodule
+    nodule-01/segmentation_probability.nrrd   float32 in [0, 1]
+    nodule-01/maps/<output>.nrrd              float32 in [0, 1], one per output
+    nodule-01/overlays/<output>.png           axial, coronal, sagittal through the nodule centre
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .. import __version__
+from ..errors import LungNoduleExplainError
+from ..finding import Finding
+from .html import PHANTOM_NOTICE, RESEARCH_NOTICE, NoduleSection, render_report
+from .overlays import OverlayRenderer, PlaneStack
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["write_findings", "OutputExistsError", "check_on_grid", "RESEARCH_NOTICE", "PHANTOM_NOTICE"]
+
+Progress = Callable[[float, str], None]
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+class OutputExistsError(LungNoduleExplainError, FileExistsError):
+    """The output folder already holds files and overwriting was not asked for."""
+
+
+def write_findings(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | Path, *,
+                   title: str = "Lung nodule analysis", source: str = "CT given in memory",
+                   is_phantom: bool = False, overwrite: bool = False,
+                   extra_images: Mapping[str, sitk.Image] | None = None,
+                   progress: Progress | None = None) -> Path:
+    """Write every finding about `ct` into `out_dir`; return the path of `out_dir/report.html`.
+
+    source: how the CT was given (a path, or "synthetic phantom"), shown in the report. is_phantom: state in the
+    report that the image is a synthetic phantom, not a patient. extra_images: file name -> image written at the
+    top of `out_dir` (e.g. {"phantom_ct.nrrd": ct}). A non-empty existing `out_dir` is refused with
+    OutputExistsError unless `overwrite`. Raises ValueError when a finding's images are not on the CT grid or a
+    map leaves [0, 1].
+    """
+    if not findings:
+        raise ValueError("write_findings needs at least one Finding")
+    for index, finding in enumerate(findings, start=1):
+        _check_finding(finding, ct, f"nodule {index}")
+    for name in extra_images or {}:
+        _check_file_name(name, "extra image")
+    out_dir = Path(out_dir).absolute()
+    _check_out_dir(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        report = _write_all(staging, findings, ct, title=title, source=source, is_phantom=is_phantom,
+                            extra_images=extra_images or {}, progress=progress or (lambda f, m: None))
+        _move_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("report written to %s", out_dir / report.name)
+    return out_dir / report.name
+
+
+def check_on_grid(image: sitk.Image, reference: sitk.Image, what: str) -> None:
+    """Raise ValueError unless `image` has `reference`'s size, spacing, origin and direction."""
+    checks = (("size", image.GetSize(), reference.GetSize()),
+              ("spacing", image.GetSpacing(), reference.GetSpacing()),
+              ("origin", image.GetOrigin(), reference.GetOrigin()),
+              ("direction", image.GetDirection(), reference.GetDirection()))
+    for field, got, expected in checks:
+        if len(got) != len(expected) or not np.allclose(got, expected, atol=1e-4):
+            raise ValueError(f"{what} is not on the CT grid: {field} {tuple(np.round(got, 4))} "
+                             f"differs from the CT's {tuple(np.round(expected, 4))}")
+
+
+def _check_finding(finding: Finding, ct: sitk.Image, where: str) -> None:
+    check_on_grid(finding.segmentation, ct, f"{where}: segmentation")
+    check_on_grid(finding.segmentation_probability, ct, f"{where}: segmentation probability")
+    names = [o.name for o in finding.outputs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: output names repeat: {names}")
+    for output in finding.outputs:
+        _check_file_name(output.name, f"{where}: output name")
+        check_on_grid(output.activation_map, ct, f"{where}: map of {output.name!r}")
+        values = sitk.GetArrayViewFromImage(output.activation_map)
+        if not np.isfinite(values).all() or values.min() < -1e-6 or values.max() > 1 + 1e-6:
+            raise ValueError(f"{where}: map of {output.name!r} has values outside [0, 1] "
+                             f"(min {np.nanmin(values):g}, max {np.nanmax(values):g})")
+
+
+def _check_file_name(name: str, what: str) -> None:
+    if not _SAFE_NAME.fullmatch(name):
+        raise ValueError(f"{what} {name!r} cannot be a file name; use letters, digits, '_', '-' and '.'")
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"output path {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise OutputExistsError(f"output folder {out_dir} already exists and is not empty; "
+                                "choose another folder or pass --overwrite")
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Rename `staging` to `out_dir`, replacing an existing `out_dir` (kept until the rename succeeded)."""
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        return
+    previous = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.previous"
+    out_dir.rename(previous)
+    try:
+        staging.rename(out_dir)
+    except BaseException:
+        previous.rename(out_dir)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _write_all(folder: Path, findings: Sequence[Finding], ct: sitk.Image, *, title: str, source: str,
+               is_phantom: bool, extra_images: Mapping[str, sitk.Image], progress: Progress) -> Path:
+    for name, image in extra_images.items():
+        _write_image(image, folder / name)
+    sections = []
+    for index, finding in enumerate(findings, start=1):
+        progress((index - 1) / len(findings), f"writing nodule {index} of {len(findings)}")
+        sections.append(_write_nodule(folder, index, finding, ct, source))
+    progress(1.0, "writing report.html")
+    index = {"title": title, "source": source, "is_phantom": is_phantom, "notice": RESEARCH_NOTICE,
+             "engine_version": __version__, "generated_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+             "extra_files": sorted(extra_images),
+             "nodules": [{"folder": s.folder, **s.finding.summary()} for s in sections]}
+    _write_json(index, folder / "findings.json")
+    report = folder / "report.html"
+    report.write_text(render_report(sections, ct, title=title, source=source, is_phantom=is_phantom),
+                      encoding="utf-8")
+    return report
+
+
+def _write_nodule(root: Path, index: int, finding: Finding, ct: sitk.Image, source: str) -> NoduleSection:
+    name = f"nodule-{index:02d}"
+    folder = root / name
+    (folder / "maps").mkdir(parents=True)
+    (folder / "overlays").mkdir()
+    files: dict = {"finding": "finding.json", "segmentation": "segmentation.nrrd",
+                   "segmentation_probability": "segmentation_probability.nrrd", "maps": {}, "overlays": {}}
+    _write_image(sitk.Cast(finding.segmentation > 0, sitk.sitkUInt8), folder / files["segmentation"])
+    _write_image(sitk.Cast(finding.segmentation_probability, sitk.sitkFloat32),
+                 folder / files["segmentation_probability"])
+    renderer = OverlayRenderer(PlaneStack.build(ct, finding.segmentation, finding.point_lps, finding.diameter_mm))
+    overlays = {}
+    for output in finding.outputs:
+        files["maps"][output.name] = f"maps/{output.name}.nrrd"
+        _write_image(sitk.Cast(output.activation_map, sitk.sitkFloat32), folder / files["maps"][output.name])
+        verdict = "positive" if output.positive else "negative"
+        caption = (f"Nodule {index} · {output.name}: probability {output.probability:.2f} "
+                   f"({verdict}, threshold {output.threshold:.2f})")
+        overlays[output.name] = renderer.render(output.activation_map, caption)
+        files["overlays"][output.name] = f"overlays/{output.name}.png"
+        (folder / files["overlays"][output.name]).write_bytes(overlays[output.name])
+    body = {"nodule": index, "source": source, **finding.summary(), "ct_grid": _grid(ct),
+            "files": files}
+    _write_json(body, folder / files["finding"])
+    return NoduleSection(finding, name, overlays)
+
+
+def _grid(image: sitk.Image) -> dict:
+    return {"size": list(image.GetSize()), "spacing_mm": list(image.GetSpacing()),
+            "origin_lps_mm": list(image.GetOrigin()), "direction": list(image.GetDirection())}
+
+
+def _write_image(image: sitk.Image, path: Path) -> None:
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def _write_json(data: dict, path: Path) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

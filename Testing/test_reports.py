@@ -1,0 +1,233 @@
+"""Reports: every promised file, on the CT grid, atomic writing, and an HTML page that stands on its own."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LungNoduleExplainLib.reports import (PHANTOM_NOTICE, RESEARCH_NOTICE, OutputExistsError, check_on_grid,
+                                          write_findings)
+from LungNoduleExplainLib.reports.overlays import DisplayGrid
+
+from fake_engine import FakeAnalyzer
+
+# A small CT with a non-trivial geometry: flipped x axis, offset origin, anisotropic spacing.
+DIRECTION = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def small_ct() -> tuple[sitk.Image, tuple[float, float, float]]:
+    """A 72 x 64 x 24 CT (air, a -850 HU lung box, a 10 mm, 40 HU ball) and the ball's centre (LPS mm)."""
+    array = np.full((24, 64, 72), -1000, dtype=np.int16)
+    array[2:22, 8:56, 8:64] = -850
+    zz, yy, xx = np.meshgrid(*(np.arange(n) for n in array.shape), indexing="ij")
+    dist = np.sqrt(((xx - 36) * 0.8) ** 2 + ((yy - 32) * 0.7) ** 2 + ((zz - 12) * 2.0) ** 2)
+    array[dist <= 5.0] = 40
+    ct = sitk.GetImageFromArray(array)
+    ct.SetSpacing((0.8, 0.7, 2.0))
+    ct.SetOrigin((30.0, -20.0, -100.0))
+    ct.SetDirection(DIRECTION)
+    return ct, ct.TransformContinuousIndexToPhysicalPoint((36.0, 32.0, 12.0))
+
+
+def fake_finding(ct: sitk.Image, centre, n_outputs: int = 3):
+    finding = FakeAnalyzer().analyze(ct, centre, space="lps")
+    finding.outputs = finding.outputs[:n_outputs]
+    finding.timings_s = {"segment": 0.5, "classify": 0.1}
+    return finding
+
+
+@pytest.fixture(scope="module")
+def scene():
+    ct, centre = small_ct()
+    return ct, fake_finding(ct, centre)
+
+
+@pytest.fixture(scope="module")
+def single(scene):
+    """The same CT with a one-output finding: quicker for the tests about folders rather than content."""
+    ct, finding = scene
+    return ct, fake_finding(ct, finding.point_lps, n_outputs=1)
+
+
+@pytest.fixture(scope="module")
+def written(scene, tmp_path_factory):
+    ct, finding = scene
+    out = tmp_path_factory.mktemp("report") / "out"
+    report = write_findings([finding, finding], ct, out, title="Test report", source="small_ct")
+    return out, report
+
+
+def test_every_promised_file_exists_and_finding_json_lists_them(written, scene):
+    out, report = written
+    assert report == out / "report.html" and report.is_file()
+    assert (out / "findings.json").is_file()
+    for folder in ("nodule-01", "nodule-02"):
+        body = json.loads((out / folder / "finding.json").read_text())
+        files = body["files"]
+        listed = [files["finding"], files["segmentation"], files["segmentation_probability"],
+                  *files["maps"].values(), *files["overlays"].values()]
+        for rel in listed:
+            assert not Path(rel).is_absolute()
+            assert (out / folder / rel).is_file(), rel
+        names = [o.name for o in scene[1].outputs]
+        assert sorted(files["maps"]) == sorted(names) == sorted(files["overlays"])
+    assert not list(out.parent.glob(".out.*")), "the staging folder must be gone"
+
+
+def test_finding_json_holds_the_summary_and_the_ct_grid(written, scene):
+    out, _ = written
+    ct, finding = scene
+    body = json.loads((out / "nodule-01" / "finding.json").read_text())
+    for key in ("point_lps_mm", "point_ras_mm", "outputs", "diameter_mm", "volume_mm3", "model", "timings_s",
+                "warnings", "ct_grid", "files", "source", "nodule"):
+        assert key in body, key
+    assert body["outputs"][0] == finding.summary()["outputs"][0]
+    assert body["ct_grid"]["size"] == list(ct.GetSize())
+    assert body["ct_grid"]["direction"] == list(DIRECTION)
+    index = json.loads((out / "findings.json").read_text())
+    assert [n["folder"] for n in index["nodules"]] == ["nodule-01", "nodule-02"]
+
+
+def test_segmentation_and_maps_lie_on_the_ct_grid_with_their_pixel_types(written, scene):
+    out, _ = written
+    ct, finding = scene
+    seg = sitk.ReadImage(str(out / "nodule-01" / "segmentation.nrrd"))
+    assert seg.GetPixelID() == sitk.sitkUInt8
+    check_on_grid(seg, ct, "segmentation")
+    assert np.array_equal(sitk.GetArrayFromImage(seg), sitk.GetArrayFromImage(finding.segmentation))
+    prob = sitk.ReadImage(str(out / "nodule-01" / "segmentation_probability.nrrd"))
+    assert prob.GetPixelID() == sitk.sitkFloat32
+    check_on_grid(prob, ct, "segmentation probability")
+    for output in finding.outputs:
+        image = sitk.ReadImage(str(out / "nodule-01" / "maps" / f"{output.name}.nrrd"))
+        assert image.GetPixelID() == sitk.sitkFloat32
+        check_on_grid(image, ct, output.name)
+        values = sitk.GetArrayFromImage(image)
+        assert values.min() >= 0.0 and values.max() <= 1.0 and values.max() > 0.9
+
+
+def test_html_is_self_contained_with_the_notice_and_one_embedded_image_per_output(written, scene):
+    _, report = written
+    html = report.read_text(encoding="utf-8")
+    assert RESEARCH_NOTICE in html
+    assert PHANTOM_NOTICE not in html
+    sources = re.findall(r'src="([^"]*)"', html)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == 2 * len(scene[1].outputs)
+    assert "<link" not in html and "http://" not in html and "https://" not in html
+    for phrase in ("Diameter", "Volume", "Threshold", "fake", "Timings", "Malignancy"):
+        assert phrase in html
+
+
+def test_html_says_plainly_when_the_image_is_a_phantom(single, tmp_path):
+    ct, finding = single
+    report = write_findings([finding], ct, tmp_path / "out", title="Demo", source="phantom", is_phantom=True,
+                            extra_images={"phantom_ct.nrrd": ct})
+    assert "synthetic phantom" in report.read_text(encoding="utf-8")
+    assert "not a patient" in report.read_text(encoding="utf-8")
+    assert (tmp_path / "out" / "phantom_ct.nrrd").is_file()
+    assert json.loads((tmp_path / "out" / "findings.json").read_text())["is_phantom"] is True
+
+
+def test_warnings_appear_in_the_report(single, tmp_path):
+    ct, finding = single
+    finding = fake_finding(ct, finding.point_lps, n_outputs=1)
+    finding.warnings.append("segmentation touches the patch border")
+    html = write_findings([finding], ct, tmp_path / "o", title="t", source="s").read_text(encoding="utf-8")
+    assert "segmentation touches the patch border" in html
+
+
+def test_a_non_empty_output_folder_is_refused_without_overwrite(single, tmp_path):
+    ct, finding = single
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not empty"):
+        write_findings([finding], ct, out, title="t", source="s")
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces_the_folder_and_an_empty_folder_is_used(single, tmp_path):
+    ct, finding = single
+    out = tmp_path / "out"
+    out.mkdir()
+    write_findings([finding], ct, out, title="t", source="s")  # empty folder: fine
+    (out / "stale.txt").write_text("old")
+    write_findings([finding], ct, out, title="t", source="s", overwrite=True)
+    assert (out / "report.html").is_file() and not (out / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_failure_midway_leaves_no_output_folder_and_no_leftovers(single, tmp_path):
+    ct, finding = single
+
+    def fail_on_second_nodule(fraction: float, message: str) -> None:
+        if "nodule 2" in message:
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_findings([finding, finding], ct, tmp_path / "out", title="t", source="s",
+                       progress=fail_on_second_nodule)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_overwrite_keeps_the_previous_report(single, tmp_path):
+    ct, finding = single
+    out = tmp_path / "out"
+    write_findings([finding], ct, out, title="first", source="s")
+
+    def fail(fraction: float, message: str) -> None:
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        write_findings([finding], ct, out, title="second", source="s", overwrite=True, progress=fail)
+    assert "first" in (out / "report.html").read_text(encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_map_off_the_ct_grid_is_refused_before_anything_is_written(scene, tmp_path):
+    ct, finding = scene
+    bad = fake_finding(ct, finding.point_lps)
+    shifted = sitk.Image(bad.outputs[1].activation_map)
+    shifted.SetOrigin((0.0, 0.0, 0.0))
+    bad.outputs[1].activation_map = shifted
+    with pytest.raises(ValueError, match="spiculated.*not on the CT grid: origin"):
+        write_findings([bad], ct, tmp_path / "out", title="t", source="s")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_map_outside_zero_to_one_is_refused(scene, tmp_path):
+    ct, finding = scene
+    bad = fake_finding(ct, finding.point_lps)
+    bad.outputs[0].activation_map = bad.outputs[0].activation_map * 2.0
+    with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
+        write_findings([bad], ct, tmp_path / "out", title="t", source="s")
+
+
+def test_display_planes_follow_the_radiological_convention():
+    """A bright voxel at the patient's left-posterior-cranial side shows right, bottom, top, as a reader expects."""
+    array = np.zeros((40, 40, 40), dtype=np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 1.0))
+    image.SetOrigin((19.5, -19.5, -19.5))
+    image.SetDirection(DIRECTION)  # flipped x: the display must still put patient left on the right
+    target = (10.0, 10.0, 10.0)  # LPS: left, posterior, cranial of the centre
+    index = image.TransformPhysicalPointToIndex(target)
+    array[index[2], index[1], index[0]] = 1.0
+    bright = sitk.GetImageFromArray(array)
+    bright.CopyInformation(image)
+    grid = DisplayGrid((0.0, 0.0, 10.0), spacing_mm=1.0, size=41)
+    axial = grid.sample(bright, "axial", default=0.0, interpolator=sitk.sitkNearestNeighbor)
+    row, col = np.unravel_index(np.argmax(axial), axial.shape)
+    assert (col, row) == (30, 30)  # right of centre (patient left), below centre (posterior)
+    assert grid.to_pixel(target, "axial") == (30.0, 30.0)
+    grid = DisplayGrid((0.0, 10.0, 0.0), spacing_mm=1.0, size=41)
+    coronal = grid.sample(bright, "coronal", default=0.0, interpolator=sitk.sitkNearestNeighbor)
+    row, col = np.unravel_index(np.argmax(coronal), coronal.shape)
+    assert (col, row) == (30, 10)  # patient left on the right, cranial at the top
+    assert grid.to_pixel(target, "coronal") == (30.0, 10.0)
