@@ -37,13 +37,15 @@ def _on_ct_grid(array: np.ndarray, ct: sitk.Image) -> sitk.Image:
 
 
 def _distance_mm(ct: sitk.Image, centre_lps: np.ndarray) -> np.ndarray:
-    """Distance of every voxel centre from centre_lps, as a [z, y, x] array (mm)."""
-    size = ct.GetSize()
-    k, j, i = np.meshgrid(*(np.arange(n) for n in reversed(size)), indexing="ij")
-    index = np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(float)
+    """Distance of every voxel centre from centre_lps, as a [z, y, x] array (mm).
+
+    With an orthonormal direction D: |origin + D (spacing * index) - c| = |spacing * index - D^T (c - origin)|,
+    which separates per axis.
+    """
     direction = np.asarray(ct.GetDirection()).reshape(3, 3)
-    points = np.asarray(ct.GetOrigin()) + (index * np.asarray(ct.GetSpacing())) @ direction.T
-    return np.linalg.norm(points - centre_lps, axis=1).reshape(tuple(reversed(size)))
+    q = direction.T @ (np.asarray(centre_lps) - np.asarray(ct.GetOrigin()))
+    i, j, k = ((np.arange(n) * s - c) ** 2 for n, s, c in zip(ct.GetSize(), ct.GetSpacing(), q))
+    return np.sqrt(k[:, None, None] + j[None, :, None] + i[None, None, :]).astype(np.float32)
 
 
 class FakeAnalyzer:
@@ -90,10 +92,10 @@ def fake_write_findings(findings: list[Finding], ct: sitk.Image, out_dir, *, tit
     for index, finding in enumerate(findings):
         folder = out_dir / f"nodule-{index + 1:02d}"
         (folder / "maps").mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(finding.segmentation, str(folder / "segmentation.nrrd"), True)
-        sitk.WriteImage(finding.segmentation_probability, str(folder / "segmentation_probability.nrrd"), True)
+        sitk.WriteImage(finding.segmentation, str(folder / "segmentation.nrrd"))
+        sitk.WriteImage(finding.segmentation_probability, str(folder / "segmentation_probability.nrrd"))
         for output in finding.outputs:
-            sitk.WriteImage(output.activation_map, str(folder / "maps" / f"{output.name}.nrrd"), True)
+            sitk.WriteImage(output.activation_map, str(folder / "maps" / f"{output.name}.nrrd"))
         (folder / "finding.json").write_text(json.dumps(finding.summary(), indent=1))
     report = out_dir / "report.html"
     report.write_text(f"<html><body><h1>{title}</h1>{len(findings)} nodules</body></html>")

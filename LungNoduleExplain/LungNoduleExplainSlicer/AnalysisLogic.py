@@ -1,0 +1,269 @@
+"""The module's logic without the GUI: CT + points -> background worker -> nodes in the scene.
+
+Usage (Slicer's Python console or a test on slicer-core):
+    logic = AnalysisLogic(slicer.mrmlScene)
+    logic.onProgress = lambda fraction, message: print(f"{fraction:.0%} {message}")
+    logic.startAnalysis(ctNode, logic.nodulesFromMarkups(pointsNode), device="auto")
+    outcome = logic.waitForFinished()        # or call logic.poll() from a QTimer, as the widget does
+    outcome.nodules[0].tableNode, outcome.nodules[0].mapNodes["malignancy"]
+
+The scene changes only when a run succeeds, and then only the analysed nodules' own nodes are replaced.
+The process runner is injectable (`runnerFactory(onMessage, onFinished)`), as in SlicerNNUNet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import slicer
+
+from . import MapDisplay
+from .ResultNodes import ROLE_ATTRIBUTE, NoduleNodes, ResultError, addNodule, readNodule, removeNodule
+from .WorkerProcess import ProcessRunnerProtocol, WorkerProcess
+
+MODULE_DIR = Path(__file__).resolve().parents[1]  # holds LungNoduleExplainLib, put on the worker's PYTHONPATH
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class NoduleRequest:
+    """One point to analyse. key: stable identity (markups node ID + control point ID); name: shown to users."""
+
+    key: str
+    name: str
+    pointRas: tuple[float, float, float]
+
+
+@dataclass
+class AnalysisOutcome:
+    status: str  # "succeeded" | "failed" | "cancelled"
+    message: str = ""
+    errorType: str = ""
+    nodules: list[NoduleNodes] = field(default_factory=list)
+    outDir: Path | None = None
+    device: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+
+def pythonExecutable() -> str:
+    """Slicer's own Python for the worker (PythonSlicer), or this interpreter outside Slicer."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+class AnalysisLogic:
+    def __init__(self, scene=None, runnerFactory: Callable[..., ProcessRunnerProtocol] = WorkerProcess,
+                 workerCommand: Sequence[str] | None = None):
+        self.scene = scene if scene is not None else slicer.mrmlScene
+        self.workerCommand = list(workerCommand or [pythonExecutable(), "-m", "LungNoduleExplainLib.worker"])
+        self.runner = runnerFactory(self._onMessage, self._onFinished)
+        self.onProgress: Callable[[float, str], None] = lambda fraction, message: None
+        self.onLog: Callable[[str, str], None] = lambda level, message: None  # warnings include CPU fallback
+        self.onFinished: Callable[[AnalysisOutcome], None] = lambda outcome: None
+        self.lastOutcome: AnalysisOutcome | None = None
+        self.lastResultDir: Path | None = None  # the last successful run's folder, kept for the report export
+        self.mapOpacity = MapDisplay.DEFAULT_OPACITY
+        self.mapThreshold = MapDisplay.DEFAULT_THRESHOLD
+        self._workDir: Path | None = None  # the running analysis' temporary folder
+        self._ctNode = None
+        self._nodules: list[NoduleRequest] = []
+        self._result: dict | None = None
+        self._error: dict | None = None
+
+    # --- inputs ---------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def nodulesFromMarkups(pointsNode) -> list[NoduleRequest]:
+        """Every control point of a markups node is one nodule, named after its label."""
+        nodules = []
+        for index in range(pointsNode.GetNumberOfControlPoints()):
+            position = [0.0, 0.0, 0.0]
+            pointsNode.GetNthControlPointPositionWorld(index, position)
+            label = pointsNode.GetNthControlPointLabel(index) or f"{index + 1}"
+            nodules.append(NoduleRequest(key=f"{pointsNode.GetID()}/{pointsNode.GetNthControlPointID(index)}",
+                                         name=f"Nodule {label}", pointRas=tuple(position)))
+        return nodules
+
+    # --- running --------------------------------------------------------------------------------------------
+
+    def isRunning(self) -> bool:
+        return self.runner.isRunning()
+
+    def startAnalysis(self, ctNode, nodules: Sequence[NoduleRequest], device: str = "auto",
+                      bundlePath: str | Path | None = None) -> None:
+        """Start the worker; returns at once. Raises ValueError (nothing started) when the inputs are unusable."""
+        if self.isRunning():
+            raise RuntimeError("an analysis is already running; cancel it first")
+        if ctNode is None or ctNode.GetImageData() is None:
+            raise ValueError("select a CT volume first")
+        if not nodules:
+            raise ValueError("place at least one nodule point (\"Place nodule point\", then click the nodule)")
+        if device not in DEVICES:
+            raise ValueError(f"device {device!r} is not one of {DEVICES}")
+        if bundlePath and not Path(bundlePath).exists():
+            raise ValueError(f"model bundle not found: {bundlePath}")
+        self._workDir = Path(tempfile.mkdtemp(prefix="LungNoduleExplain-"))
+        self._ctNode, self._nodules, self._result, self._error = ctNode, list(nodules), None, None
+        try:
+            self._startWorker(ctNode, nodules, device, bundlePath)
+        except (OSError, ValueError):
+            _removeFolder(self._workDir)
+            self._workDir = None
+            raise
+
+    def _startWorker(self, ctNode, nodules: Sequence[NoduleRequest], device: str, bundlePath) -> None:
+        ctPath = self._workDir / "ct.nrrd"
+        self.onProgress(0.0, f"Exporting {ctNode.GetName()} for the analysis")
+        self._writeVolume(ctNode, ctPath)
+        request = {"ct": str(ctPath), "points": [list(n.pointRas) for n in nodules], "space": "ras",
+                   "bundle": str(bundlePath) if bundlePath else None, "device": device,
+                   "out_dir": str(self._workDir / "results")}
+        requestPath = self._workDir / "request.json"
+        requestPath.write_text(json.dumps(request, indent=1), encoding="utf-8")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(MODULE_DIR), env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"
+        self.runner.start([*self.workerCommand, str(requestPath)], env=env)
+
+    @staticmethod
+    def _writeVolume(volumeNode, path: Path) -> None:
+        """Write without adding a storage node to the scene (the scene must stay unchanged on failure)."""
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(path))
+        storage.SetUseCompression(False)  # faster; the file lives only for this run
+        if not storage.WriteData(volumeNode):
+            raise ValueError(f"cannot export {volumeNode.GetName()} to {path}")
+
+    def poll(self) -> bool:
+        """Deliver the worker's messages (call from the main thread); True while it runs."""
+        return self.runner.poll()
+
+    def cancel(self) -> None:
+        """Kill the worker and its children; the scene stays as it was."""
+        self.runner.stop()
+
+    def waitForFinished(self, timeout_s: float = 600.0, interval_s: float = 0.05) -> AnalysisOutcome:
+        deadline = time.monotonic() + timeout_s
+        while self.poll():
+            if time.monotonic() > deadline:
+                self.cancel()
+                raise TimeoutError(f"the analysis did not finish within {timeout_s:g} s and was cancelled")
+            time.sleep(interval_s)
+        return self.lastOutcome
+
+    def _onMessage(self, message: dict) -> None:
+        kind = message.get("type")
+        if kind == "progress":
+            self.onProgress(float(message.get("fraction", 0.0)), str(message.get("message", "")))
+        elif kind == "log":
+            self.onLog(str(message.get("level", "info")), str(message.get("message", "")))
+        elif kind == "result":
+            self._result = message
+        elif kind == "error":
+            self._error = message
+
+    def _onFinished(self, exitCode: int) -> None:
+        if exitCode == WorkerProcess.CANCELLED:
+            outcome = AnalysisOutcome("cancelled", "Analysis cancelled; the scene was left unchanged.")
+        elif exitCode == 0 and self._result is not None:
+            outcome = self._loadResult(self._result)
+        elif self._error is not None:
+            outcome = AnalysisOutcome("failed", self._error.get("message", ""), self._error.get("error_type", ""))
+        else:
+            outcome = AnalysisOutcome("failed", f"the analysis process ended with exit code {exitCode} "
+                                                "without a result; see the log for its output")
+        if outcome.succeeded:
+            self._keepWorkDir()
+        else:
+            _removeFolder(self._workDir)
+        self._workDir = None
+        self.lastOutcome = outcome
+        self.onFinished(outcome)
+
+    def _loadResult(self, result: dict) -> AnalysisOutcome:
+        findings = [Path(p).parent for p in result.get("findings", [])]
+        try:
+            nodules = self.loadResults(self._ctNode, self._nodules, findings)
+        except ResultError as exc:
+            return AnalysisOutcome("failed", str(exc), type(exc).__name__)
+        return AnalysisOutcome("succeeded", f"Analysed {len(nodules)} nodule(s) on {result.get('device', '?')}",
+                               nodules=nodules, outDir=Path(result["out_dir"]), device=result.get("device", ""))
+
+    def _keepWorkDir(self) -> None:
+        if self.lastResultDir is not None:
+            _removeFolder(self.lastResultDir.parent)
+        self.lastResultDir = self._workDir / "results"
+
+    # --- results into the scene -----------------------------------------------------------------------------
+
+    def loadResults(self, ctNode, nodules: Sequence[NoduleRequest], folders: Sequence[Path]) -> list[NoduleNodes]:
+        """All or nothing: read and check every folder first, then replace each nodule's old nodes."""
+        if len(folders) != len(nodules):
+            raise ResultError(f"the worker returned {len(folders)} result(s) for {len(nodules)} point(s)")
+        loaded = [readNodule(folder, ctNode, n.key, n.name) for folder, n in zip(folders, nodules)]
+        colorNode = MapDisplay.getOrCreateHeatColorNode(self.scene)
+        for nodule in loaded:
+            removeNodule(self.scene, nodule.key)
+            addNodule(self.scene, nodule, ctNode, colorNode, self.mapThreshold)
+        if loaded:
+            first = loaded[0]
+            self.showMap(ctNode, first.mapNodes[first.finding["outputs"][0]["name"]])
+        return loaded
+
+    def showMap(self, ctNode, mapNode) -> None:
+        """mapNode as the foreground over ctNode in every slice view, at the logic's opacity."""
+        MapDisplay.showMap(self.scene, ctNode, mapNode, self.mapOpacity)
+
+    def setMapOpacity(self, opacity: float) -> None:
+        MapDisplay.setMapOpacity(self.scene, opacity)
+        self.mapOpacity = opacity
+
+    def setMapThreshold(self, threshold: float) -> None:
+        """Hide map values below `threshold` in every map of the scene (the paper's figures use 0.25)."""
+        MapDisplay.setMapThreshold(self.mapNodes(), threshold)
+        self.mapThreshold = threshold
+
+    def mapNodes(self) -> list:
+        className = "vtkMRMLScalarVolumeNode"
+        nodes = [self.scene.GetNthNodeByClass(i, className)
+                 for i in range(self.scene.GetNumberOfNodesByClass(className))]
+        return [n for n in nodes if n.GetAttribute(ROLE_ATTRIBUTE) == "map"]
+
+    def removeNodule(self, key: str) -> int:
+        return removeNodule(self.scene, key)
+
+    # --- report ---------------------------------------------------------------------------------------------
+
+    def exportReport(self, targetDir: str | Path) -> Path:
+        """Copy the last successful run's report (report.html, per-nodule folders) to targetDir."""
+        if self.lastResultDir is None or not self.lastResultDir.is_dir():
+            raise ValueError("no analysis result to export yet; run Analyze first")
+        targetDir = Path(targetDir)
+        shutil.copytree(self.lastResultDir, targetDir, dirs_exist_ok=True)
+        report = targetDir / "report.html"
+        if not report.is_file():
+            raise ResultError(f"the analysis wrote no report.html in {self.lastResultDir}")
+        return report
+
+    def cleanup(self) -> None:
+        """Stop any run and delete the temporary files (call when the module is closed)."""
+        if self.isRunning():
+            self.cancel()
+        if self.lastResultDir is not None:
+            _removeFolder(self.lastResultDir.parent)
+            self.lastResultDir = None
+
+
+def _removeFolder(folder: Path | None) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,309 @@
+"""The Slicer module's logic on the real MRML libraries (slicer-core), with a real LIDC CT and a real background
+process. The worker is the fake engine (Testing/fake_engine.py: same protocol and file layout as the engine)
+until the real analysis is available; `test_real_engine_*` then runs the real one."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import REPO_ROOT
+
+slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-core) provides the MRML libraries")
+vtk = pytest.importorskip("vtk")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the installed 'slicer' package has no MRML (needs slicer-core)", allow_module_level=True)
+
+sys.path.insert(0, str(REPO_ROOT / "LungNoduleExplain"))
+from LungNoduleExplainSlicer import MapDisplay  # noqa: E402
+from LungNoduleExplainSlicer.AnalysisLogic import AnalysisLogic, NoduleRequest  # noqa: E402
+from LungNoduleExplainSlicer.ResultNodes import NODULE_KEY_ATTRIBUTE, ResultError, nodesOfNodule  # noqa: E402
+
+FAKE_WORKER = [sys.executable, str(Path(__file__).with_name("fake_engine.py"))]
+
+
+def makeScene():
+    """A scene with the logics Slicer registers (RECIPES.md) and three slice views; returns (scene, logics)."""
+    scene = slicer.vtkMRMLScene()
+    cache = slicer.vtkCacheManager()
+    cache.SetRemoteCacheDirectory(tempfile.mkdtemp())
+    io = slicer.vtkDataIOManager()
+    io.SetCacheManager(cache)
+    scene.SetCacheManager(cache)
+    scene.SetDataIOManager(io)
+    logics = [cls() for cls in (slicer.vtkSlicerApplicationLogic, slicer.vtkSlicerColorLogic,
+                                slicer.vtkSlicerMarkupsLogic, slicer.vtkSlicerSegmentationsModuleLogic,
+                                slicer.vtkSlicerTablesLogic, slicer.vtkSlicerVolumesLogic)]
+    for logic in logics:
+        logic.SetMRMLScene(scene)
+    for _ in range(3):
+        scene.AddNode(slicer.vtkMRMLSliceCompositeNode())
+    return scene, logics  # the logics must stay referenced while the scene is used
+
+
+@pytest.fixture()
+def scene():
+    scene, logics = makeScene()
+    previous = getattr(slicer, "mrmlScene", None)
+    slicer.mrmlScene = scene  # slicer.util's array helpers use it
+    yield scene
+    slicer.mrmlScene = previous
+
+
+@pytest.fixture(scope="module")
+def lidc_nrrd(ct_dir, tmp_path_factory) -> tuple[Path, list[float]]:
+    """LIDC-IDRI-0001's real DICOM sub-stack as NRRD (as Slicer's DICOM module would load it) and its nodule."""
+    from LungNoduleExplainLib.volume import read_ct
+    image = read_ct(ct_dir / "LIDC-IDRI-0001" / "dicom")
+    path = tmp_path_factory.mktemp("ct") / "LIDC-IDRI-0001.nrrd"
+    sitk.WriteImage(image, str(path))
+    nodules = json.loads((ct_dir / "nodules.json").read_text())
+    centroid = next(n["centroid_ras_mm"] for n in nodules if n["patient_id"] == "LIDC-IDRI-0001")
+    return path, centroid
+
+
+@pytest.fixture()
+def ctNode(scene, lidc_nrrd):
+    return addCt(scene, lidc_nrrd[0])
+
+
+def addCt(scene, path: Path):
+    """The CT in the scene, placed in a patient/study in the subject hierarchy as DICOM loading does."""
+    node = slicer.vtkMRMLScalarVolumeNode()
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    node.SetName("LIDC-IDRI-0001 CT")
+    scene.AddNode(node)
+    node.CreateDefaultDisplayNodes()
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "LIDC-IDRI-0001")
+    study = sh.CreateStudyItem(patient, "CT chest")
+    item = sh.GetItemByDataNode(node) or sh.CreateItem(study, node)
+    sh.SetItemParent(item, study)
+    return node
+
+
+@pytest.fixture(scope="module")
+def analysed(lidc_nrrd):
+    """One analysis shared by the tests that only look at its result: (scene, ctNode, the nodule's nodes)."""
+    scene, logics = makeScene()
+    previous = getattr(slicer, "mrmlScene", None)
+    slicer.mrmlScene = scene
+    ctNode = addCt(scene, lidc_nrrd[0])
+    outcome = run(AnalysisLogic(scene, workerCommand=FAKE_WORKER), ctNode, nodules(lidc_nrrd, 0.0))
+    assert outcome.succeeded, outcome.message
+    yield scene, ctNode, outcome.nodules[0]
+    slicer.mrmlScene = previous
+
+
+def nodules(lidc_nrrd, *offsets_mm: float) -> list[NoduleRequest]:
+    centroid = lidc_nrrd[1]
+    return [NoduleRequest(key=f"points/{i}", name=f"Nodule {i + 1}",
+                          pointRas=(centroid[0] + dx, centroid[1], centroid[2])) for i, dx in enumerate(offsets_mm)]
+
+
+def sceneInventory(scene) -> tuple[int, int, list[str]]:
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    items = vtk.vtkIdList()
+    sh.GetItemChildren(sh.GetSceneItemID(), items, True)
+    names = sorted(scene.GetNthNode(i).GetName() or "" for i in range(scene.GetNumberOfNodes()))
+    return scene.GetNumberOfNodes(), items.GetNumberOfIds(), names
+
+
+def ijkToRas(node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def run(logic: AnalysisLogic, ctNode, requests):
+    logic.startAnalysis(ctNode, requests, device="cpu")
+    return logic.waitForFinished(timeout_s=60)
+
+
+def test_analysis_puts_segmentation_table_and_maps_on_the_ct_grid_under_the_study(analysed):
+    scene, ctNode, nodule = analysed
+
+    assert set(nodule.mapNodes) == {"malignancy", "spiculated", "calcified"}
+    dims = ctNode.GetImageData().GetDimensions()
+    for mapNode in nodule.mapNodes.values():
+        assert mapNode.GetScene() is scene
+        assert mapNode.GetImageData().GetDimensions() == dims
+        np.testing.assert_allclose(ijkToRas(mapNode), ijkToRas(ctNode), atol=1e-4)
+
+    segmentation = nodule.segmentationNode.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 1 and segmentation.GetNthSegment(0).GetName() == "nodule"
+
+    table = nodule.tableNode.GetTable()
+    assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == \
+        ["output", "finding", "probability", "threshold", "result"]
+    rows = {table.GetValue(r, 0).ToString(): (table.GetValue(r, 2).ToDouble(), table.GetValue(r, 4).ToString())
+            for r in range(table.GetNumberOfRows())}
+    assert rows == {"malignancy": (pytest.approx(0.2), "negative"), "spiculated": (pytest.approx(0.5), "positive"),
+                    "calcified": (pytest.approx(0.8), "positive")}
+
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = sh.GetItemParent(sh.GetItemByDataNode(ctNode))
+    assert sh.GetItemLevel(study) == "Study"
+    assert sh.GetItemParent(nodule.folderItemID) == study and sh.GetItemName(nodule.folderItemID) == "Nodule 1"
+    for node in nodule.nodes():
+        assert sh.GetItemParent(sh.GetItemByDataNode(node)) == nodule.folderItemID
+
+
+def test_the_segmentation_covers_the_clicked_point(analysed, lidc_nrrd):
+    scene, ctNode, nodule = analysed
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+    scene.AddNode(labelmap)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportAllSegmentsToLabelmapNode(nodule.segmentationNode, labelmap)
+    rasToIjk = np.linalg.inv(ijkToRas(labelmap))
+    i, j, k = np.round(rasToIjk @ [*lidc_nrrd[1], 1.0])[:3].astype(int)
+    voxels = slicer.util.arrayFromVolume(labelmap)
+    sphere = 4 / 3 * np.pi * 6.0 ** 3 / np.prod(ctNode.GetSpacing())  # the fake's 6 mm sphere, in voxels
+    assert voxels[k, j, i] == 1 and 0.8 * sphere < voxels.sum() < 1.2 * sphere
+
+
+def test_maps_use_the_heat_colours_and_hide_values_below_a_quarter_in_the_foreground(analysed):
+    scene, ctNode, nodule = analysed
+    heat = scene.GetFirstNodeByName(MapDisplay.HEAT_COLOR_NODE_NAME)
+    for mapNode in nodule.mapNodes.values():
+        display = mapNode.GetDisplayNode()
+        assert display.GetColorNodeID() == heat.GetID()
+        assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(0.25)
+        assert (display.GetWindow(), display.GetLevel()) == (pytest.approx(1.0), pytest.approx(0.5))
+    for composite in MapDisplay.sliceCompositeNodes(scene):
+        assert composite.GetBackgroundVolumeID() == ctNode.GetID()
+        assert composite.GetForegroundVolumeID() == nodule.mapNodes["malignancy"].GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(MapDisplay.DEFAULT_OPACITY)
+    r, g, b = MapDisplay.heatColor(0.0)
+    assert r > g and r > b  # dark red at the bottom, white at the top
+    assert MapDisplay.heatColor(1.0) == pytest.approx((1.0, 1.0, 0.9))
+
+
+def test_map_selector_opacity_and_threshold_controls_change_the_display(scene, ctNode, lidc_nrrd):
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    progress = []
+    logic.onProgress = lambda fraction, message: progress.append(fraction)
+    nodule = run(logic, ctNode, nodules(lidc_nrrd, 0.0)).nodules[0]
+    assert progress[-1] == 1.0
+    logic.setMapOpacity(0.3)
+    logic.setMapThreshold(0.5)
+    logic.showMap(ctNode, nodule.mapNodes["calcified"])
+    for composite in MapDisplay.sliceCompositeNodes(scene):
+        assert composite.GetForegroundVolumeID() == nodule.mapNodes["calcified"].GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(0.3)
+    assert all(n.GetDisplayNode().GetLowerThreshold() == pytest.approx(0.5) for n in nodule.mapNodes.values())
+    with pytest.raises(ValueError, match="within \\[0, 1\\]"):
+        logic.setMapThreshold(1.5)
+
+
+def test_rerunning_a_nodule_replaces_only_its_own_nodes(scene, ctNode, lidc_nrrd):
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    first, second = run(logic, ctNode, nodules(lidc_nrrd, 0.0, 20.0)).nodules
+    secondIds = sorted(n.GetID() for n in nodesOfNodule(scene, second.key))
+    firstIds = sorted(n.GetID() for n in nodesOfNodule(scene, first.key))
+    before = sceneInventory(scene)
+
+    again = run(logic, ctNode, nodules(lidc_nrrd, 0.0)).nodules[0]
+    assert sorted(n.GetID() for n in nodesOfNodule(scene, second.key)) == secondIds
+    newIds = sorted(n.GetID() for n in nodesOfNodule(scene, again.key))
+    assert len(newIds) == len(firstIds) and not set(newIds) & set(firstIds)
+    assert all(scene.GetNodeByID(i) is None for i in firstIds)
+    assert sceneInventory(scene) == before  # same number of nodes, items and names: nothing left behind
+
+
+@pytest.mark.parametrize("failure, expected", [("input", "far from any tissue"), ("crash", "simulated crash")])
+def test_a_failed_run_leaves_the_scene_unchanged(scene, ctNode, lidc_nrrd, monkeypatch, failure, expected):
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    run(logic, ctNode, nodules(lidc_nrrd, 0.0))
+    before = sceneInventory(scene)
+    monkeypatch.setenv("FAKE_FAIL", failure)
+    outcome = run(logic, ctNode, nodules(lidc_nrrd, 0.0))
+    assert outcome.status == "failed" and expected in outcome.message
+    assert sceneInventory(scene) == before
+
+
+def test_a_cancelled_run_leaves_the_scene_unchanged_and_removes_its_files(scene, ctNode, lidc_nrrd, monkeypatch):
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    before = sceneInventory(scene)
+    monkeypatch.setenv("FAKE_DELAY_S", "60")
+    finished = []
+    logic.onFinished = finished.append
+    started = []
+    logic.onProgress = lambda fraction, message: started.append(message)
+    logic.startAnalysis(ctNode, nodules(lidc_nrrd, 0.0), device="cpu")
+    workDir = logic._workDir
+    while not any("segmenting" in m for m in started):
+        assert logic.poll(), "the worker ended before it could be cancelled"
+    logic.cancel()
+    assert [o.status for o in finished] == ["cancelled"]
+    assert not logic.isRunning() and not workDir.exists()
+    assert sceneInventory(scene) == before
+
+
+def test_a_result_off_the_ct_grid_is_refused_and_nothing_is_added(scene, ctNode, lidc_nrrd, tmp_path):
+    from fake_engine import FakeAnalyzer, fake_write_findings
+    ct = sitk.ReadImage(str(lidc_nrrd[0]))
+    shifted = sitk.Image(ct)
+    shifted.SetOrigin([o + 5.0 for o in ct.GetOrigin()])
+    finding = FakeAnalyzer().analyze(shifted, lidc_nrrd[1])
+    fake_write_findings([finding], shifted, tmp_path)
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    before = sceneInventory(scene)
+    with pytest.raises(ResultError, match="not on the grid"):
+        logic.loadResults(ctNode, nodules(lidc_nrrd, 0.0), [tmp_path / "nodule-01"])
+    assert sceneInventory(scene) == before
+
+
+def test_inputs_are_checked_before_anything_starts(scene, ctNode, lidc_nrrd):
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    with pytest.raises(ValueError, match="place at least one nodule point"):
+        logic.startAnalysis(ctNode, [])
+    with pytest.raises(ValueError, match="select a CT volume"):
+        logic.startAnalysis(None, nodules(lidc_nrrd, 0.0))
+    with pytest.raises(ValueError, match="model bundle not found"):
+        logic.startAnalysis(ctNode, nodules(lidc_nrrd, 0.0), bundlePath="/no/such/bundle")
+    assert not logic.isRunning()
+
+
+def test_markups_points_become_nodules_keyed_by_their_control_point(scene):
+    points = slicer.vtkMRMLMarkupsFiducialNode()
+    scene.AddNode(points)
+    points.AddControlPoint(vtk.vtkVector3d(1.0, 2.0, 3.0), "A")
+    points.AddControlPoint(vtk.vtkVector3d(4.0, 5.0, 6.0), "B")
+    requests = AnalysisLogic.nodulesFromMarkups(points)
+    assert [(r.name, r.pointRas) for r in requests] == [("Nodule A", (1.0, 2.0, 3.0)), ("Nodule B", (4.0, 5.0, 6.0))]
+    assert requests[0].key == f"{points.GetID()}/{points.GetNthControlPointID(0)}"
+
+
+def test_the_report_export_copies_the_last_successful_run(scene, ctNode, lidc_nrrd, tmp_path):
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    with pytest.raises(ValueError, match="no analysis result to export"):
+        logic.exportReport(tmp_path / "early")
+    run(logic, ctNode, nodules(lidc_nrrd, 0.0))
+    report = logic.exportReport(tmp_path / "export")
+    assert report.is_file() and (tmp_path / "export" / "nodule-01" / "finding.json").is_file()
+    logic.cleanup()
+    assert logic.lastResultDir is None
+
+
+def _engine_ready() -> bool:
+    return all(importlib.util.find_spec(f"LungNoduleExplainLib.{m}") for m in ("analysis", "reports", "bundle"))
+
+
+@pytest.mark.skipif(not _engine_ready(), reason="the real analysis/reports/bundle modules are not there yet")
+def test_real_engine_loads_a_real_finding_for_the_real_nodule(scene, ctNode, lidc_nrrd):
+    logic = AnalysisLogic(scene, workerCommand=[sys.executable, "-m", "LungNoduleExplainLib.worker"])
+    outcome = run(logic, ctNode, nodules(lidc_nrrd, 0.0))
+    assert outcome.succeeded, outcome.message
+    nodule = outcome.nodules[0]
+    assert nodule.finding["outputs"][0]["name"] in nodule.mapNodes
+    assert all(n.GetAttribute(NODULE_KEY_ATTRIBUTE) == nodule.key for n in nodule.nodes())
+    assert (outcome.outDir / "report.html").is_file()
