@@ -36,7 +36,7 @@ from .overlays import OverlayRenderer, PlaneStack
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_findings", "OutputExistsError", "check_on_grid", "RESEARCH_NOTICE", "PHANTOM_NOTICE"]
+__all__ = ["write_findings", "OutputExistsError", "check_on_grid", "check_out_dir", "RESEARCH_NOTICE", "PHANTOM_NOTICE"]
 
 Progress = Callable[[float, str], None]
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -66,7 +66,7 @@ def write_findings(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | P
     for name in extra_images or {}:
         _check_file_name(name, "extra image")
     out_dir = Path(out_dir).absolute()
-    _check_out_dir(out_dir, overwrite)
+    check_out_dir(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
@@ -112,7 +112,8 @@ def _check_file_name(name: str, what: str) -> None:
         raise ValueError(f"{what} {name!r} cannot be a file name; use letters, digits, '_', '-' and '.'")
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Raise OutputExistsError when `out_dir` is a file, or a non-empty folder and not `overwrite`."""
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"output path {out_dir} exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:

@@ -1,0 +1,192 @@
+"""`lungnodule-explain analyze CT --point X,Y,Z --out DIR`: segment, classify and explain clicked nodules.
+
+Reads the CT (DICOM series folder, NIfTI, NRRD, MHA), checks every point against it, loads the model once, analyses
+each point with a progress bar and writes the report folder (see `reports`). Bad input stops the run before
+anything is written to --out, with one `error: ...` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import PointError
+from ..finding import Finding
+from ..volume import POINT_SPACES
+from ..worker import DEVICES
+
+logger = logging.getLogger(__name__)
+
+AnalyzerFactory = Callable[..., Any]  # (bundle=, device=, progress=) -> object with analyze(ct, point, space)
+
+
+@dataclass(frozen=True)
+class ClickedPoint:
+    """One point to analyse: three coordinates in `space` (RAS or LPS mm, or voxel index i, j, k)."""
+
+    coordinates: tuple[float, float, float]
+    space: str
+    origin: str  # where it came from, for error messages: "--point 2" or "points.csv row 3"
+
+
+def parse_point(text: str) -> tuple[float, float, float]:
+    """argparse type of --point: 'X,Y,Z' (three finite numbers)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(
+            f"--point must be three comma-separated numbers such as -56.4,-86.3,-116.0; got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def existing_file(text: str) -> Path:
+    """argparse type of --points-csv: a file that exists."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"points file not found: {text}")
+    return path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "analyze", help="analyse the nodules at given points of a CT and write a report",
+        description="Segment the nodule at each point, predict malignancy and its manifestations, and write "
+                    "finding.json, the segmentation and one activation map per output (NRRD on the CT grid), "
+                    "PNG overlays and a self-contained report.html. Research use only, not for clinical "
+                    "decisions.")
+    parser.add_argument("ct", type=Path, help="the CT: a DICOM series folder, or a NIfTI/NRRD/MHA file")
+    parser.add_argument("--point", type=parse_point, action="append", default=[], metavar="X,Y,Z",
+                        help="a point on the nodule (repeat for several nodules); RAS mm unless --lps or --ijk")
+    space = parser.add_mutually_exclusive_group()
+    for name, meaning in (("ras", "RAS millimetres, as Slicer shows them (default)"),
+                          ("lps", "LPS millimetres, as ITK/DICOM store them"),
+                          ("ijk", "voxel index i,j,k (column, row, slice) counted from 0")):
+        space.add_argument(f"--{name}", dest="space", action="store_const", const=name, help=f"points in {meaning}")
+    parser.add_argument("--points-csv", type=existing_file, metavar="FILE",
+                        help="CSV with columns x,y,z and optionally space (ras, lps or ijk) per row")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created)")
+    parser.add_argument("--model", type=Path, default=None, metavar="BUNDLE",
+                        help="model bundle folder or archive (default: the model shipped with the package)")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help=f"where the networks run: {', '.join(DEVICES)} (default auto: CUDA if available)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.set_defaults(func=run, space="ras")
+    # RAS points are often negative: let "--point -56.4,-86.3,-116" be a value, not an unknown option. argparse
+    # only knows plain negative numbers ("-5", "-.5") by this (private, stable since Python 3.2) matcher.
+    parser._negative_number_matcher = re.compile(r"^-\d*\.?\d+([eE][-+]?\d+)?(,\s*[-+]?[\d.eE+-]+)*$")
+
+
+def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = None) -> int:
+    """The verb. `analyzer_factory` (tests) replaces analysis.Analyzer."""
+    from ..reports import check_out_dir, write_findings
+    from ..volume import point_to_lps, read_ct
+
+    points = gather_points(args.point, args.points_csv, args.space)
+    check_out_dir(args.out.absolute(), args.overwrite)  # fail before minutes of work, not after
+    ct = read_ct(args.ct)
+    for point in points:
+        try:
+            point_to_lps(point.coordinates, point.space, ct)
+        except PointError as exc:
+            raise PointError(f"{point.origin}: {exc}") from exc
+    findings = analyze_points(ct, points, bundle=args.model, device=args.device,
+                              analyzer_factory=analyzer_factory, quiet=getattr(args, "quiet", False))
+    report = write_findings(findings, ct, args.out, title=f"Lung nodule analysis: {args.ct.name}",
+                            source=str(args.ct), overwrite=args.overwrite)
+    print_summary(findings, report)
+    return 0
+
+
+def gather_points(flag_points: Sequence[tuple[float, float, float]], csv_path: Path | None,
+                  space: str) -> list[ClickedPoint]:
+    """The --point values (in `space`) followed by the rows of --points-csv; at least one point."""
+    points = [ClickedPoint(tuple(p), space, f"--point {n}") for n, p in enumerate(flag_points, start=1)]
+    if csv_path is not None:
+        points.extend(read_points_csv(csv_path, default_space=space))
+    if not points:
+        raise PointError("no point given: pass --point X,Y,Z or --points-csv FILE")
+    return points
+
+
+def read_points_csv(path: Path, default_space: str = "ras") -> list[ClickedPoint]:
+    """Rows of a CSV with header x,y,z[,space] (case-insensitive; other columns ignored). Raises PointError."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        header = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
+        missing = [c for c in ("x", "y", "z") if c not in header]
+        if missing:
+            raise PointError(f"points file {path}: missing column(s) {', '.join(missing)}; expected a header "
+                             f"with x,y,z and optionally space; found {list(header) or 'no header'}")
+        points = []
+        for row in reader:
+            line = reader.line_num
+            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                continue  # blank line
+            try:
+                xyz = tuple(float(row[header[c]]) for c in ("x", "y", "z"))
+            except (TypeError, ValueError):
+                raise PointError(f"points file {path} line {line}: x, y, z must be numbers, got "
+                                 f"{[row[header[c]] for c in ('x', 'y', 'z')]}") from None
+            if not all(math.isfinite(v) for v in xyz):
+                raise PointError(f"points file {path} line {line}: coordinates {xyz} are not finite")
+            space = (row.get(header.get("space", ""), "") or "").strip().lower() or default_space
+            if space not in POINT_SPACES:
+                raise PointError(f"points file {path} line {line}: space {space!r} is not one of {POINT_SPACES}")
+            points.append(ClickedPoint(xyz, space, f"{path.name} line {line}"))
+    if not points:
+        raise PointError(f"points file {path} has a header but no points")
+    return points
+
+
+def analyze_points(ct: Any, points: Sequence[ClickedPoint], *, bundle: Path | None, device: str,
+                   analyzer_factory: AnalyzerFactory | None = None, quiet: bool = False) -> list[Finding]:
+    """Load the model once and analyse every point, with a tqdm bar on stderr (fractions within a nodule)."""
+    from tqdm import tqdm
+
+    if analyzer_factory is None:
+        from ..analysis import Analyzer
+        analyzer_factory = Analyzer
+    bar = tqdm(total=len(points), unit="nodule", disable=quiet, file=sys.stderr,
+               bar_format="{l_bar}{bar}| {n:.1f}/{total} nodules [{elapsed}<{remaining}]")
+    state = {"done": 0}
+
+    def on_progress(fraction: float, message: str) -> None:
+        bar.n = state["done"] + min(max(float(fraction), 0.0), 1.0)
+        bar.set_description_str(message[:40], refresh=False)
+        bar.refresh()
+
+    try:
+        bar.set_description_str("loading the model")
+        analyzer = analyzer_factory(bundle=bundle, device=device, progress=on_progress)
+        findings = []
+        for index, point in enumerate(points):
+            state["done"] = index
+            on_progress(0.0, f"nodule {index + 1}: starting")
+            findings.append(analyzer.analyze(ct, point.coordinates, space=point.space))
+        state["done"] = len(points)
+        on_progress(0.0, "done")
+    finally:
+        bar.close()
+    return findings
+
+
+def print_summary(findings: Sequence[Finding], report: Path) -> None:
+    """One line per nodule on stdout, then where the report is."""
+    for index, finding in enumerate(findings, start=1):
+        diagnosis = finding.diagnosis
+        positives = [o.name for o in finding.outputs if o.kind == "manifestation" and o.positive]
+        print(f"nodule-{index:02d}: {diagnosis.name} {diagnosis.probability:.2f} "
+              f"({'positive' if diagnosis.positive else 'negative'} at {diagnosis.threshold:.2f}), "
+              f"diameter {finding.diameter_mm:.1f} mm, volume {finding.volume_mm3:.0f} mm3; "
+              f"manifestations present: {', '.join(positives) or 'none'}")
+    print(f"report: {report}")

@@ -1,0 +1,83 @@
+"""`lungnodule-explain demo [--out DIR]`: the whole pipeline on a synthetic chest CT, with no download.
+
+Makes the engine's phantom (a chest CT with one solid nodule), saves it as `phantom_ct.nrrd`, analyses it at the
+nodule centre with the default model and writes the report, which states that the image is a phantom, not a
+patient. Running it again replaces its own previous output folder (recognised by its findings.json), never
+another folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from ..finding import Finding
+from ..worker import DEVICES
+from .analyze import AnalyzerFactory, ClickedPoint, analyze_points
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUT = Path("lungnodule-demo")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="run the whole pipeline on a built-in synthetic chest CT and write a report",
+        description="Generate a synthetic chest CT with one nodule (a phantom, not a patient), analyse it with "
+                    "the default model, and write the same report folder as `analyze`, plus phantom_ct.nrrd.")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                        help=f"output folder (default ./{DEFAULT_OUT}; a previous demo output there is replaced)")
+    parser.add_argument("--seed", type=int, default=0, help="phantom random seed (default 0)")
+    parser.add_argument("--diameter", type=float, default=14.0, metavar="MM",
+                        help="nodule diameter in mm (default 14)")
+    parser.add_argument("--model", type=Path, default=None, metavar="BUNDLE",
+                        help="model bundle folder or archive (default: the model shipped with the package)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where the networks run (default auto)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = None) -> int:
+    """The verb. `analyzer_factory` (tests) replaces analysis.Analyzer."""
+    from ..phantom import make_phantom_ct
+    from ..reports import check_out_dir, write_findings
+
+    overwrite = args.overwrite or is_previous_demo(args.out)
+    check_out_dir(args.out.absolute(), overwrite)
+    phantom = make_phantom_ct(seed=args.seed, diameter_mm=args.diameter)
+    point = ClickedPoint(phantom.nodule_center_lps, "lps", "phantom nodule centre")
+    findings = analyze_points(phantom.ct, [point], bundle=args.model, device=args.device,
+                              analyzer_factory=analyzer_factory, quiet=getattr(args, "quiet", False))
+    report = write_findings(findings, phantom.ct, args.out, title="LungNoduleExplain demo on a synthetic phantom",
+                            source=f"synthetic phantom (seed {args.seed}), saved as phantom_ct.nrrd",
+                            is_phantom=True, overwrite=overwrite, extra_images={"phantom_ct.nrrd": phantom.ct})
+    print(summary_paragraph(findings[0], args.diameter, phantom.ct.GetSize()))
+    print(f"report: {report}")
+    return 0
+
+
+def is_previous_demo(out: Path) -> bool:
+    """True when `out` holds a report this command wrote (findings.json with is_phantom true)."""
+    index = out / "findings.json"
+    try:
+        return bool(json.loads(index.read_text(encoding="utf-8")).get("is_phantom"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def summary_paragraph(finding: Finding, diameter_mm: float, size: Sequence[int]) -> str:
+    """A plain-language paragraph: what was made, what the model says, and that a phantom is not a patient."""
+    diagnosis = finding.diagnosis
+    manifestations = ", ".join(f"{o.name} {o.probability:.2f}" for o in finding.outputs if o.kind == "manifestation")
+    total_s = finding.timings_s.get("total", sum(finding.timings_s.values()))
+    return (f"The demo made a synthetic chest CT ({' x '.join(str(n) for n in size)} voxels) with a "
+            f"{diameter_mm:.0f} mm solid nodule and clicked its centre. {finding.model_name} "
+            f"{finding.model_version} on {finding.device.upper()} segmented a nodule of {finding.diameter_mm:.1f} mm "
+            f"({finding.volume_mm3:.0f} mm3) and gives {diagnosis.name} {diagnosis.probability:.2f} "
+            f"({'positive' if diagnosis.positive else 'negative'} at threshold {diagnosis.threshold:.2f})"
+            f"{'; manifestations: ' + manifestations if manifestations else ''}, in {total_s:.1f} s. "
+            "The image is a phantom, not a patient: these numbers only show that the pipeline runs. "
+            "Research use only, not for clinical decisions.")

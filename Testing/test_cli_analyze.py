@@ -1,0 +1,223 @@
+"""`lungnodule-explain analyze` and `demo`: arguments, every promised file, and bad input stopped at the edge.
+
+The flow tests inject the worker tests' FakeAnalyzer; bad input must fail before any model is loaded, so those
+run the real command line. The end-to-end tests on real LIDC scans need the lead's analysis module and bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LungNoduleExplainLib import cli
+from LungNoduleExplainLib.commands import demo
+from LungNoduleExplainLib.phantom import make_phantom_ct
+from LungNoduleExplainLib.reports import check_on_grid
+from LungNoduleExplainLib.volume import lps_to_ras
+
+from fake_engine import FakeAnalyzer
+
+
+@pytest.fixture(scope="module")
+def phantom_file(tmp_path_factory):
+    """A small phantom CT saved as NRRD, with its nodule centre in RAS mm."""
+    phantom = make_phantom_ct(seed=5, size=(96, 96, 48), diameter_mm=8.0, n_vessels=6)
+    path = tmp_path_factory.mktemp("ct") / "phantom.nrrd"
+    sitk.WriteImage(phantom.ct, str(path))
+    return path, tuple(float(v) for v in lps_to_ras(phantom.nodule_center_lps)), phantom.ct
+
+
+def run_with_fake(argv: list[str]) -> int:
+    """Parse like the real command line (quietly) and run the verb with the FakeAnalyzer."""
+    args = cli.build_parser().parse_args(["--quiet", *argv])
+    return args.func(args, analyzer_factory=FakeAnalyzer)
+
+
+def point_arg(point) -> str:
+    return ",".join(f"{v:.3f}" for v in point)
+
+
+def test_analyze_writes_every_promised_file_for_each_point(phantom_file, tmp_path, capsys):
+    path, ras, ct = phantom_file
+    points = tmp_path / "points.csv"
+    index = ct.TransformPhysicalPointToIndex([-ras[0], -ras[1], ras[2]])
+    points.write_text(f"X,Y,Z,space,note\n{ras[0]},{ras[1]},{ras[2]},,first\n\n"
+                      f"{index[0]},{index[1]},{index[2]},ijk,second\n")
+    out = tmp_path / "out"
+    assert run_with_fake(["analyze", str(path), "--point", point_arg(ras), "--points-csv", str(points),
+                          "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out.absolute() / 'report.html'}" in printed
+    assert "nodule-03:" in printed
+    for n in (1, 2, 3):
+        body = json.loads((out / f"nodule-{n:02d}" / "finding.json").read_text())
+        for rel in [body["files"]["segmentation"], *body["files"]["maps"].values(),
+                    *body["files"]["overlays"].values()]:
+            assert (out / f"nodule-{n:02d}" / rel).is_file()
+        assert body["point_ras_mm"] == pytest.approx(ras, abs=1.0)  # all three are the same nodule
+    seg = sitk.ReadImage(str(out / "nodule-01" / "segmentation.nrrd"))
+    check_on_grid(seg, ct, "segmentation")
+    assert "Research use only" in (out / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--point", "1,2"], "--point must be three comma-separated numbers"),
+    (["--point", "a,b,c"], "--point must be three comma-separated numbers"),
+    (["--point", "1,2,nan"], "--point must be three comma-separated numbers"),
+    (["--point", "1,2,3", "--ras", "--lps"], "not allowed with argument"),
+    (["--points-csv", "/no/such/points.csv"], "points file not found"),
+    (["--point", "1,2,3", "--device", "tpu"], "invalid choice"),
+])
+def test_malformed_arguments_are_refused_by_the_parser(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["analyze", "ct.nrrd", "--out", str(tmp_path / "out"), *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_negative_coordinates_are_values_not_options():
+    args = cli.build_parser().parse_args(["analyze", "ct.nrrd", "--point", "-56.4,-86.34,-1.2e2", "--point",
+                                          "3,-4,5", "--lps", "--out", "o"])
+    assert args.point == [(-56.4, -86.34, -120.0), (3.0, -4.0, 5.0)]
+    assert args.space == "lps"
+
+
+def _main_error(argv: list[str], capsys) -> str:
+    """Run the real command line; expect exit code 2 and one `error: ...` line; return it."""
+    assert cli.main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def _image(array: np.ndarray, spacing=(0.7, 0.7, 1.25)) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing[:image.GetDimension()])
+    return image
+
+
+def _ct_like(dtype=np.int16) -> np.ndarray:
+    array = np.full((8, 32, 32), -1000, dtype=dtype)
+    array[:, 8:24, 8:24] = 40
+    return array
+
+
+NAN_CT = _ct_like(np.float32)
+NAN_CT[4, 16, 16] = np.nan
+BAD_IMAGES = {
+    "2d": (_image(_ct_like()[0]), "expected a 3D CT, got a 2D image"),
+    "single-slice": (_image(_ct_like()[:1]), "at least 2 voxels per axis"),
+    "uint8": (_image(np.clip(_ct_like() + 1000, 0, 255).astype(np.uint8)), "8-bit pixels"),
+    "mr-like": (_image((_ct_like() + 1000).astype(np.int16)), "does not look like CT"),
+    "absurd-spacing": (_image(_ct_like(), spacing=(0.7, 0.7, 50.0)), "missing or absurd"),
+    "nan": (_image(NAN_CT), "NaN or Inf"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_IMAGES))
+def test_a_bad_ct_is_one_clear_error_and_nothing_is_written(case, tmp_path, capsys):
+    image, message = BAD_IMAGES[case]
+    path = tmp_path / f"{case}.nrrd"
+    sitk.WriteImage(image, str(path))
+    line = _main_error(["analyze", str(path), "--ijk", "--point", "0,0,0", "--out", str(tmp_path / "out")], capsys)
+    assert message in line and str(path) in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_point_outside_the_image_names_the_point(phantom_file, tmp_path, capsys):
+    path, ras, _ = phantom_file
+    line = _main_error(["analyze", str(path), "--point", "500,0,0", "--out", str(tmp_path / "out")], capsys)
+    assert "--point 1" in line and "outside the image" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("a,b,c\n1,2,3\n", "missing column(s) x, y, z"),
+    ("x,y,z\n1,2,three\n", "line 2: x, y, z must be numbers"),
+    ("x,y,z,space\n1,2,3,voxel\n", "space 'voxel' is not one of"),
+    ("x,y,z\n", "has a header but no points"),
+])
+def test_a_malformed_points_file_names_the_line(content, message, phantom_file, tmp_path, capsys):
+    path, _, _ = phantom_file
+    points = tmp_path / "points.csv"
+    points.write_text(content)
+    line = _main_error(["analyze", str(path), "--points-csv", str(points), "--out", str(tmp_path / "out")], capsys)
+    assert message in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_point_at_all_is_an_error(phantom_file, tmp_path, capsys):
+    line = _main_error(["analyze", str(phantom_file[0]), "--out", str(tmp_path / "out")], capsys)
+    assert "no point given" in line
+
+
+def test_an_existing_output_folder_is_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    line = _main_error(["analyze", str(tmp_path / "missing.nrrd"), "--point", "1,2,3", "--out", str(out)], capsys)
+    assert "not empty" in line and "--overwrite" in line
+    assert (out / "mine.txt").read_text() == "keep"
+
+
+def test_a_missing_ct_is_an_error(tmp_path, capsys):
+    line = _main_error(["analyze", str(tmp_path / "none.nrrd"), "--point", "1,2,3", "--out", str(tmp_path / "o")],
+                       capsys)
+    assert "CT not found" in line
+
+
+def _link_series(source: Path, target: Path, skip: int | None = None) -> None:
+    target.mkdir(exist_ok=True)
+    files = sorted(source.glob("*.dcm"))
+    for n, file in enumerate(files):
+        if n != skip:
+            os.symlink(file, target / f"{source.parent.name}-{file.name}")
+
+
+def test_a_mixed_dicom_folder_is_refused(ct_dir, tmp_path, capsys):
+    mixed = tmp_path / "mixed"
+    _link_series(ct_dir / "LIDC-IDRI-0001" / "dicom", mixed)
+    _link_series(ct_dir / "LIDC-IDRI-0003" / "dicom", mixed)
+    line = _main_error(["analyze", str(mixed), "--point", "1,2,3", "--out", str(tmp_path / "out")], capsys)
+    assert "mixes 2 series" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dicom_series_with_a_missing_slice_is_refused(ct_dir, tmp_path, capsys):
+    gap = tmp_path / "gap"
+    _link_series(ct_dir / "LIDC-IDRI-0001" / "dicom", gap, skip=8)
+    line = _main_error(["analyze", str(gap), "--point", "1,2,3", "--out", str(tmp_path / "out")], capsys)
+    assert "missing slices" in line
+
+
+def test_a_folder_of_corrupt_dicom_files_is_refused(tmp_path, capsys):
+    folder = tmp_path / "corrupt"
+    folder.mkdir()
+    for n in range(3):
+        (folder / f"{n}.dcm").write_bytes(b"DICM" + bytes(range(256)) * 4)
+    line = _main_error(["analyze", str(folder), "--point", "1,2,3", "--out", str(tmp_path / "out")], capsys)
+    assert "no DICOM series found" in line
+
+
+def test_demo_writes_the_phantom_and_says_it_is_not_a_patient(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert run_with_fake(["demo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "phantom, not a patient" in printed and f"report: {out.absolute() / 'report.html'}" in printed
+    assert sitk.ReadImage(str(out / "phantom_ct.nrrd")).GetSize() == (192, 192, 96)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "synthetic phantom" in html and "not a patient" in html
+    # Running it again replaces its own output; another folder's content is never replaced.
+    assert demo.is_previous_demo(out)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert not demo.is_previous_demo(other)
+    assert cli.main(["demo", "--out", str(other)]) == 2
+    assert (other / "notes.txt").read_text() == "mine"
