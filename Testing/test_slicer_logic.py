@@ -69,9 +69,21 @@ def lidc_nrrd(ct_dir, tmp_path_factory) -> tuple[Path, list[float]]:
     return path, centroid
 
 
+@pytest.fixture(scope="module")
+def lidc_crop(lidc_nrrd, tmp_path_factory) -> tuple[Path, list[float]]:
+    """A 160 x 160 in-plane crop of the same real series around the nodule, for the tests that run many times."""
+    image = sitk.ReadImage(str(lidc_nrrd[0]))
+    centre = image.TransformPhysicalPointToIndex([-lidc_nrrd[1][0], -lidc_nrrd[1][1], lidc_nrrd[1][2]])
+    lower = [max(0, centre[0] - 80), max(0, centre[1] - 80), 0]
+    crop = sitk.RegionOfInterest(image, [160, 160, image.GetSize()[2]], lower)
+    path = tmp_path_factory.mktemp("crop") / "LIDC-IDRI-0001-crop.nrrd"
+    sitk.WriteImage(crop, str(path))
+    return path, lidc_nrrd[1]
+
+
 @pytest.fixture()
-def ctNode(scene, lidc_nrrd):
-    return addCt(scene, lidc_nrrd[0])
+def ctNode(scene, lidc_crop):
+    return addCt(scene, lidc_crop[0])
 
 
 def addCt(scene, path: Path):
@@ -187,11 +199,11 @@ def test_maps_use_the_heat_colours_and_hide_values_below_a_quarter_in_the_foregr
     assert MapDisplay.heatColor(1.0) == pytest.approx((1.0, 1.0, 0.9))
 
 
-def test_map_selector_opacity_and_threshold_controls_change_the_display(scene, ctNode, lidc_nrrd):
+def test_map_selector_opacity_and_threshold_controls_change_the_display(scene, ctNode, lidc_crop):
     logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
     progress = []
     logic.onProgress = lambda fraction, message: progress.append(fraction)
-    nodule = run(logic, ctNode, nodules(lidc_nrrd, 0.0)).nodules[0]
+    nodule = run(logic, ctNode, nodules(lidc_crop, 0.0)).nodules[0]
     assert progress[-1] == 1.0
     logic.setMapOpacity(0.3)
     logic.setMapThreshold(0.5)
@@ -204,14 +216,14 @@ def test_map_selector_opacity_and_threshold_controls_change_the_display(scene, c
         logic.setMapThreshold(1.5)
 
 
-def test_rerunning_a_nodule_replaces_only_its_own_nodes(scene, ctNode, lidc_nrrd):
+def test_rerunning_a_nodule_replaces_only_its_own_nodes(scene, ctNode, lidc_crop):
     logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
-    first, second = run(logic, ctNode, nodules(lidc_nrrd, 0.0, 20.0)).nodules
+    first, second = run(logic, ctNode, nodules(lidc_crop, 0.0, 20.0)).nodules
     secondIds = sorted(n.GetID() for n in nodesOfNodule(scene, second.key))
     firstIds = sorted(n.GetID() for n in nodesOfNodule(scene, first.key))
     before = sceneInventory(scene)
 
-    again = run(logic, ctNode, nodules(lidc_nrrd, 0.0)).nodules[0]
+    again = run(logic, ctNode, nodules(lidc_crop, 0.0)).nodules[0]
     assert sorted(n.GetID() for n in nodesOfNodule(scene, second.key)) == secondIds
     newIds = sorted(n.GetID() for n in nodesOfNodule(scene, again.key))
     assert len(newIds) == len(firstIds) and not set(newIds) & set(firstIds)
@@ -220,17 +232,17 @@ def test_rerunning_a_nodule_replaces_only_its_own_nodes(scene, ctNode, lidc_nrrd
 
 
 @pytest.mark.parametrize("failure, expected", [("input", "far from any tissue"), ("crash", "simulated crash")])
-def test_a_failed_run_leaves_the_scene_unchanged(scene, ctNode, lidc_nrrd, monkeypatch, failure, expected):
+def test_a_failed_run_leaves_the_scene_unchanged(scene, ctNode, lidc_crop, monkeypatch, failure, expected):
     logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
-    run(logic, ctNode, nodules(lidc_nrrd, 0.0))
+    run(logic, ctNode, nodules(lidc_crop, 0.0))
     before = sceneInventory(scene)
     monkeypatch.setenv("FAKE_FAIL", failure)
-    outcome = run(logic, ctNode, nodules(lidc_nrrd, 0.0))
+    outcome = run(logic, ctNode, nodules(lidc_crop, 0.0))
     assert outcome.status == "failed" and expected in outcome.message
     assert sceneInventory(scene) == before
 
 
-def test_a_cancelled_run_leaves_the_scene_unchanged_and_removes_its_files(scene, ctNode, lidc_nrrd, monkeypatch):
+def test_a_cancelled_run_leaves_the_scene_unchanged_and_removes_its_files(scene, ctNode, lidc_crop, monkeypatch):
     logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
     before = sceneInventory(scene)
     monkeypatch.setenv("FAKE_DELAY_S", "60")
@@ -238,7 +250,7 @@ def test_a_cancelled_run_leaves_the_scene_unchanged_and_removes_its_files(scene,
     logic.onFinished = finished.append
     started = []
     logic.onProgress = lambda fraction, message: started.append(message)
-    logic.startAnalysis(ctNode, nodules(lidc_nrrd, 0.0), device="cpu")
+    logic.startAnalysis(ctNode, nodules(lidc_crop, 0.0), device="cpu")
     workDir = logic._workDir
     while not any("segmenting" in m for m in started):
         assert logic.poll(), "the worker ended before it could be cancelled"
@@ -248,28 +260,39 @@ def test_a_cancelled_run_leaves_the_scene_unchanged_and_removes_its_files(scene,
     assert sceneInventory(scene) == before
 
 
-def test_a_result_off_the_ct_grid_is_refused_and_nothing_is_added(scene, ctNode, lidc_nrrd, tmp_path):
+def test_a_result_off_the_ct_grid_is_refused_and_nothing_is_added(scene, ctNode, lidc_crop, tmp_path):
     from fake_engine import FakeAnalyzer, fake_write_findings
-    ct = sitk.ReadImage(str(lidc_nrrd[0]))
+    ct = sitk.ReadImage(str(lidc_crop[0]))
     shifted = sitk.Image(ct)
     shifted.SetOrigin([o + 5.0 for o in ct.GetOrigin()])
-    finding = FakeAnalyzer().analyze(shifted, lidc_nrrd[1])
+    finding = FakeAnalyzer().analyze(shifted, lidc_crop[1])
     fake_write_findings([finding], shifted, tmp_path)
     logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
     before = sceneInventory(scene)
     with pytest.raises(ResultError, match="not on the grid"):
-        logic.loadResults(ctNode, nodules(lidc_nrrd, 0.0), [tmp_path / "nodule-01"])
+        logic.loadResults(ctNode, nodules(lidc_crop, 0.0), [tmp_path / "nodule-01"])
     assert sceneInventory(scene) == before
 
 
-def test_inputs_are_checked_before_anything_starts(scene, ctNode, lidc_nrrd):
+def test_folders_written_by_the_real_report_writer_load_into_the_scene(scene, ctNode, lidc_crop, tmp_path):
+    reports = pytest.importorskip("LungNoduleExplainLib.reports")
+    from fake_engine import FakeAnalyzer
+    ct = sitk.ReadImage(str(lidc_crop[0]))
+    reports.write_findings([FakeAnalyzer().analyze(ct, lidc_crop[1])], ct, tmp_path / "out")
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    nodule = logic.loadResults(ctNode, nodules(lidc_crop, 0.0), [tmp_path / "out" / "nodule-01"])[0]
+    assert set(nodule.mapNodes) == {"malignancy", "spiculated", "calcified"}
+    assert nodule.tableNode.GetTable().GetNumberOfRows() == 3
+
+
+def test_inputs_are_checked_before_anything_starts(scene, ctNode, lidc_crop):
     logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
     with pytest.raises(ValueError, match="place at least one nodule point"):
         logic.startAnalysis(ctNode, [])
     with pytest.raises(ValueError, match="select a CT volume"):
-        logic.startAnalysis(None, nodules(lidc_nrrd, 0.0))
+        logic.startAnalysis(None, nodules(lidc_crop, 0.0))
     with pytest.raises(ValueError, match="model bundle not found"):
-        logic.startAnalysis(ctNode, nodules(lidc_nrrd, 0.0), bundlePath="/no/such/bundle")
+        logic.startAnalysis(ctNode, nodules(lidc_crop, 0.0), bundlePath="/no/such/bundle")
     assert not logic.isRunning()
 
 
@@ -283,11 +306,11 @@ def test_markups_points_become_nodules_keyed_by_their_control_point(scene):
     assert requests[0].key == f"{points.GetID()}/{points.GetNthControlPointID(0)}"
 
 
-def test_the_report_export_copies_the_last_successful_run(scene, ctNode, lidc_nrrd, tmp_path):
+def test_the_report_export_copies_the_last_successful_run(scene, ctNode, lidc_crop, tmp_path):
     logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
     with pytest.raises(ValueError, match="no analysis result to export"):
         logic.exportReport(tmp_path / "early")
-    run(logic, ctNode, nodules(lidc_nrrd, 0.0))
+    run(logic, ctNode, nodules(lidc_crop, 0.0))
     report = logic.exportReport(tmp_path / "export")
     assert report.is_file() and (tmp_path / "export" / "nodule-01" / "finding.json").is_file()
     logic.cleanup()
@@ -299,7 +322,8 @@ def _engine_ready() -> bool:
 
 
 @pytest.mark.skipif(not _engine_ready(), reason="the real analysis/reports/bundle modules are not there yet")
-def test_real_engine_loads_a_real_finding_for_the_real_nodule(scene, ctNode, lidc_nrrd):
+def test_real_engine_loads_a_real_finding_for_the_real_nodule(scene, lidc_nrrd):
+    ctNode = addCt(scene, lidc_nrrd[0])
     logic = AnalysisLogic(scene, workerCommand=[sys.executable, "-m", "LungNoduleExplainLib.worker"])
     outcome = run(logic, ctNode, nodules(lidc_nrrd, 0.0))
     assert outcome.succeeded, outcome.message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import os
@@ -218,3 +219,21 @@ def test_text_that_is_not_a_protocol_message_becomes_a_debug_log():
     assert parseLine('{"type": "progress", "fraction": 0.5, "message": "x"}\n')["fraction"] == 0.5
     assert parseLine("{not json")["level"] == "debug"
     assert parseLine('{"no": "type"}') == {"type": "log", "level": "debug", "message": '{"no": "type"}'}
+
+
+def test_a_request_survives_its_json_round_trip(tmp_path):
+    request = worker.Request(ct=tmp_path / "ct.nrrd", points=[(1.0, 2.0, 3.0)], out_dir=tmp_path / "out",
+                             space="lps", bundle=tmp_path / "b", device="cpu", source="volume 'CT'")
+    assert worker.Request.from_json(json.loads(json.dumps(request.to_json()))) == request
+
+
+def test_the_real_report_writer_produces_the_files_the_result_lists(tmp_path, small_ct):
+    pytest.importorskip("LungNoduleExplainLib.reports")
+    code, messages = run_in_process(write_request(tmp_path, small_ct, source="volume 'CT'"),
+                                    findings_writer=worker._default_findings_writer)
+    assert code == 0, messages[-1]
+    result = messages[-1]
+    text = Path(result["report"]).read_text()
+    assert html.escape("volume 'CT'") in text or "volume 'CT'" in text
+    body = json.loads(Path(result["findings"][0]).read_text())
+    assert {o["name"] for o in body["outputs"]} == set(body["files"]["maps"])

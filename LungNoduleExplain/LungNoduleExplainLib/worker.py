@@ -15,7 +15,8 @@ Anything else a library prints goes to stderr, so stdout carries only protocol l
 The request (JSON object):
     ct: path of a CT (DICOM folder, NRRD, NIfTI, MHA); points: [[x, y, z], ...]; space: "ras" | "lps" | "ijk"
     (default "ras"); bundle: null (the shipped model) or a bundle path; device: "auto" | "cpu" | "cuda";
-    out_dir: folder for write_findings' layout (nodule-01/finding.json, ..., report.html).
+    out_dir: folder for write_findings' layout (nodule-01/finding.json, ..., report.html), absent or empty;
+    source (optional): how the user knows the CT, shown in the report.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Request:
     space: str = "ras"
     bundle: Path | None = None
     device: str = "auto"
+    source: str = ""  # how the user knows the CT (e.g. the Slicer volume's name), shown in the report
 
     @classmethod
     def from_json(cls, data: Any, source: str = "request") -> "Request":
@@ -84,7 +86,7 @@ class Request:
         bundle = data.get("bundle")
         return cls(ct=Path(data["ct"]), points=[tuple(float(v) for v in p) for p in points],
                    out_dir=Path(data["out_dir"]), space=space,
-                   bundle=Path(bundle) if bundle else None, device=device)
+                   bundle=Path(bundle) if bundle else None, device=device, source=str(data.get("source") or ""))
 
     @classmethod
     def read(cls, path: str | Path) -> "Request":
@@ -100,7 +102,7 @@ class Request:
     def to_json(self) -> dict:
         return {"ct": str(self.ct), "points": [list(p) for p in self.points], "space": self.space,
                 "bundle": str(self.bundle) if self.bundle else None, "device": self.device,
-                "out_dir": str(self.out_dir)}
+                "out_dir": str(self.out_dir), "source": self.source}
 
 
 class MessageWriter:
@@ -161,6 +163,7 @@ def _default_analyzer_factory(**kwargs: Any) -> AnalyzerLike:
 
 
 def _default_findings_writer(findings: list, ct: Any, out_dir: Path, **kwargs: Any) -> Path:
+    """reports.write_findings (source=...), imported only when used."""
     from .reports import write_findings
     return write_findings(findings, ct, out_dir, **kwargs)
 
@@ -203,7 +206,7 @@ def run_request(request: Request, messages: MessageWriter, *,
         on_progress(0.0, f"analysing point {tuple(round(v, 1) for v in point)} ({request.space.upper()})")
         findings.append(analyzer.analyze(ct, point, space=request.space))
     messages.progress(0.9, "Writing segmentation, maps and report")
-    report = findings_writer(findings, ct, request.out_dir)
+    report = findings_writer(findings, ct, request.out_dir, source=request.source or str(request.ct))
     paths = finding_paths(request.out_dir, n)
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:

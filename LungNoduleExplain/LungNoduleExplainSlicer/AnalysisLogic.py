@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import slicer
+from LungNoduleExplainLib.worker import Request
 
 from . import MapDisplay
 from .ResultNodes import ROLE_ATTRIBUTE, NoduleNodes, ResultError, addNodule, readNodule, removeNodule
@@ -125,11 +126,11 @@ class AnalysisLogic:
         ctPath = self._workDir / "ct.nrrd"
         self.onProgress(0.0, f"Exporting {ctNode.GetName()} for the analysis")
         self._writeVolume(ctNode, ctPath)
-        request = {"ct": str(ctPath), "points": [list(n.pointRas) for n in nodules], "space": "ras",
-                   "bundle": str(bundlePath) if bundlePath else None, "device": device,
-                   "out_dir": str(self._workDir / "results")}
+        request = Request(ct=ctPath, points=[n.pointRas for n in nodules], out_dir=self._workDir / "results",
+                          space="ras", bundle=Path(bundlePath) if bundlePath else None, device=device,
+                          source=f"Slicer volume {ctNode.GetName()!r}")
         requestPath = self._workDir / "request.json"
-        requestPath.write_text(json.dumps(request, indent=1), encoding="utf-8")
+        requestPath.write_text(json.dumps(request.to_json(), indent=1), encoding="utf-8")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(MODULE_DIR), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"

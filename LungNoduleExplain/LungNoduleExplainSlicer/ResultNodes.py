@@ -112,15 +112,17 @@ def readNodule(folder: Path, ctNode, key: str, name: str) -> NoduleNodes:
     """Read one result folder into nodes that are NOT yet in any scene; raises ResultError on any problem."""
     folder = Path(folder)
     finding = readFindingJson(folder)
+    files = finding.get("files") or {}  # relative paths, when the writer lists them; else the default layout
 
     labelmap = slicer.vtkMRMLLabelMapVolumeNode()
-    _readVolume(folder / "segmentation.nrrd", labelmap)
-    checkSameGrid(labelmap, ctNode, folder / "segmentation.nrrd")
+    segmentationPath = folder / files.get("segmentation", "segmentation.nrrd")
+    _readVolume(segmentationPath, labelmap)
+    checkSameGrid(labelmap, ctNode, segmentationPath)
 
     maps = {}
     for output in finding["outputs"]:
         mapNode = slicer.vtkMRMLScalarVolumeNode()
-        path = folder / "maps" / f"{output['name']}.nrrd"
+        path = folder / (files.get("maps") or {}).get(output["name"], f"maps/{output['name']}.nrrd")
         _readVolume(path, mapNode)
         checkSameGrid(mapNode, ctNode, path)
         mapNode.SetName(f"{name} {output['name']} map")
