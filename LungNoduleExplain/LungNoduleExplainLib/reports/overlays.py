@@ -23,6 +23,7 @@ MAP_DISPLAY_THRESHOLD = 0.25
 MAP_COLORMAP = "jet"
 CONTOUR_COLOUR = "#ff2bd6"
 MIN_FIELD_OF_VIEW_MM = 60.0
+OUTSIDE_SCAN_HU = -3000.0  # below the window: beyond the scanned volume shows black, unlike air or lung
 PLANES = ("axial", "coronal", "sagittal")
 # (left, right, top, bottom) orientation letters of each displayed plane.
 _ORIENTATION = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"), "sagittal": ("A", "P", "S", "I")}
@@ -102,7 +103,7 @@ class PlaneStack:
               diameter_mm: float) -> "PlaneStack":
         grid = DisplayGrid.around(nodule_centre_lps(segmentation, point_lps), ct, diameter_mm)
         return cls(grid,
-                   {p: grid.sample(ct, p, default=-1000.0) for p in PLANES},
+                   {p: grid.sample(ct, p, default=OUTSIDE_SCAN_HU) for p in PLANES},
                    {p: grid.sample(segmentation, p, default=0.0) for p in PLANES},
                    tuple(float(v) for v in point_lps))
 
@@ -155,12 +156,13 @@ def _decorate(ax, plane: str, grid: DisplayGrid) -> None:
     ax.set_ylim(n - 0.5, -0.5)
     ax.set_axis_off()
     left, right, top, bottom = _ORIENTATION[plane]
-    style = {"color": "#ffd24d", "fontsize": 10, "fontweight": "bold"}
+    box = {"facecolor": "black", "alpha": 0.55, "pad": 1.5, "edgecolor": "none"}
+    style = {"color": "#ffd24d", "fontsize": 10, "fontweight": "bold", "bbox": box}
     ax.text(0.02, 0.5, left, transform=ax.transAxes, ha="left", va="center", **style)
     ax.text(0.98, 0.5, right, transform=ax.transAxes, ha="right", va="center", **style)
     ax.text(0.5, 0.98, top, transform=ax.transAxes, ha="center", va="top", **style)
     ax.text(0.5, 0.02, bottom, transform=ax.transAxes, ha="center", va="bottom", **style)
-    ax.text(0.02, 0.98, plane, transform=ax.transAxes, ha="left", va="top", color="white", fontsize=10)
+    ax.text(0.02, 0.98, plane, transform=ax.transAxes, ha="left", va="top", color="white", fontsize=10, bbox=box)
     bar_px = 10.0 / grid.spacing_mm
     x0, y0 = n * 0.95 - bar_px, n * 0.93
     ax.plot([x0, x0 + bar_px], [y0, y0], color="white", linewidth=2)
