@@ -18,7 +18,7 @@ from LungNoduleExplainLib import cli
 from LungNoduleExplainLib.commands import demo
 from LungNoduleExplainLib.phantom import make_phantom_ct
 from LungNoduleExplainLib.reports import check_on_grid
-from LungNoduleExplainLib.volume import lps_to_ras
+from LungNoduleExplainLib.volume import lps_to_ras, read_ct
 
 from fake_engine import FakeAnalyzer
 
@@ -221,3 +221,63 @@ def test_demo_writes_the_phantom_and_says_it_is_not_a_patient(tmp_path, capsys):
     assert not demo.is_previous_demo(other)
     assert cli.main(["demo", "--out", str(other)]) == 2
     assert (other / "notes.txt").read_text() == "mine"
+
+
+# --- End to end with the real model (needs the lead's analysis module and the shipped bundle) -----------------
+
+@pytest.fixture(scope="module")
+def real_analyzer():
+    """The real Analyzer with the default bundle, loaded once and shared by the end-to-end tests."""
+    analysis = pytest.importorskip("LungNoduleExplainLib.analysis", reason="analysis.py not written yet")
+    from LungNoduleExplainLib.errors import BundleError
+    try:
+        return analysis.Analyzer(bundle=None, device="cpu")
+    except BundleError as exc:
+        pytest.skip(f"the default bundle cannot be loaded: {exc}")
+
+
+def _nodules(ct_dir: Path) -> dict[str, dict]:
+    return {n["patient_id"]: n for n in json.loads((ct_dir / "nodules.json").read_text())}
+
+
+@pytest.mark.parametrize("patient", ["LIDC-IDRI-0001", "LIDC-IDRI-0002", "LIDC-IDRI-0003"])
+def test_analyze_on_a_real_lidc_series_at_the_nodule_centroid(patient, ct_dir, real_analyzer, tmp_path, capsys):
+    nodule = _nodules(ct_dir)[patient]
+    out = tmp_path / "out"
+    args = cli.build_parser().parse_args(["--quiet", "analyze", str(ct_dir / patient / "dicom"), "--point",
+                                          point_arg(nodule["centroid_ras_mm"]), "--out", str(out)])
+    assert args.func(args, analyzer_factory=lambda **kwargs: real_analyzer) == 0
+    assert "report: " in capsys.readouterr().out
+    seg = sitk.ReadImage(str(out / "nodule-01" / "segmentation.nrrd"))
+    check_on_grid(seg, read_ct(ct_dir / patient / "dicom"), "segmentation")
+    body = json.loads((out / "nodule-01" / "finding.json").read_text())
+    for name, rel in body["files"]["maps"].items():
+        values = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "nodule-01" / rel)))
+        assert 0.0 <= values.min() and values.max() <= 1.0, name
+        assert (out / "nodule-01" / body["files"]["overlays"][name]).is_file()
+    index = seg.TransformPhysicalPointToIndex(nodule["centroid_lps_mm"])
+    assert sitk.GetArrayViewFromImage(seg)[index[2], index[1], index[0]] == 1, "segmentation covers the click"
+    assert body["diameter_mm"] > 10.0  # the three nodules are about 31-33 mm across
+    assert set(body["timings_s"]) and body["model"]["name"]
+
+
+def test_demo_runs_the_default_model_on_the_phantom(real_analyzer, tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = cli.build_parser().parse_args(["--quiet", "demo", "--out", str(out), "--device", "cpu"])
+    assert args.func(args, analyzer_factory=lambda **kwargs: real_analyzer) == 0
+    printed = capsys.readouterr().out
+    assert "not a patient" in printed and "report: " in printed
+    body = json.loads((out / "nodule-01" / "finding.json").read_text())
+    assert 8.0 < body["diameter_mm"] < 20.0  # the phantom's nodule is 14 mm
+
+
+def test_an_unreadable_bundle_is_one_clear_error(phantom_file, tmp_path, capsys):
+    pytest.importorskip("LungNoduleExplainLib.analysis", reason="analysis.py not written yet")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{not json")
+    path, ras, _ = phantom_file
+    line = _main_error(["analyze", str(path), "--point", point_arg(ras), "--model", str(bundle), "--out",
+                        str(tmp_path / "out")], capsys)
+    assert str(bundle) in line or "bundle" in line
+    assert not (tmp_path / "out").exists()
