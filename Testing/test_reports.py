@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -231,3 +232,15 @@ def test_display_planes_follow_the_radiological_convention():
     row, col = np.unravel_index(np.argmax(coronal), coronal.shape)
     assert (col, row) == (30, 10)  # patient left on the right, cranial at the top
     assert grid.to_pixel(target, "coronal") == (30.0, 10.0)
+
+
+def test_the_output_folder_gets_ordinary_permissions(single, tmp_path):
+    ct, finding = single
+    write_findings([finding], ct, tmp_path / "out", title="t", source="s")
+    assert (tmp_path / "out").stat().st_mode & 0o077 == 0o777 & ~_umask() & 0o077
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

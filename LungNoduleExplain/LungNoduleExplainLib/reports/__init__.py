@@ -20,7 +20,6 @@ import json
 import logging
 import re
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -68,7 +67,8 @@ def write_findings(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | P
     out_dir = Path(out_dir).absolute()
     check_out_dir(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.partial"
+    staging.mkdir()  # not mkdtemp: its 0700 mode would make the report unreadable to others (umask applies here)
     try:
         report = _write_all(staging, findings, ct, title=title, source=source, is_phantom=is_phantom,
                             extra_images=extra_images or {}, progress=progress or (lambda f, m: None))
