@@ -101,6 +101,7 @@ def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = 
             raise PointError(f"{point.origin}: {exc}") from exc
     findings = analyze_points(ct, points, bundle=args.model, device=args.device,
                               analyzer_factory=analyzer_factory, quiet=getattr(args, "quiet", False))
+    logger.info("writing segmentation, maps, overlays and report to %s", args.out)
     report = write_findings(findings, ct, args.out, title=f"Lung nodule analysis: {args.ct.name}",
                             source=str(args.ct), overwrite=args.overwrite)
     print_summary(findings, report)
