@@ -1,0 +1,307 @@
+"""Writing a `lidc-voi` dataset folder: crops with context, atomic files, resumable progress, a skip summary.
+
+Both preparations (`prepare-lidc` from LIDC-IDRI DICOM, `prepare` from a hospital's own CSV) write through
+`VoiFolderWriter`. Work is done in *units* (one CT series: all its nodules are written together). After each unit
+the writer rewrites `progress.json` (the finished units and their table rows) and `nodules.csv`, each atomically
+(temp name, then `os.replace`), so a crash loses at most the unit in flight and a rerun skips finished units.
+Units that were skipped for bad input are not recorded as finished: a rerun tries them again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import DatasetError
+from .voi_table import REQUIRED_COLUMNS, TABLE_NAME
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_NAME = "progress.json"
+SUMMARY_NAME = "summary.json"
+PROGRESS_VERSION = 1
+
+# (done, total, current unit) -> None; the CLI turns it into a tqdm bar, Slicer into its progress bar.
+ProgressCallback = Callable[[int, int, str], None]
+
+
+# ----------------------------------------------------------------------------------------------------- geometry
+def crop_with_context(image: sitk.Image, lo_index: Sequence[int], hi_index: Sequence[int],
+                      context_mm: float) -> tuple[sitk.Image, tuple[int, ...]]:
+    """Crop `image` to the voxel box [lo_index, hi_index] (inclusive, ITK order i, j, k) grown by `context_mm`.
+
+    The margin is `ceil(context_mm / spacing)` voxels on each side of each axis, clipped to the image, so the crop
+    keeps real anatomy (not padding) around the nodule. Returns the crop, whose origin/spacing/direction place it
+    exactly where it was (LPS mm), and the crop's start index in `image`.
+    """
+    size = np.asarray(image.GetSize())
+    margin = np.ceil(float(context_mm) / np.asarray(image.GetSpacing()) - 1e-6).astype(int)
+    start = np.clip(np.asarray(lo_index, dtype=int) - margin, 0, size - 1)
+    stop = np.clip(np.asarray(hi_index, dtype=int) + margin, 0, size - 1)
+    if np.any(stop < start):
+        raise DatasetError(f"empty crop: box {tuple(lo_index)}..{tuple(hi_index)} is outside image size {tuple(size)}")
+    extent = (stop - start + 1).tolist()
+    return sitk.RegionOfInterest(image, [int(e) for e in extent], [int(s) for s in start]), tuple(int(s) for s in start)
+
+
+def box_around_point(image: sitk.Image, center_lps: Sequence[float], half_size_mm: float) -> tuple[list[int], list[int]]:
+    """The voxel box (inclusive, ITK i, j, k) spanning `center_lps` +/- `half_size_mm` along each image axis."""
+    center = np.asarray(image.TransformPhysicalPointToContinuousIndex([float(c) for c in center_lps]))
+    half = float(half_size_mm) / np.asarray(image.GetSpacing())
+    lo = np.floor(center - half).astype(int)
+    hi = np.ceil(center + half).astype(int)
+    return lo.tolist(), hi.tolist()
+
+
+def mask_bounding_box(mask_zyx: np.ndarray) -> tuple[list[int], list[int]] | None:
+    """Inclusive voxel box (ITK order i, j, k) of the non-zero voxels of a [z, y, x] array; None when empty."""
+    nonzero = np.argwhere(mask_zyx)
+    if not len(nonzero):
+        return None
+    lo, hi = nonzero.min(axis=0)[::-1], nonzero.max(axis=0)[::-1]
+    return lo.tolist(), hi.tolist()
+
+
+def mask_centroid_lps(mask: sitk.Image) -> np.ndarray | None:
+    """Centre of mass of a binary mask's voxels, LPS mm; None when the mask is empty."""
+    nonzero = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)
+    if not len(nonzero):
+        return None
+    index_xyz = nonzero.mean(axis=0)[::-1]
+    return np.asarray(mask.TransformContinuousIndexToPhysicalPoint(index_xyz.tolist()))
+
+
+def equivalent_diameter_mm(mask: sitk.Image) -> float:
+    """Diameter (mm) of the sphere with the mask's volume."""
+    volume = float((sitk.GetArrayViewFromImage(mask) > 0).sum()) * float(np.prod(mask.GetSpacing()))
+    return float((6.0 * volume / math.pi) ** (1.0 / 3.0))
+
+
+# -------------------------------------------------------------------------------------------------- atomic I/O
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+def write_atomic_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and `os.replace`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; give the file the mode a plain open() would
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic_image(image: sitk.Image, path: Path) -> None:
+    """Write a NIfTI (compressed) through a temporary name in the same folder and `os.replace`."""
+    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
+    try:
+        sitk.WriteImage(image, str(tmp), True)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def as_int16_if_lossless(image: sitk.Image) -> sitk.Image:
+    """HU as int16 (like `lidc-voi`) when the image holds integers that fit; otherwise unchanged."""
+    if image.GetPixelID() == sitk.sitkInt16:
+        return image
+    array = sitk.GetArrayViewFromImage(image)
+    if array.dtype.kind not in "iu" or array.min() < -32768 or array.max() > 32767:
+        return image
+    return sitk.Cast(image, sitk.sitkInt16)
+
+
+# ------------------------------------------------------------------------------------------------------ summary
+@dataclass(frozen=True)
+class Skipped:
+    """One unit (CT series) or case left out: `reason` is a short category, `message` says what was wrong."""
+
+    what: str
+    reason: str
+    message: str
+
+
+@dataclass
+class PrepareSummary:
+    """What a preparation did: counts, what it skipped and why, and notes (e.g. partially covered nodules)."""
+
+    units_total: int = 0
+    units_done: int = 0
+    units_resumed: int = 0
+    cases_written: int = 0
+    cases_total: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    nnunet: str = ""
+
+    def skip(self, what: str, reason: str, message: str) -> None:
+        logger.warning("skipped %s (%s): %s", what, reason, message)
+        self.skipped.append(Skipped(what, reason, message))
+
+    def note(self, message: str) -> None:
+        logger.info("%s", message)
+        self.notes.append(message)
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        return dict(Counter(s.reason for s in self.skipped))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["skipped_by_reason"] = self.skipped_by_reason()
+        return data
+
+    def format(self) -> str:
+        """A few human-readable lines for the console."""
+        lines = [f"series/CTs: {self.units_done} prepared now, {self.units_resumed} already done, "
+                 f"{len([s for s in self.skipped if s.what.startswith('series') or s.what.startswith('ct')])} "
+                 f"skipped, of {self.units_total}",
+                 f"nodules in the table: {self.cases_total} ({self.cases_written} written now)"]
+        lines += [f"  {key}: {value}" for key, value in self.counts.items()]
+        by_reason = self.skipped_by_reason()
+        if by_reason:
+            lines.append(f"skipped: {len(self.skipped)} (" + ", ".join(f"{r}: {n}" for r, n in by_reason.items()) + ")")
+            lines += [f"  {s.what}: {s.message}" for s in self.skipped[:50]]
+            if len(self.skipped) > 50:
+                lines.append(f"  ... and {len(self.skipped) - 50} more (see {SUMMARY_NAME})")
+        lines += [f"note: {n}" for n in self.notes[:20]]
+        if len(self.notes) > 20:
+            lines.append(f"note: ... and {len(self.notes) - 20} more (see {SUMMARY_NAME})")
+        if self.nnunet:
+            lines.append(f"nnU-Net raw dataset: {self.nnunet}")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------- writer
+class VoiFolderWriter:
+    """Writes `images/`, `masks/`, `nodules.csv` and `progress.json` of one dataset folder, unit by unit.
+
+    `columns`: the table's columns in order (REQUIRED_COLUMNS must be among them); `source`: a description of the
+    input (e.g. the LIDC root) stored in progress.json, so that a folder is not resumed from different input.
+    """
+
+    def __init__(self, out_dir: str | Path, columns: Sequence[str], source: str) -> None:
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise DatasetError(f"table columns lack required {missing}")
+        self.out_dir = Path(out_dir)
+        self.columns = list(columns)
+        self.source = source
+        (self.out_dir / "images").mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "masks").mkdir(parents=True, exist_ok=True)
+        self._units: dict[str, list[dict]] = {}
+        self._load_progress()
+
+    @property
+    def progress_path(self) -> Path:
+        return self.out_dir / PROGRESS_NAME
+
+    def _load_progress(self) -> None:
+        if not self.progress_path.is_file():
+            return
+        try:
+            data = json.loads(self.progress_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{self.progress_path}: unreadable ({exc}); delete it to start over") from exc
+        if data.get("source") != self.source:
+            raise DatasetError(f"{self.out_dir} was prepared from {data.get('source')!r}, not {self.source!r}; "
+                               "use another --out folder or delete it")
+        self._units = {key: list(rows) for key, rows in data.get("units", {}).items()}
+
+    def is_done(self, unit: str) -> bool:
+        return unit in self._units
+
+    @property
+    def rows(self) -> list[dict]:
+        return [row for rows in self._units.values() for row in rows]
+
+    def write_case(self, case_id: str, image: sitk.Image, mask: sitk.Image | None) -> tuple[str, str]:
+        """Write one case's image (and mask, uint8 0/1) atomically; returns their paths relative to the folder."""
+        image_rel = f"images/{case_id}.nii.gz"
+        write_atomic_image(as_int16_if_lossless(image), self.out_dir / image_rel)
+        if mask is None:
+            return image_rel, ""
+        mask_rel = f"masks/{case_id}.nii.gz"
+        write_atomic_image(sitk.Cast(mask > 0, sitk.sitkUInt8), self.out_dir / mask_rel)
+        return image_rel, mask_rel
+
+    def finish_unit(self, unit: str, rows: Iterable[dict]) -> None:
+        """Record `unit` as done with its table rows; rewrite progress.json and nodules.csv atomically."""
+        rows = [{c: _cell(row.get(c)) for c in self.columns} for row in rows]
+        ids = {r["case_id"] for r in self.rows}
+        clash = [r["case_id"] for r in rows if r["case_id"] in ids]
+        if clash:
+            raise DatasetError(f"unit {unit}: case ids {clash} were already written by another unit")
+        self._units[unit] = rows
+        write_atomic_text(self.progress_path, json.dumps(
+            {"version": PROGRESS_VERSION, "source": self.source, "columns": self.columns, "units": self._units},
+            indent=0))
+        self.write_table()
+
+    def write_table(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_atomic_text(self.out_dir / TABLE_NAME, buffer.getvalue())
+
+    def write_summary(self, summary: PrepareSummary) -> Path:
+        path = self.out_dir / SUMMARY_NAME
+        write_atomic_text(path, json.dumps(summary.to_dict(), indent=1) + "\n")
+        return path
+
+
+def _cell(value: object) -> str:
+    """Table cell text: blanks for None/NaN, short floats, everything else as str."""
+    if value is None:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(float(value)):
+            return ""
+        return f"{float(value):.6g}" if abs(float(value)) < 1e4 else f"{float(value):.3f}"
+    return str(value)
+
+
+def export_nnunet_if_available(out_dir: Path, summary: PrepareSummary) -> None:
+    """Write the nnU-Net raw dataset `<out>/nnUNet_raw/Dataset..._LungNodule` when the exporter is installed.
+
+    The exporter lives in `segmentation/export.py` (another part of the engine); if it is not there, the summary
+    says the export was skipped. Only rows with a mask can be exported.
+    """
+    try:
+        from ..segmentation.export import export_nnunet_dataset  # noqa: PLC0415 (optional at run time)
+    except ImportError as exc:
+        summary.nnunet = f"skipped: the nnU-Net exporter is not available ({exc})"
+        return
+    with (out_dir / TABLE_NAME).open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if any(not (row.get("mask") or "").strip() for row in rows):
+        summary.nnunet = "skipped: some cases have no mask (point only); nnU-Net training needs a mask for every case"
+        return
+    n_patients = len({row["patient_id"] for row in rows})
+    if n_patients < 2:
+        summary.nnunet = f"skipped: {n_patients} patient(s); patient-grouped folds need at least 2"
+        return
+    try:
+        exported = export_nnunet_dataset(out_dir, out_dir / "nnUNet_raw", n_folds=min(5, n_patients), overwrite=True)
+    except DatasetError as exc:
+        summary.nnunet = f"skipped: {exc}"
+        logger.warning("nnU-Net export skipped: %s", exc)
+        return
+    summary.nnunet = f"{exported.folder} ({len(exported.case_ids)} cases)"
