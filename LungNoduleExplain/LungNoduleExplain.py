@@ -1,0 +1,336 @@
+"""LungNoduleExplain: click a lung nodule, see its malignancy and manifestations, and where each comes from.
+
+Module / Widget / Logic / Test, as Slicer modules are written. The Widget is thin: everything that can run
+without Qt lives in LungNoduleExplainSlicer (AnalysisLogic, ResultNodes, MapDisplay, WorkerProcess,
+InstallLogic) and is tested on slicer-core; the science lives in the engine, LungNoduleExplainLib, which runs
+in a background process (its worker entry point) so the UI never freezes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pathlib
+from typing import Annotated, Optional
+
+import qt
+import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from LungNoduleExplainSlicer.AnalysisLogic import AnalysisLogic, AnalysisOutcome
+from LungNoduleExplainSlicer.InstallLogic import InstallCancelled, InstallLogic
+from LungNoduleExplainSlicer.MapDisplay import DEFAULT_OPACITY, DEFAULT_THRESHOLD
+
+# The sample: LIDC-IDRI-0001's 16-slice sub-stack around its nodule (real CT, LIDC-IDRI, CC BY 3.0), written as
+# NRRD by Resources/make_sample_data.py and attached to the extension's "sample-data" release.
+SAMPLE_NAME = "LungNoduleExplainLIDC0001"
+SAMPLE_FILE = "LIDC-IDRI-0001-substack.nrrd"
+SAMPLE_URL = ("https://github.com/LungNoduleExplain/SlicerLungNoduleExplain/releases/download/sample-data/"
+              + SAMPLE_FILE)
+SAMPLE_SHA256 = "SHA256:a3bc5f34b29f8cca2bff7779f6b998c80beef74a332757cc19c313b372eed2f8"
+SAMPLE_NODULE_RAS = (-56.4, -86.34, -115.96)  # the readers' centroid of its 33 mm nodule (nodules.json)
+POLL_INTERVAL_MS = 100
+SUBMODULES = ("WorkerProcess", "MapDisplay", "ResultNodes", "InstallLogic", "AnalysisLogic")
+
+
+class LungNoduleExplain(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Lung Nodule Explain")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Markups", "Segmentations"]
+        self.parent.contributors = ["LungNoduleExplain contributors"]
+        self.parent.helpText = _(
+            "Click a lung nodule in a chest CT and press Analyze: the nodule is segmented (nnU-Net v2), a 3D "
+            "multi-task network predicts malignancy and manifestations (e.g. spiculated, calcified) and shows "
+            "where each prediction comes from as a heat map over the CT. Research use only, not for clinical "
+            "decisions.")
+        self.parent.acknowledgementText = _(
+            "The method follows the multi-task explainable pulmonary nodule model (HESAM with anatomical attention "
+            "gates). Sample data: LIDC-IDRI (Armato et al., The Cancer Imaging Archive, CC BY 3.0).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    import SampleData
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="LungNoduleExplain",
+        sampleName=SAMPLE_NAME,
+        thumbnailFileName=os.path.join(iconsPath, "LungNoduleExplain.png"),
+        uris=SAMPLE_URL,
+        fileNames=SAMPLE_FILE,
+        checksums=SAMPLE_SHA256,
+        nodeNames="LIDC-IDRI-0001",
+    )
+
+
+@parameterNodeWrapper
+class LungNoduleExplainParameterNode:
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    points: slicer.vtkMRMLMarkupsFiducialNode
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    bundlePath: pathlib.Path
+    opacity: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_OPACITY
+    threshold: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_THRESHOLD
+
+
+class LungNoduleExplainLogic(ScriptedLoadableModuleLogic, AnalysisLogic):
+    """AnalysisLogic on Slicer's scene, plus the module's parameter node."""
+
+    def __init__(self, scene=None, **kwargs) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        AnalysisLogic.__init__(self, scene if scene is not None else slicer.mrmlScene, **kwargs)
+
+    def getParameterNode(self) -> LungNoduleExplainParameterNode:
+        return LungNoduleExplainParameterNode(super().getParameterNode())
+
+
+class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: Optional[LungNoduleExplainLogic] = None
+        self._parameterNode: Optional[LungNoduleExplainParameterNode] = None
+        self._parameterNodeGuiTag = None
+        self.timer = qt.QTimer()
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LungNoduleExplain.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = LungNoduleExplainLogic()
+        self.logic.onProgress = self.onProgress
+        self.logic.onLog = self.onLog
+        self.logic.onFinished = self.onFinished
+        self.timer.setInterval(POLL_INTERVAL_MS)
+        self.timer.timeout.connect(self.logic.poll)  # delivers the worker's messages on the main thread
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.analyzeButton.connect("clicked(bool)", self.onAnalyzeButton)
+        self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
+        self.ui.exportReportButton.connect("clicked(bool)", self.onExportReport)
+        self.ui.mapSelector.connect("currentIndexChanged(int)", self.onMapSelected)
+        self.ui.opacitySlider.connect("valueChanged(double)", self.logic.setMapOpacity)
+        self.ui.thresholdSlider.connect("valueChanged(double)", self.logic.setMapThreshold)
+        self.ui.pointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.placeWidget.setCurrentNode)
+        self.ui.progressBar.hide()
+        self.updateDependencyStatus()
+        self.initializeParameterNode()
+
+    # --- parameter node (the template's pattern) --------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        self.timer.stop()
+        if self.logic is not None:
+            self.logic.cleanup()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self.logic.isRunning():
+            self.logic.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if not self._parameterNode.points:
+            points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Nodules")
+            points.GetDisplayNode().SetSelectedColor(0.2, 0.9, 0.3)
+            self._parameterNode.points = points
+
+    def setParameterNode(self, inputParameterNode: Optional[LungNoduleExplainParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.ui.placeWidget.setCurrentNode(self._parameterNode.points)
+            self.updateButtons()
+
+    def updateButtons(self, caller=None, event=None) -> None:
+        if self.logic.isRunning():
+            self.ui.analyzeButton.text = _("Cancel")
+            self.ui.analyzeButton.toolTip = _("Stop the analysis; the scene stays as it was.")
+            self.ui.analyzeButton.enabled = True
+            return
+        self.ui.analyzeButton.text = _("Analyze")
+        p = self._parameterNode
+        ready = bool(p and p.inputVolume and p.points and p.points.GetNumberOfControlPoints())
+        self.ui.analyzeButton.enabled = ready
+        self.ui.analyzeButton.toolTip = _("Analyze every nodule point.") if ready else \
+            _("Select a CT volume and place at least one nodule point.")
+
+    # --- running (Analyze doubles as Cancel) -------------------------------------------------------------------
+
+    def onAnalyzeButton(self) -> None:
+        if self.logic.isRunning():
+            self.logic.cancel()
+            return
+        if not InstallLogic().check().ok and not self.onInstallButton():
+            return
+        p = self._parameterNode
+        bundle = str(p.bundlePath) if p.bundlePath and str(p.bundlePath) not in ("", ".") else None
+        self.ui.deviceNoteLabel.text = ""
+        self.ui.logTextEdit.clear()
+        with slicer.util.tryWithErrorDisplay(_("Cannot start the analysis."), waitCursor=True):
+            self.logic.mapOpacity, self.logic.mapThreshold = p.opacity, p.threshold
+            self.logic.startAnalysis(p.inputVolume, self.logic.nodulesFromMarkups(p.points), device=p.device,
+                                     bundlePath=bundle)
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.show()
+            self.timer.start()
+        self.updateButtons()
+
+    def onProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.statusLabel.text = message
+
+    def onLog(self, level: str, message: str) -> None:
+        self.ui.logTextEdit.appendPlainText(message)
+        if level == "warning":
+            self.ui.deviceNoteLabel.text = message  # e.g. "CUDA not available: running on CPU"
+
+    def onFinished(self, outcome: AnalysisOutcome) -> None:
+        self.timer.stop()
+        self.ui.progressBar.hide()
+        self.ui.statusLabel.text = outcome.message
+        self.updateButtons()
+        if outcome.status == "failed":
+            slicer.util.errorDisplay(_("The analysis failed: {message}").format(message=outcome.message))
+            return
+        if outcome.succeeded:
+            self.ui.resultsTableView.setMRMLTableNode(outcome.nodules[0].tableNode)
+            self.ui.exportReportButton.enabled = True
+            self.updateMapSelector()
+
+    # --- results -----------------------------------------------------------------------------------------------
+
+    def updateMapSelector(self) -> None:
+        wasBlocked = self.ui.mapSelector.blockSignals(True)
+        self.ui.mapSelector.clear()
+        for node in self.logic.mapNodes():
+            self.ui.mapSelector.addItem(node.GetName(), node.GetID())
+        self.ui.mapSelector.blockSignals(wasBlocked)
+
+    def onMapSelected(self, index: int) -> None:
+        node = slicer.mrmlScene.GetNodeByID(self.ui.mapSelector.itemData(index)) if index >= 0 else None
+        if node is not None:
+            self.logic.showMap(self._parameterNode.inputVolume, node)
+
+    def onExportReport(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Export the report to"))
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Cannot export the report."), waitCursor=True):
+            report = self.logic.exportReport(folder)
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(report)))
+
+    # --- first use ---------------------------------------------------------------------------------------------
+
+    def updateDependencyStatus(self) -> None:
+        status = InstallLogic().check()
+        self.ui.dependencyLabel.text = "" if status.ok else _("Required Python packages: {status}").format(
+            status=status.describe())
+        self.ui.dependencyLabel.visible = self.ui.installButton.visible = not status.ok
+
+    def onInstallButton(self) -> bool:
+        logic = InstallLogic(confirm=slicer.util.confirmOkCancelDisplay, log=self.onLogInfo)
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Installing the required packages failed."), waitCursor=True):
+                status = logic.install()
+        except InstallCancelled:
+            return False
+        self.updateDependencyStatus()
+        if logic.needsRestart:
+            slicer.util.infoDisplay(_("The packages were updated. Restart Slicer before running the analysis."))
+            return False
+        return status.ok
+
+    def onLogInfo(self, message: str) -> None:
+        self.onLog("info", message)
+        slicer.app.processEvents()
+
+    def onReload(self) -> None:
+        """Reload the Slicer-side library too, so edits are picked up without restarting Slicer."""
+        for name in SUBMODULES:
+            module = importlib.import_module(f"LungNoduleExplainSlicer.{name}")
+            importlib.reload(module)
+        ScriptedLoadableModuleWidget.onReload(self)
+
+
+class LungNoduleExplainTest(ScriptedLoadableModuleTest):
+    """The whole flow inside Slicer: sample CT -> point -> analysis -> nodes; re-run; cancel."""
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        if not InstallLogic().check().ok:
+            slicer.util.warningDisplay("Install the required Python packages (module panel) to run the self-test.")
+            return
+        self.setUp()
+        self.test_AnalyzeSampleNodule()
+        self.setUp()
+        self.test_CancelLeavesTheSceneUnchanged()
+
+    def _sampleWithPoint(self):
+        import SampleData
+        registerSampleData()
+        ctNode = SampleData.downloadSample(SAMPLE_NAME)
+        points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Nodules")
+        points.AddControlPoint(vtk.vtkVector3d(*SAMPLE_NODULE_RAS), "1")
+        return ctNode, points
+
+    def test_AnalyzeSampleNodule(self) -> None:
+        self.delayDisplay("Analysing the sample nodule")
+        ctNode, points = self._sampleWithPoint()
+        logic = LungNoduleExplainLogic()
+        logic.startAnalysis(ctNode, logic.nodulesFromMarkups(points))
+        outcome = logic.waitForFinished(timeout_s=600)
+        self.assertTrue(outcome.succeeded, outcome.message)
+        nodule = outcome.nodules[0]
+        self.assertEqual(nodule.tableNode.GetTable().GetNumberOfRows(), len(nodule.mapNodes))
+        for mapNode in nodule.mapNodes.values():
+            self.assertEqual(mapNode.GetImageData().GetDimensions(), ctNode.GetImageData().GetDimensions())
+        countBefore = slicer.mrmlScene.GetNumberOfNodes()
+        logic.startAnalysis(ctNode, logic.nodulesFromMarkups(points))
+        self.assertTrue(logic.waitForFinished(timeout_s=600).succeeded)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), countBefore)  # re-run replaced, did not add
+        self.delayDisplay("Analysis test passed")
+
+    def test_CancelLeavesTheSceneUnchanged(self) -> None:
+        ctNode, points = self._sampleWithPoint()
+        countBefore = slicer.mrmlScene.GetNumberOfNodes()
+        logic = LungNoduleExplainLogic()
+        logic.startAnalysis(ctNode, logic.nodulesFromMarkups(points), device="cpu")
+        logic.cancel()
+        self.assertEqual(logic.lastOutcome.status, "cancelled")
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), countBefore)
+        self.delayDisplay("Cancel test passed")

@@ -1,0 +1,123 @@
+#!/usr/bin/env python-real
+"""Slicer CLI module over the engine's training: `lungnodule-explain train ...`.
+
+Slicer runs this with its own Python, passing the flags declared in LungNoduleExplainTraining.xml; it calls the
+engine through its command line (`LungNoduleExplainLib.cli.main(["train", ...])`), so the engine's training API
+can change without touching this file. Progress reaches Slicer as <filter-progress> lines: the engine logs
+"epoch N/M" at INFO, which becomes the fraction N/M; every log message is also shown as a <filter-comment>.
+Cancel in Slicer terminates this process: SIGTERM becomes KeyboardInterrupt, the engine stops after writing
+nothing half-done (its checkpoints are atomic), and `--resume` continues later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence, TextIO
+
+XML_PATH = Path(__file__).with_suffix(".xml")
+EPOCH_PATTERN = re.compile(r"\bepoch\s+(\d+)\s*/\s*(\d+)", re.IGNORECASE)
+VARIANTS = ("hesam-mt-aag", "hesam-mt-cbam", "hesam-mt", "hesam", "vgg", "resnet", "densenet")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Exactly the flags of LungNoduleExplainTraining.xml (a test checks they agree)."""
+    parser = argparse.ArgumentParser(description="Slicer CLI entry of `lungnodule-explain train`.")
+    parser.add_argument("--data", required=True, help="folder in the lidc-voi format")
+    parser.add_argument("--table", default="", help="CSV nodule table instead of the folder's nodules.csv")
+    parser.add_argument("--tasks", default="lidc", help="built-in task set or task JSON file")
+    parser.add_argument("--variant", choices=VARIANTS, default="hesam-mt-aag")
+    parser.add_argument("--epochs", type=int, default=500)
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--out", required=True, help="output bundle folder")
+    return parser
+
+
+def train_argv(args: argparse.Namespace) -> list[str]:
+    """The `lungnodule-explain` arguments for these CLI parameters."""
+    argv = ["train", "--data", args.data, "--tasks", args.tasks, "--variant", args.variant,
+            "--epochs", str(args.epochs), "--device", args.device, "--out", args.out]
+    if args.table:
+        argv += ["--table", args.table]
+    if args.resume:
+        argv.append("--resume")
+    return argv
+
+
+class FilterProgressHandler(logging.Handler):
+    """Log records -> Slicer's CLI progress protocol on stdout."""
+
+    def __init__(self, stream: TextIO):
+        super().__init__(logging.INFO)
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        match = EPOCH_PATTERN.search(message)
+        if match and int(match.group(2)) > 0:
+            write_progress(self.stream, min(int(match.group(1)) / int(match.group(2)), 1.0))
+        comment = message.replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+        self.stream.write(f"<filter-comment>{comment}</filter-comment>\n")
+        self.stream.flush()
+
+
+def write_progress(stream: TextIO, fraction: float) -> None:
+    stream.write(f"<filter-progress>{fraction:.4f}</filter-progress>\n")
+    stream.flush()
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _import_engine_cli():
+    """The engine lives in the scripted module's folder (qt-scripted-modules) beside this one (cli-modules)."""
+    try:
+        from LungNoduleExplainLib import cli
+    except ImportError:
+        here = Path(__file__).resolve().parent
+        for candidate in (here.parent / "qt-scripted-modules", here.parent / "LungNoduleExplain"):
+            if (candidate / "LungNoduleExplainLib").is_dir():
+                sys.path.insert(0, str(candidate))
+                break
+        from LungNoduleExplainLib import cli
+    return cli
+
+
+def main(argv: Sequence[str] | None = None, stream: TextIO | None = None, engine_main=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stream = stream or sys.stdout
+    if argv == ["--xml"]:
+        stream.write(XML_PATH.read_text(encoding="utf-8"))
+        return 0
+    args = build_parser().parse_args(argv)
+    if engine_main is None:
+        engine_main = _import_engine_cli().main
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    handler = FilterProgressHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)  # with a handler in place, the engine's basicConfig adds none of its own
+    root.setLevel(logging.INFO)
+    stream.write("<filter-start><filter-name>LungNoduleExplainTraining</filter-name>"
+                 "<filter-comment>training started</filter-comment></filter-start>\n")
+    write_progress(stream, 0.0)
+    try:
+        code = engine_main(train_argv(args))
+    finally:
+        root.removeHandler(handler)
+    if code == 0:
+        write_progress(stream, 1.0)
+    stream.write(f"<filter-end><filter-name>LungNoduleExplainTraining</filter-name>"
+                 f"<filter-time>0</filter-time></filter-end>\n")
+    stream.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

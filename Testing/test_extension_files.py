@@ -1,0 +1,346 @@
+"""What Slicer and the Extensions Index expect from the extension's files, checked without Slicer:
+the .ui file and the widget names the module uses, the CLI module's XML and its entry point, the CMake metadata
+and the index JSON, the icon, the sample data checksum, and the first-use install logic."""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import logging
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+
+MODULE_DIR = REPO_ROOT / "LungNoduleExplain"
+MODULE_FILE = MODULE_DIR / "LungNoduleExplain.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "LungNoduleExplain.ui"
+CLI_DIR = REPO_ROOT / "LungNoduleExplainTraining"
+CLI_XML = CLI_DIR / "LungNoduleExplainTraining.xml"
+QT_CLASSES = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QProgressBar", "QPlainTextEdit", "QTableView"}
+
+sys.path.insert(0, str(MODULE_DIR))
+sys.path.insert(0, str(CLI_DIR))
+
+
+def module_tree() -> ast.Module:
+    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+
+
+def ui_widgets() -> dict[str, str]:
+    """widget name -> class, for every widget in the .ui file."""
+    root = ET.parse(UI_FILE).getroot()
+    return {w.get("name"): w.get("class") for w in root.iter("widget")}
+
+
+# --- the scripted module --------------------------------------------------------------------------------------
+
+def test_the_module_defines_module_widget_logic_test_and_parameter_node_classes():
+    classes = {node.name for node in module_tree().body if isinstance(node, ast.ClassDef)}
+    assert {"LungNoduleExplain", "LungNoduleExplainWidget", "LungNoduleExplainLogic", "LungNoduleExplainTest",
+            "LungNoduleExplainParameterNode"} <= classes
+
+
+def test_every_widget_the_module_uses_exists_in_the_ui_file():
+    used = {node.attr for node in ast.walk(module_tree())
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "ui" and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"}
+    assert used, "the widget uses no self.ui.<name>: the check would be empty"
+    missing = used - set(ui_widgets())
+    assert not missing, f"widgets used by LungNoduleExplain.py but absent from the .ui file: {sorted(missing)}"
+
+
+def test_ui_parameter_bindings_name_fields_of_the_parameter_node():
+    root = ET.parse(UI_FILE).getroot()
+    bound = {prop.find("string").text for prop in root.iter("property") if prop.get("name") == "SlicerParameterName"}
+    node = next(n for n in module_tree().body if isinstance(n, ast.ClassDef) and n.name.endswith("ParameterNode"))
+    fields = {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
+    assert bound == fields
+
+
+def test_every_non_qt_widget_class_in_the_ui_is_declared_as_a_custom_widget():
+    root = ET.parse(UI_FILE).getroot()
+    declared = {c.find("class").text for c in root.iter("customwidget")}
+    used = set(ui_widgets().values()) - QT_CLASSES
+    assert used <= declared, f"undeclared custom widgets: {sorted(used - declared)}"
+    assert root.find("widget").get("class") == "qMRMLWidget"
+
+
+def imports_of(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("LungNoduleExplainLib", {"slicer", "qt", "ctk", "vtk", "PythonQt"}),
+    ("LungNoduleExplainSlicer", {"qt", "ctk", "PythonQt"}),  # MRML yes, Qt no: it is tested on slicer-core
+])
+def test_libraries_do_not_import_what_their_tests_cannot_have(package, forbidden):
+    files = sorted((MODULE_DIR / package).rglob("*.py"))
+    assert files
+    offenders = {str(f.relative_to(MODULE_DIR)): sorted(imports_of(f) & forbidden) for f in files
+                 if imports_of(f) & forbidden}
+    assert not offenders
+
+
+# --- the CLI module -------------------------------------------------------------------------------------------
+
+PARAMETER_TYPES = {"integer", "float", "double", "boolean", "string", "integer-vector", "float-vector",
+                   "double-vector", "string-vector", "integer-enumeration", "float-enumeration",
+                   "double-enumeration", "string-enumeration", "file", "directory", "image", "geometry",
+                   "point", "region", "table", "transform", "measurement"}
+
+
+def cli_parameters() -> list[ET.Element]:
+    root = ET.parse(CLI_XML).getroot()
+    return [p for group in root.findall("parameters") for p in group if p.tag in PARAMETER_TYPES]
+
+
+def test_the_cli_xml_has_what_slicer_reads_first():
+    root = ET.parse(CLI_XML).getroot()
+    assert root.tag == "executable"
+    for tag in ("category", "title", "description", "version", "contributor", "license"):
+        assert (root.findtext(tag) or "").strip(), f"<{tag}> is missing or empty"
+    for group in root.findall("parameters"):
+        assert group.findtext("label") and group.findtext("description")
+        unknown = {child.tag for child in group} - PARAMETER_TYPES - {"label", "description"}
+        assert not unknown, f"unknown parameter types {unknown}"
+
+
+def test_each_cli_parameter_is_complete_and_unique():
+    parameters = cli_parameters()
+    names = [p.findtext("name") for p in parameters]
+    flags = [p.findtext("longflag") for p in parameters]
+    assert len(set(names)) == len(names) and len(set(flags)) == len(flags)
+    for p in parameters:
+        name = p.findtext("name")
+        assert name.isidentifier(), name
+        assert p.findtext("longflag").startswith("--"), name
+        assert p.findtext("label") and p.findtext("description"), name
+        if p.tag in ("file", "directory", "image"):
+            assert p.findtext("channel") in ("input", "output"), f"{name} needs a channel"
+        if p.tag.endswith("enumeration"):
+            assert p.findtext("default") in [e.text for e in p.findall("element")], name
+        if p.find("constraints") is not None:
+            low, high = (float(p.find("constraints").findtext(k)) for k in ("minimum", "maximum"))
+            assert low <= float(p.findtext("default")) <= high, name
+
+
+def test_the_cli_entry_accepts_exactly_the_xml_flags_and_choices():
+    import LungNoduleExplainTraining as entry
+    parser = entry.build_parser()
+    actions = {a.option_strings[0]: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    assert set(actions) == {p.findtext("longflag") for p in cli_parameters()}
+    for p in cli_parameters():
+        if p.tag.endswith("enumeration"):
+            assert list(actions[p.findtext("longflag")].choices) == [e.text for e in p.findall("element")]
+
+
+def run_entry(argv: list[str], engine) -> tuple[int, str]:
+    import LungNoduleExplainTraining as entry
+    stream = io.StringIO()
+    return entry.main(argv, stream=stream, engine_main=engine), stream.getvalue()
+
+
+def test_the_cli_entry_runs_lungnodule_explain_train_and_reports_progress_to_slicer(tmp_path):
+    calls = []
+
+    def engine(argv):
+        calls.append(argv)
+        for epoch in (1, 5, 10):
+            logging.getLogger("LungNoduleExplainLib.training").info("epoch %d/10 val auc 0.9", epoch)
+        return 0
+
+    code, out = run_entry(["--data", str(tmp_path), "--out", str(tmp_path / "b"), "--epochs", "10",
+                           "--variant", "hesam-mt", "--resume"], engine)
+    assert code == 0
+    assert calls == [["train", "--data", str(tmp_path), "--tasks", "lidc", "--variant", "hesam-mt", "--epochs",
+                      "10", "--device", "auto", "--out", str(tmp_path / "b"), "--resume"]]
+    progress = [float(v) for v in re.findall(r"<filter-progress>([\d.]+)</filter-progress>", out)]
+    assert progress == [0.0, 0.1, 0.5, 1.0, 1.0]
+    assert "<filter-start>" in out and out.rstrip().endswith("</filter-end>")
+    assert "<filter-comment>epoch 5/10 val auc 0.9</filter-comment>" in out
+
+
+def test_a_failed_training_returns_its_exit_code_without_claiming_completion(tmp_path):
+    code, out = run_entry(["--data", str(tmp_path), "--out", str(tmp_path / "b")], lambda argv: 2)
+    assert code == 2 and "<filter-progress>1.0000" not in out
+
+
+def test_slicer_cancel_stops_the_cli_process(tmp_path):
+    """Slicer's Cancel terminates the process: it must end promptly with SIGTERM."""
+    if sys.platform == "win32":
+        pytest.skip("POSIX signals")
+    script = ("import sys, time; sys.path.insert(0, %r); import LungNoduleExplainTraining as e\n"
+              "def engine(argv):\n    print('<filter-comment>running</filter-comment>', flush=True)\n"
+              "    time.sleep(60)\n    return 0\n"
+              "try:\n    e.main(['--data', '.', '--out', 'o'], engine_main=engine)\n"
+              "except KeyboardInterrupt:\n    sys.exit(130)\n") % str(CLI_DIR)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    while "running" not in process.stdout.readline():
+        pass
+    process.terminate()
+    assert process.wait(timeout=10) == 130
+
+
+# --- packaging ------------------------------------------------------------------------------------------------
+
+def cmake_sets(path: Path) -> dict[str, str]:
+    text = path.read_text(encoding="utf-8")
+    values = dict(re.findall(r'set\((\w+)\s+"([^"]*)"', text))
+    return {k: re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), v) for k, v in values.items()}
+
+
+def test_the_top_level_cmake_has_the_extension_metadata_and_both_modules():
+    text = (REPO_ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    values = cmake_sets(REPO_ROOT / "CMakeLists.txt")
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        assert values.get(f"EXTENSION_{key}"), f"EXTENSION_{key} is not set"
+    assert "add_subdirectory(LungNoduleExplain)" in text and "add_subdirectory(LungNoduleExplainTraining)" in text
+    assert values["EXTENSION_ICONURL"].endswith("Resources/LungNoduleExplain.png")
+
+
+def test_the_index_json_matches_the_cmake_metadata():
+    entry = json.loads((REPO_ROOT / "LungNoduleExplain.json").read_text(encoding="utf-8"))
+    values = cmake_sets(REPO_ROOT / "CMakeLists.txt")
+    assert entry["build_dependencies"] == values["EXTENSION_DEPENDS"].split(";")
+    assert entry["category"] == values["EXTENSION_CATEGORY"]
+    assert entry["scm_url"] == values["EXTENSION_REPOSITORY_URL"]
+    assert {"scm_revision", "build_subdirectory"} <= entry.keys()
+
+
+def test_the_module_cmake_lists_every_slicer_side_file_and_resource():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    for path in sorted((MODULE_DIR / "LungNoduleExplainSlicer").glob("*.py")):
+        assert f"LungNoduleExplainSlicer/{path.name}" in text, f"{path.name} would not be installed"
+    for resource in re.findall(r"(Resources/\S+)", text):
+        assert (MODULE_DIR / resource.replace("${MODULE_NAME}", "LungNoduleExplain")).is_file(), resource
+    cli = (CLI_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert re.search(r"SlicerMacroBuildScriptedCLI\(\s*NAME \$\{MODULE_NAME\}", cli, re.IGNORECASE)
+    assert "set(MODULE_NAME LungNoduleExplainTraining)" in cli
+
+
+@pytest.mark.parametrize("icon", ["Resources/LungNoduleExplain.png",
+                                  "LungNoduleExplain/Resources/Icons/LungNoduleExplain.png"])
+def test_icons_are_128_pixel_pngs(icon):
+    data = (REPO_ROOT / icon).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (128, 128)
+
+
+def test_the_sample_checksum_matches_the_sample_file_the_script_writes(ct_dir, tmp_path):
+    sys.path.insert(0, str(REPO_ROOT / "Resources"))
+    import make_sample_data
+    digest = make_sample_data.write_sample(ct_dir / "LIDC-IDRI-0001" / "dicom", tmp_path / "sample.nrrd")
+    constants = {t.id: n.value.value for n in module_tree().body if isinstance(n, ast.Assign)
+                 for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, ast.Constant)}
+    assert constants["SAMPLE_SHA256"] == f"SHA256:{digest}"
+
+
+def test_the_repository_stays_far_below_the_index_size_limit():
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    total = sum((REPO_ROOT / name).stat().st_size for name in files.decode().split("\0")
+                if name and (REPO_ROOT / name).is_file())
+    assert total < 50 * 2**20, f"tracked files total {total / 2**20:.1f} MiB"
+
+
+# --- first use: installing the engine's packages --------------------------------------------------------------
+
+class FakeEnvironment:
+    def __init__(self, versions: dict[str, str]):
+        self.versions = dict(versions)
+        self.pip: list[str] = []
+        self.torchCalls: list[dict] = []
+
+    def versionOf(self, name: str):
+        return self.versions.get(name)
+
+    def pipInstall(self, arguments: str) -> None:
+        self.pip.append(arguments)
+        for requirement in re.findall(r'"([^"]+)"', arguments.split(" -c ")[0]):
+            name = re.split(r"[=<>~!]", requirement)[0]
+            self.versions[name] = "2.8.1" if name == "nnunetv2" else "99.0"
+
+    def torchLogic(self):
+        environment = self
+
+        class TorchLogic:
+            def installTorch(self, askConfirmation, torchVersionRequirement):
+                environment.torchCalls.append({"ask": askConfirmation, "requirement": torchVersionRequirement})
+                environment.versions["torch"] = "2.5.1"
+                return object()
+
+        return TorchLogic()
+
+
+COMPLETE = {"torch": "2.5.1", "nnunetv2": "2.8.1", "numpy": "2.1.0", "scikit-learn": "1.5.0",
+            "matplotlib": "3.9.0", "tqdm": "4.66.0", "safetensors": "0.4.5", "packaging": "24.0",
+            "SimpleITK": "2.4.0"}
+
+
+def install_logic(environment: FakeEnvironment, confirm=lambda message: True, torch=True):
+    from LungNoduleExplainSlicer.InstallLogic import InstallLogic
+    return InstallLogic(pipInstall=environment.pipInstall, versionOf=environment.versionOf,
+                        torchLogicFactory=environment.torchLogic if torch else (lambda: None), confirm=confirm,
+                        log=lambda message: None)
+
+
+def test_check_names_missing_and_too_old_packages():
+    environment = FakeEnvironment({**COMPLETE, "matplotlib": "3.5.0"})
+    del environment.versions["nnunetv2"]
+    status = install_logic(environment).check()
+    assert status.missing == ["nnunetv2==2.8.1"]
+    assert status.incompatible == ["matplotlib installed 3.5.0, needs >=3.7"]
+
+
+def test_install_gets_torch_through_pytorchutils_and_never_lets_pip_replace_simpleitk():
+    environment = FakeEnvironment({k: v for k, v in COMPLETE.items() if k not in ("torch", "nnunetv2")})
+    status = install_logic(environment).install()
+    assert status.ok
+    assert environment.torchCalls == [{"ask": False, "requirement": ">=2.1"}]
+    assert len(environment.pip) == 1 and '"nnunetv2==2.8.1"' in environment.pip[0]
+    assert "SimpleITK" not in environment.pip[0].split(" -c ")[0]
+    constraints = Path(environment.pip[0].split(" -c ")[1].strip('"')).read_text()
+    assert "SimpleITK==2.4.0" in constraints.splitlines() and "torch==2.5.1" in constraints.splitlines()
+    assert environment.versions["SimpleITK"] == "2.4.0"
+
+
+def test_without_the_pytorch_extension_torch_comes_from_pip_with_simpleitk_pinned():
+    environment = FakeEnvironment({k: v for k, v in COMPLETE.items() if k != "torch"})
+    install_logic(environment, torch=False).install()
+    assert environment.pip[0].startswith('"torch>=2.1" -c ')
+    assert "SimpleITK==2.4.0" in Path(environment.pip[0].split(" -c ")[1].strip('"')).read_text()
+
+
+def test_declining_the_install_installs_nothing():
+    from LungNoduleExplainSlicer.InstallLogic import InstallCancelled
+    environment = FakeEnvironment({k: v for k, v in COMPLETE.items() if k != "nnunetv2"})
+    asked = []
+    with pytest.raises(InstallCancelled):
+        install_logic(environment, confirm=lambda message: asked.append(message) or False).install()
+    assert environment.pip == [] and environment.torchCalls == [] and "nnunetv2" in asked[0]
+
+
+def test_a_restart_is_asked_for_when_an_imported_package_changed():
+    environment = FakeEnvironment({**COMPLETE, "numpy": "1.20.0"})  # numpy is imported in this process
+    logic = install_logic(environment)
+    logic.install()
+    assert logic.needsRestart
+
+
+def test_nothing_is_installed_or_asked_when_everything_is_there():
+    environment = FakeEnvironment(COMPLETE)
+    logic = install_logic(environment, confirm=lambda message: pytest.fail("asked although nothing is missing"))
+    assert logic.install().ok and environment.pip == [] and not logic.needsRestart
