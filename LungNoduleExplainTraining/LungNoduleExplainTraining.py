@@ -3,8 +3,9 @@
 
 Slicer runs this with its own Python, passing the flags declared in LungNoduleExplainTraining.xml; it calls the
 engine through its command line (`LungNoduleExplainLib.cli.main(["train", ...])`), so the engine's training API
-can change without touching this file. Progress reaches Slicer as <filter-progress> lines: the engine logs
-"epoch N/M" at INFO, which becomes the fraction N/M; every log message is also shown as a <filter-comment>.
+can change without touching this file. Progress reaches Slicer as <filter-progress> lines, read from the
+engine's INFO log records: a record's `progress` attribute (logger.info(message, extra={"progress": f})) when it
+has one, else an "epoch N/M" in its message; every log message is also shown as a <filter-comment>.
 Cancel in Slicer terminates this process: SIGTERM becomes KeyboardInterrupt, the engine stops after writing
 nothing half-done (its checkpoints are atomic), and `--resume` continues later.
 """
@@ -29,10 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Exactly the flags of LungNoduleExplainTraining.xml (a test checks they agree)."""
     parser = argparse.ArgumentParser(description="Slicer CLI entry of `lungnodule-explain train`.")
     parser.add_argument("--data", required=True, help="folder in the lidc-voi format")
-    parser.add_argument("--table", default="", help="CSV nodule table instead of the folder's nodules.csv")
     parser.add_argument("--tasks", default="lidc", help="built-in task set or task JSON file")
     parser.add_argument("--variant", choices=VARIANTS, default="hesam-mt-aag")
-    parser.add_argument("--epochs", type=int, default=500)
+    parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--out", required=True, help="output bundle folder")
@@ -43,8 +43,6 @@ def train_argv(args: argparse.Namespace) -> list[str]:
     """The `lungnodule-explain` arguments for these CLI parameters."""
     argv = ["train", "--data", args.data, "--tasks", args.tasks, "--variant", args.variant,
             "--epochs", str(args.epochs), "--device", args.device, "--out", args.out]
-    if args.table:
-        argv += ["--table", args.table]
     if args.resume:
         argv.append("--resume")
     return argv
@@ -59,9 +57,12 @@ class FilterProgressHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
+        fraction = getattr(record, "progress", None)
         match = EPOCH_PATTERN.search(message)
-        if match and int(match.group(2)) > 0:
-            write_progress(self.stream, min(int(match.group(1)) / int(match.group(2)), 1.0))
+        if fraction is None and match and int(match.group(2)) > 0:
+            fraction = int(match.group(1)) / int(match.group(2))
+        if fraction is not None:
+            write_progress(self.stream, min(max(float(fraction), 0.0), 1.0))
         comment = message.replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
         self.stream.write(f"<filter-comment>{comment}</filter-comment>\n")
         self.stream.flush()

@@ -158,8 +158,10 @@ def test_the_cli_entry_runs_lungnodule_explain_train_and_reports_progress_to_sli
 
     def engine(argv):
         calls.append(argv)
+        log = logging.getLogger("LungNoduleExplainLib.training")
+        log.info("cutting 12 patches", extra={"progress": 0.05})
         for epoch in (1, 5, 10):
-            logging.getLogger("LungNoduleExplainLib.training").info("epoch %d/10 val auc 0.9", epoch)
+            log.info("epoch %d/10 val auc 0.9", epoch)
         return 0
 
     code, out = run_entry(["--data", str(tmp_path), "--out", str(tmp_path / "b"), "--epochs", "10",
@@ -168,9 +170,22 @@ def test_the_cli_entry_runs_lungnodule_explain_train_and_reports_progress_to_sli
     assert calls == [["train", "--data", str(tmp_path), "--tasks", "lidc", "--variant", "hesam-mt", "--epochs",
                       "10", "--device", "auto", "--out", str(tmp_path / "b"), "--resume"]]
     progress = [float(v) for v in re.findall(r"<filter-progress>([\d.]+)</filter-progress>", out)]
-    assert progress == [0.0, 0.1, 0.5, 1.0, 1.0]
+    assert progress == [0.0, 0.05, 0.1, 0.5, 1.0, 1.0]
     assert "<filter-start>" in out and out.rstrip().endswith("</filter-end>")
     assert "<filter-comment>epoch 5/10 val auc 0.9</filter-comment>" in out
+
+
+def test_the_engine_train_verb_accepts_every_argument_the_cli_module_passes(tmp_path):
+    import LungNoduleExplainTraining as entry
+    from LungNoduleExplainLib import cli
+    if "train" not in cli.build_parser()._subparsers._group_actions[0].choices:
+        pytest.skip("the engine has no train verb yet")
+    args = entry.build_parser().parse_args(["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--tasks",
+                                            "inhouse-example", "--variant", "densenet", "--epochs", "3",
+                                            "--device", "cpu", "--resume"])
+    parsed = cli.build_parser().parse_args(entry.train_argv(args))
+    assert (parsed.verb, parsed.variant, parsed.epochs, parsed.device, parsed.resume) == \
+        ("train", "densenet", 3, "cpu", True)
 
 
 def test_a_failed_training_returns_its_exit_code_without_claiming_completion(tmp_path):
