@@ -1,0 +1,181 @@
+"""The model bundle: one folder with a manifest, the classifier weights and (optionally) the nnU-Net model.
+
+manifest.json holds the task set, per-output thresholds, patch spacing and size, the network configuration, the
+prior the classifier was trained with, training facts, metrics, package versions, and the SHA-256 of every file.
+Loading verifies every checksum first and reads weights with safetensors: nothing is unpickled from a bundle
+before its checksum has matched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .errors import BundleError
+from .networks import NetworkConfig, build_network
+from .patch import PATCH_SIZE_XYZ, SPACING_XYZ_MM
+from .tasks import TaskSet
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+WEIGHTS_NAME = "classifier.safetensors"
+SEGMENTATION_DIR = "segmentation"
+FORMAT_VERSION = 1
+
+
+def default_bundle_path() -> Path:
+    """The bundle shipped inside the package (trained on lidc-voi; see its MODEL_CARD.md)."""
+    return Path(str(resources.files(__package__).joinpath("models", "default")))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelBundle:
+    """A verified, loaded bundle. `model` is in eval mode on `device`."""
+
+    path: Path
+    manifest: dict
+    task_set: TaskSet
+    network: NetworkConfig
+    thresholds: dict[str, float]
+    model: nn.Module
+    device: torch.device
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name", self.path.name)
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("version", "0"))
+
+    @property
+    def prior(self) -> str:
+        """What the AAG prior was at training time: "reference-mask" or "nnunet-oof"."""
+        return self.manifest.get("prior", "reference-mask")
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(self.manifest.get("spacing_xyz_mm", SPACING_XYZ_MM))
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return tuple(self.manifest.get("patch_size_xyz", PATCH_SIZE_XYZ))
+
+    @property
+    def output_names(self) -> list[str]:
+        names = self.task_set.names
+        return names if self.network.multitask else names[:1]
+
+    @property
+    def segmentation_dir(self) -> Path | None:
+        folder = self.path / SEGMENTATION_DIR
+        return folder if folder.is_dir() else None
+
+
+def save_bundle(path: str | Path, model: nn.Module, task_set: TaskSet, network: NetworkConfig,
+                thresholds: dict[str, float], *, name: str, prior: str, training: dict, metrics: dict,
+                segmentation_dir: str | Path | None = None, version: str = "1") -> Path:
+    """Write a bundle folder atomically (built under a temporary name beside `path`, then renamed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME))
+        if segmentation_dir is not None:
+            shutil.copytree(segmentation_dir, tmp / SEGMENTATION_DIR)
+        files = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest = {
+            "format_version": FORMAT_VERSION, "name": name, "version": version,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "intended_use": "research only; not for clinical decisions",
+            "tasks": task_set.to_dict(), "thresholds": thresholds, "network": network.to_dict(), "prior": prior,
+            "spacing_xyz_mm": list(SPACING_XYZ_MM), "patch_size_xyz": list(PATCH_SIZE_XYZ),
+            "training": training, "metrics": metrics,
+            "versions": {"lungnodule_explain": __version__, "torch": torch.__version__,
+                         "python": platform.python_version()},
+            "files": files,
+        }
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=float) + "\n")
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_manifest(path: str | Path) -> dict:
+    """Read and verify a bundle's manifest and the checksum of every file it lists."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise BundleError(f"model bundle {path}: {MANIFEST_NAME} not found (is this a bundle folder?)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"model bundle {path}: {MANIFEST_NAME} is not valid JSON ({exc})") from exc
+    for key in ("tasks", "thresholds", "network", "files"):
+        if key not in manifest:
+            raise BundleError(f"model bundle {path}: {MANIFEST_NAME} lacks the field {key!r}")
+    if WEIGHTS_NAME not in manifest["files"]:
+        raise BundleError(f"model bundle {path}: manifest lists no {WEIGHTS_NAME}")
+    for name, expected in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"model bundle {path}: file {name} listed in the manifest is missing")
+        actual = sha256(file)
+        if actual != expected:
+            raise BundleError(f"model bundle {path}: checksum mismatch for {name} "
+                              f"(expected sha256 {expected[:12]}..., got {actual[:12]}...); the file is corrupt "
+                              "or was modified")
+    return manifest
+
+
+def load_bundle(path: str | Path | None = None, device: str | torch.device = "cpu") -> ModelBundle:
+    """Verify and load a bundle (the shipped default when `path` is None)."""
+    path = Path(path) if path is not None else default_bundle_path()
+    manifest = read_manifest(path)
+    try:
+        task_set = TaskSet.from_dict(manifest["tasks"], where=f"{path}/{MANIFEST_NAME} tasks")
+        network = NetworkConfig(**manifest["network"])
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"model bundle {path}: invalid manifest ({exc})") from exc
+    device = torch.device(device)
+    model = build_network(network, len(task_set.manifestations))
+    try:
+        model.load_state_dict(load_file(str(path / WEIGHTS_NAME), device="cpu"))
+    except (RuntimeError, OSError) as exc:
+        raise BundleError(f"model bundle {path}: weights do not fit the network in the manifest ({exc})") from exc
+    model.to(device).eval()
+    thresholds = {k: float(v) for k, v in manifest["thresholds"].items()}
+    return ModelBundle(path, manifest, task_set, network, thresholds, model, device)

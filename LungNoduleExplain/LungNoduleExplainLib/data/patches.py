@@ -1,0 +1,118 @@
+"""Classifier inputs for a whole nodule table: patches, priors and labels, plus the training augmentations.
+
+Patches are cut once per table (a few seconds for hundreds of nodules) and kept in memory as float16.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..patch import PATCH_SIZE_XYZ, SPACING_XYZ_MM, extract_patch
+from ..tasks import TaskSet
+from .voi_table import NoduleRecord, read_image
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float, str], None]
+PRIOR_REFERENCE_MASK = "reference-mask"
+
+
+@dataclass
+class PatchSet:
+    """images, priors: [N, D, H, W] float16 in [0, 1]; labels: [N, 1 + K] float32 with NaN where left out."""
+
+    images: np.ndarray
+    priors: np.ndarray
+    labels: np.ndarray
+    case_ids: list[str]
+    patient_ids: list[str]
+    diameters_mm: np.ndarray
+
+    def subset(self, index: Sequence[int]) -> "PatchSet":
+        idx = np.asarray(index, dtype=int)
+        return PatchSet(self.images[idx], self.priors[idx], self.labels[idx], [self.case_ids[i] for i in idx],
+                        [self.patient_ids[i] for i in idx], self.diameters_mm[idx])
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+
+def prior_path(record: NoduleRecord, prior: str) -> Path | None:
+    """Where the prior of `record` lives: its reference mask, or `<prior folder>/<case_id>.nii.gz`."""
+    if prior == PRIOR_REFERENCE_MASK:
+        return record.mask_path
+    return Path(prior) / f"{record.case_id}.nii.gz"
+
+
+def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: str = PRIOR_REFERENCE_MASK, *,
+                    spacing: Sequence[float] = SPACING_XYZ_MM, size: Sequence[int] = PATCH_SIZE_XYZ,
+                    progress: ProgressCallback | None = None) -> PatchSet:
+    """Cut the patch of every record, centred on its `center_*_mm`, with its prior map.
+
+    prior: "reference-mask" (the table's masks) or a folder of probability maps named `<case_id>.nii.gz` on the
+    image grid (e.g. out-of-fold nnU-Net probabilities). Raises InputImageError naming a corrupt file.
+    """
+    n, shape = len(records), tuple(reversed([int(s) for s in size]))
+    images = np.empty((n, *shape), dtype=np.float16)
+    priors = np.empty((n, *shape), dtype=np.float16)
+    labels = np.full((n, len(task_set.all_tasks)), np.nan, dtype=np.float32)
+    for i, record in enumerate(records):
+        ct = read_image(record.image_path, f"image of case {record.case_id}")
+        path = prior_path(record, prior)
+        if path is None or not path.is_file():
+            raise FileNotFoundError(f"prior map for case {record.case_id} not found: {path}")
+        prior_image = read_image(path, f"prior of case {record.case_id}")
+        patch = extract_patch(ct, record.center_lps, prior_image, spacing=spacing, size=size)
+        images[i], priors[i] = patch.image, patch.prior
+        labels[i] = [np.nan if y is None else y for y in record.labels(task_set)]
+        if progress is not None and (i % 16 == 0 or i == n - 1):
+            progress((i + 1) / n, f"patches {i + 1}/{n}")
+    return PatchSet(images, priors, labels, [r.case_id for r in records], [r.patient_id for r in records],
+                    np.array([r.diameter_mm for r in records], dtype=np.float32))
+
+
+def augment(image: np.ndarray, prior: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The authors' augmentations: random flips, rot90 in the axial plane, gamma contrast 0.9-1.1 (p = 0.4).
+
+    Arrays [D, H, W]; the same spatial transform is applied to the prior. rot90 stays in-plane (H = W = 64) so the
+    patch shape never changes.
+    """
+    for axis in range(3):
+        if rng.random() < 0.5:
+            image, prior = np.flip(image, axis), np.flip(prior, axis)
+    k = int(rng.integers(4))
+    image, prior = np.rot90(image, k, axes=(1, 2)), np.rot90(prior, k, axes=(1, 2))
+    if rng.random() < 0.4:
+        image = np.power(np.clip(image, 0.0, 1.0), rng.uniform(0.9, 1.1))
+    return np.ascontiguousarray(image), np.ascontiguousarray(prior)
+
+
+class PatchDataset(Dataset):
+    """Torch view of a PatchSet: (image [1, D, H, W], prior [1, D, H, W], labels [1 + K]) float32 tensors.
+
+    With `augment_seed` set, item i of epoch e is augmented with a generator seeded by (seed, epoch, i), so a
+    resumed run sees exactly the augmentations an uninterrupted run would.
+    """
+
+    def __init__(self, patches: PatchSet, augment_seed: int | None = None) -> None:
+        self.patches = patches
+        self.augment_seed = augment_seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image = self.patches.images[i].astype(np.float32)
+        prior = self.patches.priors[i].astype(np.float32)
+        if self.augment_seed is not None:
+            image, prior = augment(image, prior, np.random.default_rng([self.augment_seed, self.epoch, i]))
+        return (torch.from_numpy(image)[None], torch.from_numpy(prior)[None],
+                torch.from_numpy(self.patches.labels[i]))

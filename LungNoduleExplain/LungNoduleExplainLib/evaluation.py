@@ -1,0 +1,99 @@
+"""Judging a bundle on any folder in the `lidc-voi` format.
+
+metrics.json (documented in README.md): per output, AUC with a patient-clustered 95% bootstrap CI, Acc/Sen/Spec/
+Prec/F1 at the bundle's threshold, and the size-only baseline (diameter_mm as the score) AUC with its CI.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .data.patches import PatchSet
+from .metrics import auc_with_ci, threshold_metrics, youden_threshold
+
+logger = logging.getLogger(__name__)
+ProgressCallback = Callable[[float, str], None]
+
+
+def output_metrics(names: list[str], probs: np.ndarray, patches: PatchSet,
+                   thresholds: dict[str, float] | None, n_boot: int = 1000) -> dict:
+    """Per output: AUC + CI, threshold metrics (at `thresholds`, or Youden's on these data when None), size AUC."""
+    result = {}
+    for k, name in enumerate(names):
+        y, p = patches.labels[:, k], probs[:, k]
+        threshold = youden_threshold(y, p) if thresholds is None else thresholds[name]
+        entry = auc_with_ci(y, p, patches.patient_ids, n_boot=n_boot)
+        entry.update(threshold_metrics(y, p, threshold))
+        size = auc_with_ci(y, patches.diameters_mm, patches.patient_ids, n_boot=n_boot)
+        entry["size_baseline"] = {"auc": size["auc"], "ci_low": size["ci_low"], "ci_high": size["ci_high"]}
+        result[name] = entry
+    return result
+
+
+def predictions_csv(names: list[str], probs: np.ndarray, patches: PatchSet, thresholds: dict[str, float]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["case_id", "patient_id", "diameter_mm"]
+                    + [c for n in names for c in (f"{n}_probability", f"{n}_predicted", f"{n}_label")])
+    for i in range(len(patches)):
+        row = [patches.case_ids[i], patches.patient_ids[i], f"{patches.diameters_mm[i]:.2f}"]
+        for k, n in enumerate(names):
+            y = patches.labels[i, k]
+            row += [f"{probs[i, k]:.5f}", int(probs[i, k] >= thresholds[n]), "" if np.isnan(y) else int(y)]
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def plot_roc(names: list[str], probs: np.ndarray, patches: PatchSet, metrics: dict, path: Path) -> None:
+    """One panel per output: the model's ROC and the size-only baseline's."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    cols = min(4, len(names))
+    rows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.4 * rows), squeeze=False)
+    for ax, (k, name) in zip(axes.flat, enumerate(names)):
+        y = patches.labels[:, k]
+        keep = ~np.isnan(y)
+        m = metrics[name]
+        if len(np.unique(y[keep])) == 2:
+            fpr, tpr, _ = roc_curve(y[keep], probs[keep, k])
+            ax.plot(fpr, tpr, lw=1.8, label=f"model {m['auc']:.3f} [{m['ci_low']:.2f}-{m['ci_high']:.2f}]")
+            fpr, tpr, _ = roc_curve(y[keep], patches.diameters_mm[keep])
+            ax.plot(fpr, tpr, lw=1.0, ls="--", color="grey", label=f"diameter {m['size_baseline']['auc']:.3f}")
+        ax.plot([0, 1], [0, 1], color="lightgrey", lw=0.6)
+        ax.set(title=f"{name} (n={m['n']}, pos={m['n_positive']})", xlabel="1 - specificity", ylabel="sensitivity")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_evaluation(out: Path, metrics: dict, predictions: str, plot: Callable[[Path], None]) -> None:
+    """Write metrics.json, predictions.csv and roc_curves.png together: all built in a temporary folder first, so
+    a failure leaves `out` as it was."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".evaluation.", dir=out))
+    try:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+        (tmp / "predictions.csv").write_text(predictions)
+        plot(tmp / "roc_curves.png")
+        for name in ("predictions.csv", "roc_curves.png", "metrics.json"):
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

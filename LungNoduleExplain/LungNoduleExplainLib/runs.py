@@ -1,0 +1,116 @@
+"""A training run from a dataset folder to a model bundle: split by patient, cut patches, train, pick thresholds,
+measure on the validation patients, write the bundle.
+
+Run folder layout: config.json, split.json, checkpoint.pt (every epoch), history.csv, curves.png,
+validation_metrics.json, bundle/ (the model bundle).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .bundle import save_bundle
+from .data.patches import PRIOR_REFERENCE_MASK, PatchSet, build_patch_set
+from .data.voi_table import patient_split, read_voi_table
+from .errors import ConfigError
+from .evaluation import output_metrics
+from .tasks import TaskSet, load_task_set
+from .training import Trainer, TrainConfig
+
+logger = logging.getLogger(__name__)
+ProgressCallback = Callable[[float, str], None]
+
+
+@dataclass
+class RunSpec:
+    """What to train on and where: the data folder, task set, prior, validation share and the run folder."""
+
+    data: Path
+    run_dir: Path
+    tasks: str = "lidc"
+    prior: str = PRIOR_REFERENCE_MASK
+    val_fraction: float = 0.2
+    device: str = "auto"
+    name: str = "lungnodule-explain"
+
+    def __post_init__(self) -> None:
+        self.data, self.run_dir = Path(self.data), Path(self.run_dir)
+        if not 0.05 <= self.val_fraction <= 0.5:
+            raise ConfigError(f"val_fraction must be in [0.05, 0.5], got {self.val_fraction}")
+        if self.prior != PRIOR_REFERENCE_MASK and not Path(self.prior).is_dir():
+            raise ConfigError(f"prior must be {PRIOR_REFERENCE_MASK!r} or a folder of probability maps; "
+                              f"{self.prior} is not a folder")
+
+    def to_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
+              progress: ProgressCallback | None = None, show_progress_bar: bool = True) -> Path:
+    """Train a classifier as `spec` and `config` say; returns the bundle folder."""
+    task_set = load_task_set(spec.tasks)
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = spec.run_dir / "config.json"
+    run_config = {"spec": spec.to_dict(), "training": config.to_dict(), "tasks": task_set.to_dict()}
+    if resume and config_path.is_file() and json.loads(config_path.read_text()) != run_config:
+        raise ConfigError(f"--resume: {config_path} differs from this run's configuration")
+    _write_json(config_path, run_config)
+    records = read_voi_table(spec.data, task_set, require_masks=spec.prior == PRIOR_REFERENCE_MASK)
+    train_idx, val_idx = patient_split(records, spec.val_fraction, config.seed)
+    _write_json(spec.run_dir / "split.json", {
+        "seed": config.seed, "val_fraction": spec.val_fraction,
+        "train_patients": sorted({records[i].patient_id for i in train_idx}),
+        "val_patients": sorted({records[i].patient_id for i in val_idx})})
+
+    def patch_progress(fraction: float, message: str) -> None:
+        if progress:
+            progress(0.1 * fraction, message)
+
+    logger.info("cutting %d patches from %s", len(records), spec.data)
+    patches = build_patch_set(records, task_set, spec.prior, progress=patch_progress)
+    train_set, val_set = patches.subset(train_idx), patches.subset(val_idx)
+    logger.info("%d training nodules (%d patients), %d validation nodules (%d patients)", len(train_set),
+                len(set(train_set.patient_ids)), len(val_set), len(set(val_set.patient_ids)))
+    trainer = Trainer(config, train_set, val_set, spec.run_dir, len(task_set.manifestations), task_set.names,
+                      device=spec.device,
+                      progress=(lambda f, m: progress(0.1 + 0.9 * f, m)) if progress else None,
+                      show_progress_bar=show_progress_bar)
+    result = trainer.run(resume=resume)
+    names = task_set.names[:result.val_probs.shape[1]]
+    metrics = output_metrics(names, result.val_probs, val_set, thresholds=None)
+    thresholds = {name: metrics[name]["threshold"] for name in names}
+    training = {"data": str(spec.data), "n_train": len(train_set), "n_val": len(val_set),
+                "n_train_patients": len(set(train_set.patient_ids)), "n_val_patients": len(set(val_set.patient_ids)),
+                "split": "by patient", "seed": config.seed, "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history), "seconds": round(result.seconds, 1),
+                "task_weights": dict(zip(names, result.task_weights)), "config": config.to_dict()}
+    _write_json(spec.run_dir / "validation_metrics.json", metrics)
+    return save_bundle(spec.run_dir / "bundle", result.model, task_set, config.network, thresholds,
+                       name=spec.name, prior="reference-mask" if spec.prior == PRIOR_REFERENCE_MASK else "nnunet-oof",
+                       training=training, metrics={"validation": metrics})
+
+
+def split_patch_set(patches: PatchSet, val_patients: set[str]) -> tuple[PatchSet, PatchSet]:
+    """(train, validation) subsets of a PatchSet by patient."""
+    val = [i for i, p in enumerate(patches.patient_ids) if p in val_patients]
+    train = [i for i, p in enumerate(patches.patient_ids) if p not in val_patients]
+    return patches.subset(train), patches.subset(val)
+
+
+def describe_prevalence(task_set: TaskSet, patches: PatchSet) -> dict[str, tuple[int, int]]:
+    labels = patches.labels
+    return {n: (int(np.nansum(labels[:, k] == 1)), int(np.nansum(labels[:, k] == 0)))
+            for k, n in enumerate(task_set.names)}

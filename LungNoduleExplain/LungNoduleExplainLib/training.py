@@ -1,0 +1,322 @@
+"""Training of the classifier: the paper's two-phase cascade with task prioritisation.
+
+Phase 1 trains the backbone and the manifestation head with the diagnosis head frozen. At its end the task weights
+w_i = 1 / AUC_i (validation AUC of manifestation i) are fixed; phase 2 trains everything on
+BCE(diagnosis) + sum_i w_i BCE(manifestation i). SGD (lr 0.01, momentum 0.9), lr x0.1 after `plateau_patience`
+epochs without improvement of the selection metric V_D + (1/K) sum_i V_Mi, early stopping after
+`early_stop_patience`, the best epoch kept. A checkpoint is written atomically every epoch; `resume` continues
+exactly: the data order and augmentations of epoch e depend only on (seed, e).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .data.patches import PatchDataset, PatchSet
+from .errors import ConfigError
+from .metrics import safe_auc
+from .networks import NetworkConfig, build_network
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float, str], None]
+CHECKPOINT_NAME = "checkpoint.pt"
+HISTORY_NAME = "history.csv"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (saved beside its outputs). Defaults follow METHOD.md, except
+    `max_epochs`/`phase1_epochs` which are CPU-sized (the authors train up to 500 epochs)."""
+
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    max_epochs: int = 60
+    phase1_epochs: int = 10
+    batch_size: int = 10
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    plateau_patience: int = 15
+    early_stop_patience: int = 30
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.network, dict):
+            self.network = NetworkConfig(**self.network)
+        for name in ("max_epochs", "batch_size", "plateau_patience", "early_stop_patience"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"training config: {name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.phase1_epochs < self.max_epochs:
+            raise ConfigError(f"training config: phase1_epochs must be in [0, max_epochs), got {self.phase1_epochs}")
+        if self.lr <= 0:
+            raise ConfigError(f"training config: lr must be > 0, got {self.lr}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["network"] = self.network.to_dict()
+        return data
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" -> CUDA when available, else CPU; "cuda" without a GPU raises ConfigError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ConfigError(f"unknown device {device!r}; expected auto, cpu or cuda[:N]")
+    return torch.device(device)
+
+
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
+    """Per-output BCE [n_outputs] averaged over the labelled entries of the batch (NaN labels left out)."""
+    known = ~torch.isnan(labels)
+    target = torch.nan_to_num(labels, nan=0.0)
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none")
+    loss = loss * known
+    return loss.sum(0) / known.sum(0).clamp_min(1)
+
+
+def positive_weights(labels: np.ndarray) -> torch.Tensor:
+    """Per-output pos_weight = negatives / positives on the training labels (as the authors), capped at 20."""
+    pos = np.nansum(labels == 1, axis=0).astype(float)
+    neg = np.nansum(labels == 0, axis=0).astype(float)
+    return torch.tensor(np.clip(neg / np.maximum(pos, 1), 0.05, 20.0), dtype=torch.float32)
+
+
+def task_weights_from_auc(aucs: list[float]) -> list[float]:
+    """Task prioritisation w_i = 1 / AUC_i; an undefined AUC counts as chance (0.5), so w_i <= 2."""
+    return [1.0 / max(a, 0.5) if not math.isnan(a) else 2.0 for a in aucs]
+
+
+def selection_metric(aucs: list[float], multitask: bool) -> float:
+    """V_D + (1/K) sum_i V_Mi (undefined manifestation AUCs skipped); V_D alone for single-task models."""
+    diag = aucs[0] if not math.isnan(aucs[0]) else 0.5
+    if not multitask or len(aucs) == 1:
+        return diag
+    rest = [a for a in aucs[1:] if not math.isnan(a)]
+    return diag + (float(np.mean(rest)) if rest else 0.0)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, patches: PatchSet, device: torch.device, batch_size: int = 20) -> np.ndarray:
+    """Sigmoid probabilities [N, n_outputs] of `model` on every patch (no augmentation)."""
+    model.eval()
+    out = []
+    for start in range(0, len(patches), batch_size):
+        image = torch.from_numpy(patches.images[start:start + batch_size].astype(np.float32))[:, None].to(device)
+        prior = torch.from_numpy(patches.priors[start:start + batch_size].astype(np.float32))[:, None].to(device)
+        out.append(torch.sigmoid(model(image, prior)).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def output_aucs(probs: np.ndarray, labels: np.ndarray) -> list[float]:
+    return [safe_auc(labels[:, k], probs[:, k]) for k in range(probs.shape[1])]
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    best_epoch: int
+    best_metric: float
+    val_probs: np.ndarray
+    task_weights: list[float]
+    history: list[dict]
+    seconds: float
+
+
+class Trainer:
+    """Runs the cascade on a training and a validation PatchSet, writing checkpoints and logs into `out_dir`."""
+
+    def __init__(self, config: TrainConfig, train_set: PatchSet, val_set: PatchSet, out_dir: str | Path,
+                 n_manifestations: int, output_names: list[str], device: str = "auto",
+                 progress: ProgressCallback | None = None, show_progress_bar: bool = True) -> None:
+        self.config, self.train_set, self.val_set = config, train_set, val_set
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(device)
+        self.progress, self.show_progress_bar = progress, show_progress_bar
+        self.output_names = output_names
+        self.multitask = config.network.multitask
+        n_outputs = 1 + n_manifestations if self.multitask else 1
+        self.n_outputs = n_outputs
+        self.train_labels = train_set.labels[:, :n_outputs]
+        self.val_labels = val_set.labels[:, :n_outputs]
+        torch.manual_seed(config.seed)
+        self.model = build_network(config.network, n_manifestations).to(self.device)
+        self.pos_weight = positive_weights(self.train_labels).to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=0.1,
+                                                                    patience=config.plateau_patience)
+        # Phase 1 needs a separate diagnosis head to freeze; baselines share one linear layer and skip it.
+        self.has_phase1 = self.multitask and config.phase1_epochs > 0 and hasattr(self.model, "diagnosis_head")
+        self.state = {"epoch": -1, "task_weights": [1.0] * n_outputs, "best_metric": -math.inf, "best_epoch": -1,
+                      "bad_epochs": 0, "history": []}
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    # -- checkpointing -------------------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    def save_checkpoint(self) -> None:
+        _atomic_torch_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                            "scheduler": self.scheduler.state_dict(), "best_model": self.best_state,
+                            "state": json.dumps(self.state), "config": json.dumps(self.config.to_dict())},
+                           self.checkpoint_path)
+
+    def load_checkpoint(self) -> None:
+        if not self.checkpoint_path.is_file():
+            raise ConfigError(f"--resume: no checkpoint at {self.checkpoint_path}")
+        ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        if json.loads(ckpt["config"]) != self.config.to_dict():
+            raise ConfigError(f"--resume: {self.checkpoint_path} was written with a different training config")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.best_state = ckpt["best_model"]
+        self.state = json.loads(ckpt["state"])
+
+    # -- one epoch -------------------------------------------------------------------------------------------------
+    def _phase(self, epoch: int) -> int:
+        return 1 if self.has_phase1 and epoch < self.config.phase1_epochs else 2
+
+    def _set_diagnosis_frozen(self, frozen: bool) -> None:
+        if hasattr(self.model, "diagnosis_head"):
+            for p in self.model.diagnosis_head.parameters():
+                p.requires_grad_(not frozen)
+
+    def _train_epoch(self, epoch: int, phase: int) -> float:
+        cfg = self.config
+        self.model.train()
+        self._set_diagnosis_frozen(phase == 1)
+        dataset = PatchDataset(self.train_set, augment_seed=cfg.seed)
+        dataset.epoch = epoch
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(dataset))
+        torch.manual_seed(cfg.seed * 100003 + epoch)
+        weights = torch.tensor(self.state["task_weights"], device=self.device)
+        if phase == 1:
+            weights = weights.clone()
+            weights[0] = 0.0
+        total, batches = 0.0, 0
+        for start in range(0, len(order), cfg.batch_size):
+            items = [dataset[int(i)] for i in order[start:start + cfg.batch_size]]
+            if len(items) < 2:
+                continue  # BatchNorm needs more than one sample
+            image, prior, labels = (torch.stack(t).to(self.device) for t in zip(*items))
+            labels = labels[:, :self.n_outputs]
+            per_task = masked_bce(self.model(image, prior), labels, self.pos_weight)
+            loss = (weights * per_task).sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total, batches = total + loss.item(), batches + 1
+        return total / max(batches, 1)
+
+    # -- the whole run ---------------------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> TrainResult:
+        cfg = self.config
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if resume:
+            self.load_checkpoint()
+        start_time = time.time() - sum(h.get("seconds", 0.0) for h in self.state["history"])
+        first_epoch = self.state["epoch"] + 1
+        bar = tqdm(range(first_epoch, cfg.max_epochs), initial=first_epoch, total=cfg.max_epochs, desc="epochs",
+                   disable=not self.show_progress_bar, unit="ep")
+        for epoch in bar:
+            t0 = time.time()
+            phase = self._phase(epoch)
+            loss = self._train_epoch(epoch, phase)
+            probs = predict(self.model, self.val_set, self.device)
+            aucs = output_aucs(probs, self.val_labels)
+            metric = selection_metric(aucs, self.multitask)
+            if phase == 1 and epoch == cfg.phase1_epochs - 1:
+                self.state["task_weights"] = [1.0] + task_weights_from_auc(aucs[1:])
+                logger.info("end of phase 1: task weights %s", np.round(self.state["task_weights"], 3).tolist())
+            if phase == 2:
+                self.scheduler.step(metric)
+                if metric > self.state["best_metric"]:
+                    self.state.update(best_metric=metric, best_epoch=epoch, bad_epochs=0)
+                    self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                else:
+                    self.state["bad_epochs"] += 1
+            record = {"epoch": epoch, "phase": phase, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": loss,
+                      "val_metric": metric, "seconds": time.time() - t0,
+                      **{f"val_auc_{n}": a for n, a in zip(self.output_names, aucs)}}
+            self.state["history"].append(record)
+            self.state["epoch"] = epoch
+            self.save_checkpoint()
+            write_history(self.state["history"], self.out_dir)
+            bar.set_postfix(phase=phase, loss=f"{loss:.3f}", val=f"{metric:.3f}")
+            if self.progress:
+                self.progress((epoch + 1) / cfg.max_epochs,
+                              f"epoch {epoch + 1}/{cfg.max_epochs} phase {phase} loss {loss:.3f} val {metric:.3f}")
+            if phase == 2 and self.state["bad_epochs"] >= cfg.early_stop_patience:
+                logger.info("early stopping at epoch %d (best %d)", epoch, self.state["best_epoch"])
+                break
+        bar.close()
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        plot_history(self.state["history"], self.out_dir / "curves.png")
+        return TrainResult(self.model, self.state["best_epoch"], self.state["best_metric"],
+                           predict(self.model, self.val_set, self.device), self.state["task_weights"],
+                           self.state["history"], time.time() - start_time)
+
+
+def write_history(history: list[dict], out_dir: Path) -> None:
+    """Per-epoch log as CSV (atomically)."""
+    if not history:
+        return
+    keys = list(history[0])
+    lines = [",".join(keys)] + [",".join(f"{h.get(k, '')}" for k in keys) for h in history]
+    tmp = out_dir / (HISTORY_NAME + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out_dir / HISTORY_NAME)
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Training loss and validation AUCs per epoch."""
+    if not history:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    ax_loss.set(xlabel="epoch", ylabel="weighted BCE", title="training loss")
+    for key in [k for k in history[0] if k.startswith("val_auc_")]:
+        ax_auc.plot(epochs, [h[key] for h in history], label=key.removeprefix("val_auc_"))
+    ax_auc.set(xlabel="epoch", ylabel="AUC", title="validation AUC", ylim=(0.4, 1.0))
+    ax_auc.legend(fontsize=7, ncol=2)
+    phase2 = next((h["epoch"] for h in history if h["phase"] == 2), None)
+    for ax in (ax_loss, ax_auc):
+        if phase2 is not None and phase2 > 0:
+            ax.axvline(phase2 - 0.5, color="grey", ls="--", lw=0.8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
