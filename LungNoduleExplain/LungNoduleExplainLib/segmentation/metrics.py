@@ -1,0 +1,63 @@
+"""Dice and cross-validation summaries for nodule segmentation."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..data.voi_table import NoduleRecord, read_image
+from ..errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
+
+def dice(pred: np.ndarray | sitk.Image, ref: np.ndarray | sitk.Image) -> float:
+    """Dice = 2|P & R| / (|P| + |R|) of two binary volumes of one shape (non-zero = foreground); 1.0 if both empty."""
+    p = (sitk.GetArrayViewFromImage(pred) if isinstance(pred, sitk.Image) else np.asarray(pred)) > 0
+    r = (sitk.GetArrayViewFromImage(ref) if isinstance(ref, sitk.Image) else np.asarray(ref)) > 0
+    if p.shape != r.shape:
+        raise ValueError(f"Dice needs volumes of one shape; got {p.shape} and {r.shape}")
+    total = int(p.sum()) + int(r.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(p, r).sum()) / total
+
+
+def segmentation_dice(segmenter, records: Sequence[NoduleRecord],
+                      progress: Callable[[int, int, str], None] | None = None) -> dict[str, float]:
+    """Per-case Dice of `segmenter.segment(image, record.center_lps)`'s mask against each record's mask.
+
+    `segmenter` is a NoduleSegmenter (or anything with that `segment`); records come from read_voi_table.
+    Raises DatasetError for a record without a mask.
+    """
+    scores: dict[str, float] = {}
+    for n, record in enumerate(records):
+        if record.mask_path is None:
+            raise DatasetError(f"case {record.case_id} has no mask; Dice needs the table's `mask` column")
+        image = read_image(record.image_path)
+        reference = read_image(record.mask_path, "mask")
+        result = segmenter.segment(image, record.center_lps)
+        scores[record.case_id] = dice(result.mask, reference)
+        if progress is not None:
+            progress(n + 1, len(records), record.case_id)
+    return scores
+
+
+def bootstrap_mean_ci(values: Mapping[str, float], group_of: Mapping[str, str], n_boot: int = 2000,
+                      seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of `values` (case -> value) and a percentile bootstrap CI resampling GROUPS (patients) with replacement."""
+    cases = sorted(values)
+    if not cases:
+        raise ValueError("no values to summarise")
+    groups: dict[str, list[float]] = {}
+    for case in cases:
+        groups.setdefault(group_of[case], []).append(float(values[case]))
+    sums = np.array([sum(v) for v in groups.values()])
+    counts = np.array([len(v) for v in groups.values()])
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(sums), size=(n_boot, len(sums)))
+    means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    alpha = (1.0 - level) / 2.0
+    return (float(np.mean([values[c] for c in cases])), float(np.quantile(means, alpha)),
+            float(np.quantile(means, 1.0 - alpha)))

@@ -1,0 +1,274 @@
+"""Segment one clicked nodule with a trained nnU-Net v2 model folder: crop, predict, paste back, pick the component.
+
+The model folder is nnU-Net's own results layout: `plans.json`, `dataset.json`, `fold_<k>/checkpoint_final.pth`.
+Prediction goes through `nnUNetPredictor` (its preprocessing, sliding window, resampling back); the folds present
+are ensembled by nnU-Net (their logits are averaged).
+
+Checkpoints: nnU-Net's own `initialize_from_trained_model_folder` reads checkpoints with
+`torch.load(weights_only=False)`, i.e. it unpickles arbitrary objects. This class instead loads them with
+`torch.load(weights_only=True)` (tensors and plain containers only; `training.package_fold` writes checkpoints of
+that kind) and builds the network from `plans.json` itself, handing both to `nnUNetPredictor.manual_initialization`.
+A raw nnU-Net training checkpoint that holds other objects is refused with a BundleError. The model bundle is in
+any case verified by SHA-256 checksum before it is loaded (bundle.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import BundleError, InputImageError
+from ..patch import AIR_HU, PatchGeometry
+from ..volume import MAX_SPACING_MM, MIN_SPACING_MM, PointSpace, point_to_lps
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint_final.pth"
+DEFAULT_CROP_MM: tuple[float, float, float] = (48.0, 48.0, 40.0)
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass
+class SegmentationResult:
+    """One segmented nodule.
+
+    probability: float32 sitk.Image in [0, 1] on the CT's grid (0 outside the crop), before component selection.
+    mask: uint8 sitk.Image on the CT's grid, 1 on the selected connected component only (may be empty).
+    crop: the crop's grid (CT spacing and direction, LPS mm); crop_probability: the probability on that grid.
+    point_lps: the clicked point (LPS mm). volume_mm3: the mask's volume. seconds: wall time of segment().
+    """
+
+    probability: sitk.Image
+    mask: sitk.Image
+    crop: PatchGeometry
+    crop_probability: sitk.Image
+    point_lps: tuple[float, float, float]
+    volume_mm3: float
+    seconds: float
+
+
+def find_folds(model_dir: Path) -> list[int]:
+    """Folds k with `fold_<k>/checkpoint_final.pth` in `model_dir`, sorted."""
+    folds = []
+    for sub in model_dir.glob("fold_*"):
+        suffix = sub.name[len("fold_"):]
+        if suffix.isdigit() and (sub / CHECKPOINT_NAME).is_file():
+            folds.append(int(suffix))
+    return sorted(folds)
+
+
+def _load_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise BundleError(f"segmentation model folder {path.parent} has no {path.name} ({what})")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from exc
+
+
+def _load_checkpoint(path: Path) -> dict:
+    import torch
+    if not path.is_file():
+        raise BundleError(f"segmentation model fold missing: {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ... on bad files
+        raise BundleError(f"cannot load {path} as a weights-only checkpoint ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); package it with "
+                          "LungNoduleExplainLib.segmentation.training.package_fold") from exc
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise BundleError(f"{path}: expected an nnU-Net checkpoint with 'network_weights'")
+    return checkpoint
+
+
+def resolve_device(device: str | None):
+    """'cuda', 'cpu' or None/'auto' (CUDA when available) -> torch.device."""
+    import torch
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(device)
+
+
+class NoduleSegmenter:
+    """An nnU-Net v2 nodule model loaded once; `segment(ct, point)` per click.
+
+    model_dir: nnU-Net results folder (plans.json, dataset.json, fold_k/checkpoint_final.pth).
+    folds: which folds to ensemble (default: all present). crop_mm: crop size (x, y, z) in mm around the point,
+    taken at the CT's native resolution. threshold: probability at which a voxel is nodule.
+    Raises BundleError naming the missing or unreadable file.
+    """
+
+    def __init__(self, model_dir: str | Path, folds: Sequence[int] | None = None, device: str | None = "auto",
+                 use_mirroring: bool = False, crop_mm: Sequence[float] = DEFAULT_CROP_MM,
+                 threshold: float = DEFAULT_THRESHOLD, tile_step_size: float = 0.5):
+        self.model_dir = Path(model_dir)
+        if not self.model_dir.is_dir():
+            raise BundleError(f"segmentation model folder {self.model_dir} does not exist")
+        plans = _load_json(self.model_dir / "plans.json", "nnU-Net plans")
+        dataset_json = _load_json(self.model_dir / "dataset.json", "nnU-Net dataset description")
+        available = find_folds(self.model_dir)
+        self.folds = tuple(int(f) for f in folds) if folds is not None else tuple(available)
+        if not self.folds:
+            raise BundleError(f"segmentation model folder {self.model_dir} has no fold_<k>/{CHECKPOINT_NAME}")
+        checkpoints = [_load_checkpoint(self.model_dir / f"fold_{k}" / CHECKPOINT_NAME) for k in self.folds]
+        if len(crop_mm) != 3 or min(crop_mm) <= 0:
+            raise ValueError(f"crop_mm must be 3 positive sizes (x, y, z) in mm, got {tuple(crop_mm)}")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self.crop_mm = tuple(float(c) for c in crop_mm)
+        self.threshold = float(threshold)
+        self.device = resolve_device(device)
+        self._predictor = self._make_predictor(plans, dataset_json, checkpoints, use_mirroring, tile_step_size)
+
+    def _make_predictor(self, plans: dict, dataset_json: dict, checkpoints: list[dict], use_mirroring: bool,
+                        tile_step_size: float):
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        plans_manager = PlansManager(plans)
+        configuration = checkpoints[0].get("init_args", {}).get("configuration", "3d_fullres")
+        if configuration not in plans_manager.available_configurations:
+            raise BundleError(f"{self.model_dir / 'plans.json'} has no configuration {configuration!r}")
+        configuration_manager = plans_manager.get_configuration(configuration)
+        network = nnUNetTrainer.build_network_architecture(
+            plans_manager, configuration_manager,
+            determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
+            plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+        parameters = [c["network_weights"] for c in checkpoints]
+        try:
+            network.load_state_dict(parameters[0])
+        except RuntimeError as exc:
+            raise BundleError(f"fold_{self.folds[0]} weights do not fit the network in "
+                              f"{self.model_dir / 'plans.json'}: {str(exc).splitlines()[0]}") from exc
+        mirror_axes = checkpoints[0].get("inference_allowed_mirroring_axes")
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints a CPU notice; keep stdout clean
+            predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True,
+                                        use_mirroring=use_mirroring,
+                                        perform_everything_on_device=self.device.type == "cuda",
+                                        device=self.device, verbose=False, allow_tqdm=False)
+            predictor.manual_initialization(network.to(self.device), plans_manager, configuration_manager,
+                                            parameters, dataset_json, "nnUNetTrainer",
+                                            tuple(mirror_axes) if mirror_axes is not None else None)
+        return predictor
+
+    def predict_array(self, hu_zyx: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
+        """nnU-Net's nodule probability for a HU array [z, y, x] with spacing (z, y, x) mm; same shape, float32."""
+        with contextlib.redirect_stdout(io.StringIO()):
+            _, probabilities = self._predictor.predict_single_npy_array(
+                hu_zyx[None].astype(np.float32), {"spacing": [float(s) for s in spacing_zyx]}, None, None, True)
+        return np.clip(np.asarray(probabilities[1], dtype=np.float32), 0.0, 1.0)
+
+    def segment(self, ct: sitk.Image, point: Sequence[float], space: PointSpace = "lps",
+                crop_mm: Sequence[float] | None = None) -> SegmentationResult:
+        """Segment the nodule at `point` (RAS/LPS mm or voxel index i, j, k) of `ct` (HU).
+
+        The crop (default `self.crop_mm`, x y z mm) is cut at native resolution around the point, padded with air
+        outside the CT; maps come back on the CT's grid. Raises InputImageError for an unusable image and
+        PointError for a point outside it.
+        """
+        start_time = time.perf_counter()
+        _check_image(ct)
+        point_lps = point_to_lps(point, space, ct)
+        crop_hu, geometry, start = crop_around(ct, point_lps, crop_mm or self.crop_mm)
+        spacing = ct.GetSpacing()
+        probability = self.predict_array(crop_hu, spacing[::-1])
+        center_index = np.asarray(ct.TransformPhysicalPointToContinuousIndex(point_lps.tolist()))[::-1] - start[::-1]
+        mask = select_component(probability >= self.threshold, center_index, spacing[::-1])
+        crop_probability = _image_like(probability, geometry)
+        result = SegmentationResult(
+            probability=paste_crop(probability, start, ct, np.float32),
+            mask=paste_crop(mask.astype(np.uint8), start, ct, np.uint8),
+            crop=geometry, crop_probability=crop_probability,
+            point_lps=tuple(float(v) for v in point_lps),
+            volume_mm3=float(mask.sum() * np.prod(spacing)), seconds=time.perf_counter() - start_time)
+        logger.debug("segmented at %s: %.0f mm3 in %.2f s", result.point_lps, result.volume_mm3, result.seconds)
+        return result
+
+
+def _check_image(ct: sitk.Image) -> None:
+    if not isinstance(ct, sitk.Image) or ct.GetDimension() != 3:
+        raise InputImageError(f"expected a 3D SimpleITK CT image, got {type(ct).__name__}"
+                              + (f" of dimension {ct.GetDimension()}" if isinstance(ct, sitk.Image) else ""))
+    if ct.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError(f"expected a single-channel CT, got {ct.GetNumberOfComponentsPerPixel()} components")
+    spacing = ct.GetSpacing()
+    if not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in spacing):
+        raise InputImageError(f"CT spacing {tuple(round(s, 4) for s in spacing)} mm is missing or absurd; expected "
+                              f"each axis in [{MIN_SPACING_MM}, {MAX_SPACING_MM}] mm")
+
+
+def crop_around(ct: sitk.Image, point_lps: Sequence[float],
+                crop_mm: Sequence[float]) -> tuple[np.ndarray, PatchGeometry, np.ndarray]:
+    """Cut a box of `crop_mm` (x, y, z) centred on the point from `ct`'s voxel grid; air outside the CT.
+
+    Returns (HU array [z, y, x] float32, the crop's geometry, start index (i, j, k) in the CT, may be negative).
+    The crop's voxels are the CT's voxels: nothing is interpolated.
+    """
+    spacing = np.asarray(ct.GetSpacing())
+    n = np.maximum(np.round(np.asarray(crop_mm, dtype=float) / spacing).astype(int), 1)
+    center = np.asarray(ct.TransformPhysicalPointToContinuousIndex([float(v) for v in point_lps]))
+    start = np.round(center - (n - 1) / 2.0).astype(int)
+    size = np.asarray(ct.GetSize())
+    lo, hi = np.maximum(start, 0), np.minimum(start + n, size)
+    crop = np.full(n[::-1], AIR_HU, dtype=np.float32)
+    if np.all(hi > lo):
+        source = sitk.GetArrayViewFromImage(ct)[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
+        d = lo - start
+        crop[d[2]:d[2] + source.shape[0], d[1]:d[1] + source.shape[1], d[0]:d[0] + source.shape[2]] = source
+    origin = ct.TransformContinuousIndexToPhysicalPoint([float(v) for v in start])
+    geometry = PatchGeometry(tuple(float(v) for v in origin), tuple(float(s) for s in spacing),
+                             tuple(int(v) for v in n), tuple(float(v) for v in ct.GetDirection()))
+    return crop, geometry, start
+
+
+def paste_crop(array_zyx: np.ndarray, start: np.ndarray, ct: sitk.Image, dtype) -> sitk.Image:
+    """Place a crop-grid array (from crop_around's `start`) into a zero image with `ct`'s geometry."""
+    size = np.asarray(ct.GetSize())
+    n = np.asarray(array_zyx.shape[::-1])
+    lo, hi = np.maximum(start, 0), np.minimum(start + n, size)
+    full = np.zeros(size[::-1], dtype=dtype)
+    if np.all(hi > lo):
+        d = lo - start
+        e = d + (hi - lo)
+        full[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = array_zyx[d[2]:e[2], d[1]:e[1], d[0]:e[0]]
+    image = sitk.GetImageFromArray(full)
+    image.CopyInformation(ct)
+    return image
+
+
+def select_component(mask_zyx: np.ndarray, point_zyx: Sequence[float], spacing_zyx: Sequence[float]) -> np.ndarray:
+    """Keep the 26-connected component containing the point (continuous index z, y, x), else the nearest one (mm)."""
+    if not mask_zyx.any():
+        return np.zeros_like(mask_zyx, dtype=bool)
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask_zyx.astype(np.uint8)),
+                                                             True))
+    index = np.round(np.asarray(point_zyx)).astype(int)
+    if np.all(index >= 0) and np.all(index < labels.shape) and labels[tuple(index)] > 0:
+        return labels == labels[tuple(index)]
+    coords = np.argwhere(labels > 0)
+    distances = np.linalg.norm((coords - np.asarray(point_zyx)) * np.asarray(spacing_zyx), axis=1)
+    nearest = coords[int(np.argmin(distances))]
+    return labels == labels[tuple(nearest)]
+
+
+def _image_like(array_zyx: np.ndarray, geometry: PatchGeometry) -> sitk.Image:
+    image = sitk.GetImageFromArray(array_zyx)
+    image.SetOrigin(geometry.origin)
+    image.SetSpacing(geometry.spacing)
+    image.SetDirection(geometry.direction)
+    return image

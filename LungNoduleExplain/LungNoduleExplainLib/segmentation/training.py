@@ -1,0 +1,234 @@
+"""Five-fold nnU-Net v2 training by patient, the packaged model folder, and out-of-fold probability maps.
+
+Flow (each stage through nnU-Net's own API; see docs/SEGMENTATION.md):
+export (export.py) -> fingerprint/plan/preprocess (plans.py) -> per fold: nnUNetTrainerLungNodule.run_training()
+-> package_fold() (a weights-only checkpoint) -> NoduleSegmenter(fold k) on the fold's validation nodules
+-> `<oof_dir>/<case_id>.nii.gz` (float32 in [0, 1] on the VOI's own grid) and their Dice.
+
+The model folder is assembled under `<out>.partial` and renamed to `<out>` when every requested fold is done;
+rerunning the same command resumes after the last finished fold.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..data.voi_table import read_image, read_voi_table
+from ..errors import ConfigError, DatasetError
+from .export import DEFAULT_DATASET_ID, DEFAULT_NAME, DEFAULT_PAD_MM, dataset_name, export_nnunet_dataset
+from .metrics import dice
+from .plans import CONFIGURATION, PLANS_NAME, SmallPlansConfig, fingerprint_and_preprocess, plan, use_work_folder
+from .predict import CHECKPOINT_NAME, NoduleSegmenter
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]  # (message, fraction of the whole run done in [0, 1])
+
+
+@dataclass(frozen=True)
+class SegmentationTrainingConfig:
+    """How to train. epochs x iterations_per_epoch batches per fold; device 'cpu' or 'cuda'."""
+
+    folds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    epochs: int = 20
+    iterations_per_epoch: int = 50
+    val_iterations_per_epoch: int = 5
+    initial_lr: float = 1e-2
+    device: str = "cpu"
+    dataset_id: int = DEFAULT_DATASET_ID
+    pad_mm: tuple[float, float, float] = DEFAULT_PAD_MM
+    plans: SmallPlansConfig = field(default_factory=SmallPlansConfig)
+    num_processes: int = 2
+    weights_float16: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.folds or any(not 0 <= f < 5 for f in self.folds) or len(set(self.folds)) != len(self.folds):
+            raise ConfigError(f"folds must be distinct values in 0..4, got {self.folds}")
+        if self.epochs < 1 or self.iterations_per_epoch < 1 or self.val_iterations_per_epoch < 1:
+            raise ConfigError(f"epochs ({self.epochs}) and iterations ({self.iterations_per_epoch}, "
+                              f"{self.val_iterations_per_epoch}) must be >= 1")
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CrossValidationResult:
+    """Per-case Dice of the out-of-fold predictions, the fold and patient of each case, and where things went."""
+
+    model_dir: Path
+    oof_dir: Path
+    dice: dict[str, float]
+    fold_of_case: dict[str, int]
+    patient_of_case: dict[str, str]
+    seconds_per_fold: dict[int, float]
+
+
+def prepare_dataset(voi_folder: Path, work: Path, config: SegmentationTrainingConfig) -> dict:
+    """Export + fingerprint + preprocess into `work` unless done for the same source and padding; then plan.
+
+    Returns the plans. Planning alone is redone every time (seconds); it does not change the preprocessed data.
+    """
+    folders = use_work_folder(work)
+    name = dataset_name(config.dataset_id, DEFAULT_NAME)
+    done_marker = folders.preprocessed / name / "lungnodule_explain_prepared.json"
+    source = json.loads(json.dumps({"source": str(voi_folder.resolve()), "pad_mm": list(config.pad_mm)}))
+    if done_marker.is_file() and json.loads(done_marker.read_text()) == source:
+        logger.info("reusing the nnU-Net dataset and preprocessed data in %s", work)
+        return plan(config.dataset_id, config.plans)
+    shutil.rmtree(folders.preprocessed / name, ignore_errors=True)
+    export_nnunet_dataset(voi_folder, folders.raw, config.dataset_id, DEFAULT_NAME, pad_mm=config.pad_mm,
+                          overwrite=True)
+    plans = fingerprint_and_preprocess(config.dataset_id, config.plans, num_processes=config.num_processes)
+    done_marker.write_text(json.dumps(source))
+    return plans
+
+
+def train_fold(fold: int, config: SegmentationTrainingConfig,
+               epoch_callback: Callable[[int, int, float, float], None] | None = None) -> Path:
+    """Train one fold with nnUNetTrainerLungNodule; returns nnU-Net's fold output folder (checkpoint_final.pth)."""
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    from .trainer import nnUNetTrainerLungNodule
+
+    base = Path(str(nnUNet_preprocessed)) / dataset_name(config.dataset_id, DEFAULT_NAME)
+    plans = load_json(str(base / f"{PLANS_NAME}.json"))
+    dataset_json = load_json(str(base / "dataset.json"))
+    plans["continue_training"] = False  # nnunetv2 2.8's trainer pops this key (run_training.py sets it)
+    trainer = nnUNetTrainerLungNodule(plans, CONFIGURATION, fold, dataset_json, device=torch.device(config.device))
+    trainer.configure(config.epochs, config.iterations_per_epoch, config.val_iterations_per_epoch,
+                      config.initial_lr, epoch_callback)
+    trainer.run_training()
+    return Path(trainer.output_folder)
+
+
+def package_fold(fold_output: Path, destination: Path, float16: bool = True, extra: dict | None = None) -> Path:
+    """Write a slim, weights-only `checkpoint_final.pth` (network weights, configuration, mirroring axes).
+
+    The trainer's checkpoint also holds the optimizer state and logs; the shipped one loads with
+    torch.load(weights_only=True) and, with trainer_name 'nnUNetTrainer', also in nnU-Net's own predictor.
+    float16 halves the size; the network is float32 again after load_state_dict.
+    """
+    import torch
+    checkpoint = torch.load(fold_output / CHECKPOINT_NAME, map_location="cpu", weights_only=False)  # our own file
+    converted: dict = {}  # nnU-Net's state dict names one tensor several times; store each once
+    weights = {}
+    for key, value in checkpoint["network_weights"].items():
+        identity = (value.data_ptr(), tuple(value.shape), value.stride())
+        if identity not in converted:
+            converted[identity] = value.half() if float16 and value.is_floating_point() else value
+        weights[key] = converted[identity]
+    axes = checkpoint.get("inference_allowed_mirroring_axes")
+    slim = {"network_weights": weights, "trainer_name": "nnUNetTrainer",
+            "init_args": {"configuration": checkpoint["init_args"]["configuration"],
+                          "fold": int(checkpoint["init_args"]["fold"])},
+            "inference_allowed_mirroring_axes": tuple(int(a) for a in axes) if axes is not None else None,
+            "current_epoch": int(checkpoint["current_epoch"]), "lungnodule_explain": extra or {}}
+    destination.mkdir(parents=True, exist_ok=True)
+    target = destination / CHECKPOINT_NAME
+    with tempfile.NamedTemporaryFile(dir=destination, suffix=".tmp", delete=False) as handle:
+        torch.save(slim, handle)
+    os.chmod(handle.name, 0o644)
+    os.replace(handle.name, target)
+    return target
+
+
+def cross_validate(voi_folder: str | Path, work: str | Path, out: str | Path,
+                   config: SegmentationTrainingConfig = SegmentationTrainingConfig(),
+                   oof_dir: str | Path | None = None, overwrite: bool = False,
+                   progress: Progress | None = None) -> CrossValidationResult:
+    """Train `config.folds` on `voi_folder` (lidc-voi format), package them into `out`, write OOF maps and Dice.
+
+    Raises DatasetError if `out` exists already (unless `overwrite`).
+    """
+    voi_folder, work, out = Path(voi_folder), Path(work), Path(out)
+    if out.exists() and not overwrite:
+        raise DatasetError(f"segmentation model folder {out} exists already; choose another --out or remove it")
+    report = progress or (lambda message, fraction: logger.info("%s (%.0f%%)", message, 100 * fraction))
+    work.mkdir(parents=True, exist_ok=True)
+    report("exporting and preprocessing with nnU-Net", 0.0)
+    prepare_dataset(voi_folder, work, config)
+    folders = use_work_folder(work)
+    name = dataset_name(config.dataset_id, DEFAULT_NAME)
+    partial = out.with_name(out.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    oof = Path(oof_dir) if oof_dir is not None else partial / "oof"  # moves into `out` with the rest
+    shutil.copyfile(folders.preprocessed / name / f"{PLANS_NAME}.json", partial / "plans.json")
+    shutil.copyfile(folders.raw / name / "dataset.json", partial / "dataset.json")
+    splits = json.loads((folders.preprocessed / name / "splits_final.json").read_text())
+    records = {r.case_id: r for r in read_voi_table(voi_folder, require_masks=True)}
+    results_file = partial / "cross_validation.json"
+    state = json.loads(results_file.read_text()) if results_file.is_file() else {"dice": {}, "fold_of_case": {},
+                                                                                    "seconds_per_fold": {}}
+    state["config"] = config.to_dict()
+    n = len(config.folds)
+    for i, fold in enumerate(config.folds):
+        fold_dir = partial / f"fold_{fold}"
+        if not (fold_dir / CHECKPOINT_NAME).is_file():
+            started = time.perf_counter()
+
+            def on_epoch(epoch: int, epochs: int, loss: float, pseudo_dice: float, i=i, fold=fold) -> None:
+                report(f"fold {fold}: epoch {epoch}/{epochs}, train loss {loss:.3f}, pseudo-Dice {pseudo_dice:.3f}",
+                       (i + 0.9 * epoch / epochs) / n)
+
+            fold_output = train_fold(fold, config, on_epoch)
+            package_fold(fold_output, fold_dir, config.weights_float16,
+                         {"epochs": config.epochs, "iterations_per_epoch": config.iterations_per_epoch})
+            state["seconds_per_fold"][str(fold)] = time.perf_counter() - started
+        report(f"fold {fold}: out-of-fold predictions", (i + 0.9) / n)
+        val_cases = splits[fold]["val"]
+        fold_dice = write_oof(NoduleSegmenter(partial, folds=(fold,), device=config.device),
+                              [records[c] for c in val_cases], oof)
+        state["dice"].update(fold_dice)
+        state["fold_of_case"].update({c: fold for c in val_cases})
+        _write_json_atomic(results_file, state)
+        report(f"fold {fold}: mean out-of-fold Dice {np.mean(list(fold_dice.values())):.3f}", (i + 1) / n)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
+    if oof_dir is None:
+        oof = out / "oof"
+    return CrossValidationResult(out, oof, {k: float(v) for k, v in state["dice"].items()},
+                                 {k: int(v) for k, v in state["fold_of_case"].items()},
+                                 {c: records[c].patient_id for c in state["dice"]},
+                                 {int(k): float(v) for k, v in state["seconds_per_fold"].items()})
+
+
+def write_oof(segmenter: NoduleSegmenter, records: Sequence, oof_dir: Path) -> dict[str, float]:
+    """Predict each record's VOI at its centre; write `<oof_dir>/<case_id>.nii.gz` (float32 [0, 1], VOI grid).
+
+    Returns the Dice of the selected component against the record's mask, per case.
+    """
+    oof_dir.mkdir(parents=True, exist_ok=True)
+    scores = {}
+    for record in records:
+        image = read_image(record.image_path)
+        result = segmenter.segment(image, record.center_lps)
+        target = oof_dir / f"{record.case_id}.nii.gz"
+        tmp = oof_dir / f".{record.case_id}.tmp.nii.gz"
+        sitk.WriteImage(result.probability, str(tmp), True)
+        os.replace(tmp, target)
+        reference = read_image(record.mask_path, "mask")
+        scores[record.case_id] = dice(sitk.GetArrayViewFromImage(result.mask), sitk.GetArrayViewFromImage(reference))
+    return scores
+
+
+def _write_json_atomic(path: Path, data: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
