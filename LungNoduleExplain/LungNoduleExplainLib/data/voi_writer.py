@@ -19,7 +19,7 @@ import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -148,7 +148,7 @@ class PrepareSummary:
     cases_total: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
     nnunet: str = ""
 
     def skip(self, what: str, reason: str, message: str) -> None:
@@ -169,9 +169,7 @@ class PrepareSummary:
 
     def format(self) -> str:
         """A few human-readable lines for the console."""
-        lines = [f"series/CTs: {self.units_done} prepared now, {self.units_resumed} already done, "
-                 f"{len([s for s in self.skipped if s.what.startswith('series') or s.what.startswith('ct')])} "
-                 f"skipped, of {self.units_total}",
+        lines = [f"CT series: {self.units_total}, {self.units_done} prepared now, {self.units_resumed} done before",
                  f"nodules in the table: {self.cases_total} ({self.cases_written} written now)"]
         lines += [f"  {key}: {value}" for key, value in self.counts.items()]
         by_reason = self.skipped_by_reason()
@@ -227,6 +225,10 @@ class VoiFolderWriter:
     def is_done(self, unit: str) -> bool:
         return unit in self._units
 
+    def done_cases(self, unit: str) -> set[str]:
+        """Case ids written by `unit` when it was finished; empty when it was not."""
+        return {row["case_id"] for row in self._units.get(unit, [])}
+
     @property
     def rows(self) -> list[dict]:
         return [row for rows in self._units.values() for row in rows]
@@ -242,9 +244,10 @@ class VoiFolderWriter:
         return image_rel, mask_rel
 
     def finish_unit(self, unit: str, rows: Iterable[dict]) -> None:
-        """Record `unit` as done with its table rows; rewrite progress.json and nodules.csv atomically."""
+        """Record `unit` as done with its table rows (replacing its earlier rows, if any); rewrite progress.json
+        and nodules.csv atomically."""
         rows = [{c: _cell(row.get(c)) for c in self.columns} for row in rows]
-        ids = {r["case_id"] for r in self.rows}
+        ids = {r["case_id"] for key, others in self._units.items() if key != unit for r in others}
         clash = [r["case_id"] for r in rows if r["case_id"] in ids]
         if clash:
             raise DatasetError(f"unit {unit}: case ids {clash} were already written by another unit")
