@@ -81,12 +81,13 @@ class LungNoduleExplainParameterNode:
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_THRESHOLD
 
 
-class LungNoduleExplainLogic(ScriptedLoadableModuleLogic, AnalysisLogic):
-    """AnalysisLogic on Slicer's scene, plus the module's parameter node."""
+class LungNoduleExplainLogic(AnalysisLogic, ScriptedLoadableModuleLogic):
+    """AnalysisLogic on Slicer's scene, plus the module's parameter node. AnalysisLogic comes first in the MRO so
+    that ScriptedLoadableModuleLogic's super().__init__() reaches object, not AnalysisLogic a second time."""
 
     def __init__(self, scene=None, **kwargs) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
         AnalysisLogic.__init__(self, scene if scene is not None else slicer.mrmlScene, **kwargs)
+        ScriptedLoadableModuleLogic.__init__(self)
 
     def getParameterNode(self) -> LungNoduleExplainParameterNode:
         return LungNoduleExplainParameterNode(super().getParameterNode())

@@ -331,3 +331,52 @@ def test_real_engine_loads_a_real_finding_for_the_real_nodule(scene, lidc_nrrd):
     assert nodule.finding["outputs"][0]["name"] in nodule.mapNodes
     assert all(n.GetAttribute(NODULE_KEY_ATTRIBUTE) == nodule.key for n in nodule.nodes())
     assert (outcome.outDir / "report.html").is_file()
+
+
+# --- the module file itself, with stand-ins for what only the Slicer application provides ----------------------
+
+@pytest.fixture()
+def moduleFile(monkeypatch, scene):
+    """Import LungNoduleExplain.py with stand-ins for qt, slicer.i18n, slicer.parameterNodeWrapper and
+    slicer.ScriptedLoadableModule (the stand-in Logic base keeps Slicer's cooperative super().__init__())."""
+    import importlib.util
+    import types
+
+    class ScriptedLoadableModuleLogic:
+        def __init__(self, parent=None):
+            super().__init__()
+            self.moduleName = self.__class__.__name__.removesuffix("Logic")
+
+    stubs = {
+        "qt": types.ModuleType("qt"),
+        "slicer.i18n": types.SimpleNamespace(tr=lambda text: text, translate=lambda context, text: text),
+        "slicer.parameterNodeWrapper": types.SimpleNamespace(
+            parameterNodeWrapper=lambda cls: cls, Choice=lambda choices: None, WithinRange=lambda lo, hi: None),
+        "slicer.ScriptedLoadableModule": types.SimpleNamespace(
+            ScriptedLoadableModule=type("ScriptedLoadableModule", (), {}),
+            ScriptedLoadableModuleLogic=ScriptedLoadableModuleLogic,
+            ScriptedLoadableModuleTest=type("ScriptedLoadableModuleTest", (), {}),
+            ScriptedLoadableModuleWidget=type("ScriptedLoadableModuleWidget", (), {})),
+    }
+    for name, stub in stubs.items():
+        monkeypatch.setitem(sys.modules, name, stub)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    path = REPO_ROOT / "LungNoduleExplain" / "LungNoduleExplain.py"
+    spec = importlib.util.spec_from_file_location("LungNoduleExplain", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_module_logic_runs_the_analysis_once_constructed_on_slicers_scene(moduleFile, ctNode, lidc_crop):
+    started = []
+
+    def runnerFactory(onMessage, onFinished):
+        from LungNoduleExplainSlicer.WorkerProcess import WorkerProcess
+        started.append(1)
+        return WorkerProcess(onMessage, onFinished)
+
+    logic = moduleFile.LungNoduleExplainLogic(runnerFactory=runnerFactory, workerCommand=FAKE_WORKER)
+    assert started == [1], "the analysis logic was initialised more than once"
+    assert logic.moduleName == "LungNoduleExplain" and logic.scene is slicer.mrmlScene
+    assert run(logic, ctNode, nodules(lidc_crop, 0.0)).succeeded
