@@ -86,7 +86,7 @@ class FakeAnalyzer:
 
 
 def fake_write_findings(findings: list[Finding], ct: sitk.Image, out_dir, *, title: str = "fake",
-                        source: str = "", is_phantom: bool = False) -> Path:
+                        source: str = "", is_phantom: bool = False, progress=None) -> Path:
     """The layout of reports.write_findings, without PNGs."""
     out_dir = Path(out_dir)
     for index, finding in enumerate(findings):

@@ -260,6 +260,22 @@ def test_a_cancelled_run_leaves_the_scene_unchanged_and_removes_its_files(scene,
     assert sceneInventory(scene) == before
 
 
+def test_a_ct_under_a_transform_gets_the_point_in_its_own_frame_and_results_follow_its_transform(
+        scene, ctNode, lidc_crop):
+    transform = slicer.vtkMRMLLinearTransformNode()
+    scene.AddNode(transform)
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 30.0)  # the CT is shown 30 mm to the right
+    transform.SetMatrixTransformToParent(matrix)
+    ctNode.SetAndObserveTransformNodeID(transform.GetID())
+    centroid = lidc_crop[1]
+    clicked = NoduleRequest("points/0", "Nodule 1", (centroid[0] + 30.0, centroid[1], centroid[2]))
+    nodule = run(AnalysisLogic(scene, workerCommand=FAKE_WORKER), ctNode, [clicked]).nodules[0]
+    np.testing.assert_allclose(nodule.finding["point_ras_mm"], centroid, atol=1e-3)
+    assert all(n.GetTransformNodeID() == transform.GetID() for n in (nodule.segmentationNode,
+                                                                     *nodule.mapNodes.values()))
+
+
 def test_a_result_off_the_ct_grid_is_refused_and_nothing_is_added(scene, ctNode, lidc_crop, tmp_path):
     from fake_engine import FakeAnalyzer, fake_write_findings
     ct = sitk.ReadImage(str(lidc_crop[0]))

@@ -50,7 +50,7 @@ class AnalyzerLike(Protocol):
 
 
 AnalyzerFactory = Callable[..., AnalyzerLike]  # (bundle=, device=, progress=) -> analyzer
-FindingsWriter = Callable[..., Path]  # (findings, ct, out_dir, title=...) -> report path
+FindingsWriter = Callable[..., Path]  # (findings, ct, out_dir, source=, progress=) -> report path
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def _default_analyzer_factory(**kwargs: Any) -> AnalyzerLike:
 
 
 def _default_findings_writer(findings: list, ct: Any, out_dir: Path, **kwargs: Any) -> Path:
-    """reports.write_findings (source=...), imported only when used."""
+    """reports.write_findings (source=, progress=), imported only when used."""
     from .reports import write_findings
     return write_findings(findings, ct, out_dir, **kwargs)
 
@@ -206,7 +206,8 @@ def run_request(request: Request, messages: MessageWriter, *,
         on_progress(0.0, f"analysing point {tuple(round(v, 1) for v in point)} ({request.space.upper()})")
         findings.append(analyzer.analyze(ct, point, space=request.space))
     messages.progress(0.9, "Writing segmentation, maps and report")
-    report = findings_writer(findings, ct, request.out_dir, source=request.source or str(request.ct))
+    report = findings_writer(findings, ct, request.out_dir, source=request.source or str(request.ct),
+                             progress=lambda fraction, message: messages.progress(0.9 + 0.1 * fraction, message))
     paths = finding_paths(request.out_dir, n)
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:

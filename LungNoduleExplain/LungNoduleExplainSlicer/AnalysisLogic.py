@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import slicer
+import vtk
 from LungNoduleExplainLib.worker import Request
 
 from . import MapDisplay
@@ -126,7 +127,8 @@ class AnalysisLogic:
         ctPath = self._workDir / "ct.nrrd"
         self.onProgress(0.0, f"Exporting {ctNode.GetName()} for the analysis")
         self._writeVolume(ctNode, ctPath)
-        request = Request(ct=ctPath, points=[n.pointRas for n in nodules], out_dir=self._workDir / "results",
+        points = [volumeRasFromWorld(ctNode, n.pointRas) for n in nodules]
+        request = Request(ct=ctPath, points=points, out_dir=self._workDir / "results",
                           space="ras", bundle=Path(bundlePath) if bundlePath else None, device=device,
                           source=f"Slicer volume {ctNode.GetName()!r}")
         requestPath = self._workDir / "request.json"
@@ -263,6 +265,17 @@ class AnalysisLogic:
         if self.lastResultDir is not None:
             _removeFolder(self.lastResultDir.parent)
             self.lastResultDir = None
+
+
+def volumeRasFromWorld(volumeNode, pointWorld: Sequence[float]) -> tuple[float, float, float]:
+    """Points are clicked in world RAS; the CT is written without its parent transform, so the worker needs
+    the point in the CT's own RAS frame (the result nodes then get the CT's transform again)."""
+    parent = volumeNode.GetParentTransformNode()
+    if parent is None:
+        return tuple(float(v) for v in pointWorld)
+    fromWorld = vtk.vtkGeneralTransform()
+    parent.GetTransformFromWorld(fromWorld)
+    return tuple(float(v) for v in fromWorld.TransformPoint([float(v) for v in pointWorld]))
 
 
 def _removeFolder(folder: Path | None) -> None:
