@@ -100,6 +100,7 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.logic: Optional[LungNoduleExplainLogic] = None
         self._parameterNode: Optional[LungNoduleExplainParameterNode] = None
         self._parameterNodeGuiTag = None
+        self._observedPoints = None  # the markups node whose point additions/removals update the buttons
         self.timer = qt.QTimer()
 
     def setup(self) -> None:
@@ -175,7 +176,19 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.placeWidget.setCurrentNode(self._parameterNode.points)
             self.updateButtons()
 
+    def _observePoints(self, points) -> None:
+        if points is self._observedPoints:
+            return
+        events = (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent)
+        for event in events:
+            if self._observedPoints is not None:
+                self.removeObserver(self._observedPoints, event, self.updateButtons)
+            if points is not None:
+                self.addObserver(points, event, self.updateButtons)
+        self._observedPoints = points
+
     def updateButtons(self, caller=None, event=None) -> None:
+        self._observePoints(self._parameterNode.points if self._parameterNode else None)
         if self.logic.isRunning():
             self.ui.analyzeButton.text = _("Cancel")
             self.ui.analyzeButton.toolTip = _("Stop the analysis; the scene stays as it was.")
@@ -263,11 +276,11 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onInstallButton(self) -> bool:
         logic = InstallLogic(confirm=slicer.util.confirmOkCancelDisplay, log=self.onLogInfo)
-        try:
-            with slicer.util.tryWithErrorDisplay(_("Installing the required packages failed."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Installing the required packages failed."), waitCursor=True):
+            try:
                 status = logic.install()
-        except InstallCancelled:
-            return False
+            except InstallCancelled:
+                return False
         self.updateDependencyStatus()
         if logic.needsRestart:
             slicer.util.infoDisplay(_("The packages were updated. Restart Slicer before running the analysis."))
