@@ -110,8 +110,12 @@ def cli_parameters() -> list[ET.Element]:
 def test_the_cli_xml_has_what_slicer_reads_first():
     root = ET.parse(CLI_XML).getroot()
     assert root.tag == "executable"
-    for tag in ("category", "title", "description", "version", "contributor", "license"):
+    header = ("category", "title", "description", "version", "documentation-url", "license", "contributor")
+    for tag in header:
         assert (root.findtext(tag) or "").strip(), f"<{tag}> is missing or empty"
+    order = [child.tag for child in root if child.tag in header]
+    assert order == list(header), "ModuleDescription.xsd expects the header elements in this order"
+    assert all(child.tag == "parameters" for child in root[len(header) + 1:])  # after acknowledgements
     for group in root.findall("parameters"):
         assert group.findtext("label") and group.findtext("description")
         unknown = {child.tag for child in group} - PARAMETER_TYPES - {"label", "description"}
