@@ -97,3 +97,65 @@ def write_evaluation(out: Path, metrics: dict, predictions: str, plot: Callable[
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str | Path, *, prior: str = "auto",
+                    device: str = "auto", n_boot: int = 1000, progress: ProgressCallback | None = None) -> dict:
+    """Evaluate a bundle on a dataset folder it has never seen; returns the metrics written to OUT/metrics.json.
+
+    prior: "reference-mask" (the folder's masks feed the AAG), "segmentation" (the bundle's nnU-Net model segments
+    each nodule, as at analysis time; Dice against the masks is reported too) or "auto" (segmentation when the
+    bundle has a segmentation model, else the reference masks). Nothing is written unless every nodule was read
+    and scored.
+    """
+    from .bundle import load_bundle
+    from .data.patches import PRIOR_REFERENCE_MASK, build_patch_set
+    from .data.voi_table import read_voi_table
+    from .errors import ConfigError
+    from .metrics import dice, mean_with_ci
+    from .training import predict, resolve_device
+
+    bundle = load_bundle(bundle_path, device=resolve_device(device))
+    if prior == "auto":
+        prior = "segmentation" if bundle.segmentation_dir is not None else PRIOR_REFERENCE_MASK
+    if prior not in ("segmentation", PRIOR_REFERENCE_MASK):
+        raise ConfigError(f"prior must be auto, segmentation or reference-mask, got {prior!r}")
+    records = read_voi_table(data, bundle.task_set, require_masks=prior == PRIOR_REFERENCE_MASK)
+    dice_values: dict[str, float] = {}
+    prior_maps = None
+    if prior == "segmentation":
+        if bundle.segmentation_dir is None:
+            raise ConfigError(f"bundle {bundle.path} has no segmentation model; use --prior reference-mask")
+        from .data.voi_table import read_image
+        from .segmentation.predict import NoduleSegmenter
+
+        segmenter = NoduleSegmenter(bundle.segmentation_dir, device=str(bundle.device))
+
+        def prior_maps(record, ct):  # noqa: ANN001 - a PatchSet callback
+            result = segmenter.segment(ct, record.center_lps)
+            if record.mask_path is not None and record.mask_path.is_file():
+                import SimpleITK as sitk
+                reference = sitk.GetArrayFromImage(read_image(record.mask_path, f"mask of {record.case_id}"))
+                dice_values[record.case_id] = dice(sitk.GetArrayFromImage(result.mask) > 0, reference > 0)
+            return result.probability
+
+    patches = build_patch_set(records, bundle.task_set, PRIOR_REFERENCE_MASK, prior_maps=prior_maps,
+                              spacing=bundle.spacing, size=bundle.patch_size,
+                              progress=(lambda f, m: progress(0.8 * f, m)) if progress else None)
+    probs = predict(bundle.model, patches, bundle.device)
+    names = bundle.output_names
+    metrics = {"bundle": {"name": bundle.name, "version": bundle.version, "path": str(bundle.path),
+                          "trained_prior": bundle.prior},
+               "data": str(data), "prior": prior, "n_nodules": len(patches),
+               "n_patients": len(set(patches.patient_ids)),
+               "outputs": output_metrics(names, probs, patches, bundle.thresholds, n_boot=n_boot)}
+    if dice_values:
+        ids = list(dice_values)
+        groups = [patches.patient_ids[patches.case_ids.index(c)] for c in ids]
+        metrics["segmentation_dice"] = mean_with_ci([dice_values[c] for c in ids], groups, n_boot=n_boot)
+    out = Path(out)
+    write_evaluation(out, metrics, predictions_csv(names, probs, patches, bundle.thresholds),
+                     lambda path: plot_roc(names, probs, patches, metrics["outputs"], path))
+    if progress:
+        progress(1.0, f"metrics written to {out / 'metrics.json'}")
+    return metrics

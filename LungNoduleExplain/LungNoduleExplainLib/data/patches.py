@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import DatasetError
 from ..patch import PATCH_SIZE_XYZ, SPACING_XYZ_MM, extract_patch
 from ..tasks import TaskSet
 from .voi_table import NoduleRecord, read_image
@@ -53,11 +55,13 @@ def prior_path(record: NoduleRecord, prior: str) -> Path | None:
 
 def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: str = PRIOR_REFERENCE_MASK, *,
                     spacing: Sequence[float] = SPACING_XYZ_MM, size: Sequence[int] = PATCH_SIZE_XYZ,
+                    prior_maps: Callable[[NoduleRecord, sitk.Image], sitk.Image] | None = None,
                     progress: ProgressCallback | None = None) -> PatchSet:
     """Cut the patch of every record, centred on its `center_*_mm`, with its prior map.
 
     prior: "reference-mask" (the table's masks) or a folder of probability maps named `<case_id>.nii.gz` on the
-    image grid (e.g. out-of-fold nnU-Net probabilities). Raises InputImageError naming a corrupt file.
+    image grid (e.g. out-of-fold nnU-Net probabilities). `prior_maps(record, ct)`, when given, computes the prior
+    instead (e.g. nnU-Net run on the image at evaluation time). Raises InputImageError naming a corrupt file.
     """
     n, shape = len(records), tuple(reversed([int(s) for s in size]))
     images = np.empty((n, *shape), dtype=np.float16)
@@ -65,10 +69,13 @@ def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: s
     labels = np.full((n, len(task_set.all_tasks)), np.nan, dtype=np.float32)
     for i, record in enumerate(records):
         ct = read_image(record.image_path, f"image of case {record.case_id}")
-        path = prior_path(record, prior)
-        if path is None or not path.is_file():
-            raise FileNotFoundError(f"prior map for case {record.case_id} not found: {path}")
-        prior_image = read_image(path, f"prior of case {record.case_id}")
+        if prior_maps is not None:
+            prior_image = prior_maps(record, ct)
+        else:
+            path = prior_path(record, prior)
+            if path is None or not path.is_file():
+                raise DatasetError(f"prior map for case {record.case_id} not found: {path}")
+            prior_image = read_image(path, f"prior of case {record.case_id}")
         patch = extract_patch(ct, record.center_lps, prior_image, spacing=spacing, size=size)
         images[i], priors[i] = patch.image, patch.prior
         labels[i] = [np.nan if y is None else y for y in record.labels(task_set)]

@@ -1,0 +1,161 @@
+"""Click to explanation: `Analyzer(bundle).analyze(ct, point) -> Finding`, the one pipeline every face calls.
+
+CT + point -> nnU-Net segmentation around the point -> classifier patch + prior -> probabilities + SAM maps ->
+maps back onto the CT grid -> Finding. The bundle (classifier + segmentation model) is loaded once per Analyzer.
+
+The classifier was trained on LIDC VOIs: tight boxes around each nodule, padded with air. A crop of a whole CT
+has far more context, so the patch is cut the same way here: CT voxels inside a VOI-like box around the
+segmented nodule (in-plane at least 32 mm or the nodule extent plus 6 mm a side, in z the nodule extent plus
+1 mm), air outside.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import explain
+from .bundle import ModelBundle, load_bundle
+from .errors import BundleError, PointError
+from .finding import Finding, OutputResult, mask_size
+from .patch import PatchGeometry, normalise_intensity, resample_to_grid
+from .training import resolve_device
+from .volume import PointSpace, point_to_lps, validate_ct
+
+logger = logging.getLogger(__name__)
+ProgressCallback = Callable[[float, str], None]
+
+VOI_MIN_INPLANE_MM = 32.0
+VOI_MARGIN_INPLANE_MM = 6.0
+VOI_MARGIN_Z_MM = 1.0
+AIR_SEARCH_RADIUS_MM = 10.0
+
+
+def mask_box_lps(mask: sitk.Image) -> tuple[np.ndarray, np.ndarray] | None:
+    """(low corner, high corner) in LPS mm of the mask's voxels (voxel centres), or None when empty."""
+    k, j, i = np.nonzero(sitk.GetArrayViewFromImage(mask))
+    if len(i) == 0:
+        return None
+    corners = [mask.TransformIndexToPhysicalPoint((int(a), int(b), int(c)))
+               for a in (i.min(), i.max()) for b in (j.min(), j.max()) for c in (k.min(), k.max())]
+    corners = np.asarray(corners)
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+def voi_like_patch(ct: sitk.Image, geometry: PatchGeometry, box: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """HU on the patch grid with everything outside the VOI-like box around `box` set to air ([z, y, x])."""
+    hu = resample_to_grid(ct, geometry)
+    if box is None:
+        return hu
+    low, high = box
+    half = (high - low) / 2.0
+    half[:2] = np.maximum(half[:2] + VOI_MARGIN_INPLANE_MM, VOI_MIN_INPLANE_MM / 2.0)
+    half[2] = half[2] + VOI_MARGIN_Z_MM
+    centre = (low + high) / 2.0
+    axes = [geometry.origin[a] + np.arange(geometry.size[a]) * geometry.spacing[a] for a in range(3)]
+    inside = [np.abs(axes[a] - centre[a]) <= half[a] for a in range(3)]  # x, y, z
+    keep = inside[2][:, None, None] & inside[1][None, :, None] & inside[0][None, None, :]
+    return np.where(keep, hu, -1000.0).astype(np.float32)
+
+
+def check_tissue_near(ct: sitk.Image, point_lps: np.ndarray, radius_mm: float = AIR_SEARCH_RADIUS_MM) -> None:
+    """Raise PointError when nothing denser than -500 HU lies within `radius_mm` of the point (clicked in air)."""
+    geometry = PatchGeometry.centred_at(point_lps, (1.0, 1.0, 1.0), (int(2 * radius_mm) + 1,) * 3)
+    hu = resample_to_grid(ct, geometry, interpolator=sitk.sitkNearestNeighbor)
+    if float(hu.max()) < -500.0:
+        raise PointError(f"point {tuple(np.round(point_lps, 1))} (LPS mm) lies in air: no tissue denser than "
+                         f"-500 HU within {radius_mm:g} mm; click on the nodule")
+
+
+class Analyzer:
+    """Loads a bundle once and analyses any number of clicked points.
+
+    bundle: a bundle folder, an already loaded ModelBundle, or None for the bundle shipped with the package.
+    device: "auto" (CUDA when available), "cpu" or "cuda". progress(fraction, message) is called per stage.
+    segmenter: an object with `segment(ct, point_lps) -> SegmentationResult` (default: the bundle's nnU-Net model).
+    """
+
+    def __init__(self, bundle: str | Path | ModelBundle | None = None, device: str = "auto",
+                 progress: ProgressCallback | None = None, segmenter=None) -> None:  # noqa: ANN001
+        start = time.perf_counter()
+        self.device = resolve_device(device)
+        self.bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle, device=self.device)
+        self.progress = progress
+        if segmenter is None:
+            if self.bundle.segmentation_dir is None:
+                raise BundleError(f"model bundle {self.bundle.path} has no segmentation model "
+                                  "(segmentation/ folder); analysis needs one to find the nodule")
+            from .segmentation.predict import NoduleSegmenter
+            segmenter = NoduleSegmenter(self.bundle.segmentation_dir, device=self.device.type)
+        self.segmenter = segmenter
+        self.load_seconds = time.perf_counter() - start
+
+    def _report(self, fraction: float, message: str) -> None:
+        logger.debug(message)
+        if self.progress:
+            self.progress(fraction, message)
+
+    @torch.inference_mode()
+    def analyze(self, ct: sitk.Image, point: Sequence[float], space: PointSpace = "ras") -> Finding:
+        """Analyse the nodule at `point` (RAS mm by default, as Slicer; or LPS mm, or voxel index i, j, k)."""
+        timings: dict[str, float] = {}
+        warnings: list[str] = []
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] = now - clock
+            clock = now
+
+        validate_ct(ct)
+        point_lps = point_to_lps(point, space, ct)
+        check_tissue_near(ct, point_lps)
+        lap("check")
+        self._report(0.1, "segmenting the nodule")
+        seg = self.segmenter.segment(ct, point_lps)
+        lap("segment")
+        box = mask_box_lps(seg.mask)
+        if box is None:
+            warnings.append("no nodule was segmented at the point: the patch is centred on the click and the "
+                            "prior is nnU-Net's (low) probability; interpret with care")
+            centre = point_lps
+        else:
+            centre = (box[0] + box[1]) / 2.0
+        self._report(0.5, "classifying")
+        geometry = PatchGeometry.centred_at(centre, self.bundle.spacing, self.bundle.patch_size)
+        image = normalise_intensity(voi_like_patch(ct, geometry, box))
+        prior = np.clip(resample_to_grid(seg.probability, geometry, default_value=0.0), 0.0, 1.0)
+        lap("crop")
+        to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None].to(self.device)  # noqa: E731
+        logits, maps = self.bundle.model.activation_maps(to_tensor(image), to_tensor(prior))
+        probabilities = torch.sigmoid(logits)[0].float().cpu().numpy()
+        maps = maps[0].float().cpu().numpy()
+        lap("classify")
+        self._report(0.8, "mapping explanations onto the CT")
+        outputs = []
+        tasks = self.bundle.task_set.all_tasks
+        for k, name in enumerate(self.bundle.output_names):
+            outputs.append(OutputResult(
+                name=name, kind="diagnosis" if k == 0 else "manifestation", description=tasks[k].description,
+                probability=float(probabilities[k]), threshold=float(self.bundle.thresholds.get(name, 0.5)),
+                activation_map=explain.to_ct_grid(maps[k], geometry, ct)))
+        lap("paste")
+        diameter, volume = mask_size(seg.mask)
+        self._report(1.0, "done")
+        return Finding(point_lps=tuple(float(v) for v in point_lps), outputs=outputs, segmentation=seg.mask,
+                       segmentation_probability=seg.probability, diameter_mm=diameter, volume_mm3=volume,
+                       model_name=self.bundle.name, model_version=self.bundle.version, prior="nnunet",
+                       device=self.device.type, timings_s=timings, warnings=warnings)
+
+
+def analyze(ct: sitk.Image, point: Sequence[float], bundle: str | Path | ModelBundle | None = None, *,
+            space: PointSpace = "ras", device: str = "auto") -> Finding:
+    """One-shot convenience: load the bundle and analyse one point (use Analyzer for many points)."""
+    return Analyzer(bundle, device=device).analyze(ct, point, space=space)

@@ -1,0 +1,37 @@
+"""`lungnodule-explain evaluate`: judge a model bundle on any dataset folder in the lidc-voi format."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="AUCs with patient-bootstrap CIs, threshold metrics, size baseline, ROC curves",
+        description="Writes OUT/metrics.json, OUT/predictions.csv and OUT/roc_curves.png (keys in README.md).")
+    p.add_argument("--data", required=True, help="dataset folder: nodules.csv, images/, masks/")
+    p.add_argument("--model", default=None, help="model bundle folder (default: the bundle shipped with the package)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--prior", default="auto", choices=("auto", "segmentation", "reference-mask"),
+                   help="what feeds the attention gates (auto: the bundle's segmentation model when it has one)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of patients (default 1000)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate_folder
+
+    metrics = evaluate_folder(args.data, args.model, args.out, prior=args.prior, device=args.device,
+                              n_boot=args.bootstrap)
+    print(f"{metrics['n_nodules']} nodules of {metrics['n_patients']} patients, prior: {metrics['prior']}")
+    print(f"{'output':<20} {'AUC':>6} {'95% CI':>13} {'size AUC':>9} {'n':>5} {'pos':>5}")
+    for name, m in metrics["outputs"].items():
+        ci = f"{m['ci_low']:.3f}-{m['ci_high']:.3f}" if not math.isnan(m["ci_low"]) else "n/a"
+        print(f"{name:<20} {m['auc']:>6.3f} {ci:>13} {m['size_baseline']['auc']:>9.3f} {m['n']:>5} {m['n_positive']:>5}")
+    if "segmentation_dice" in metrics:
+        d = metrics["segmentation_dice"]
+        print(f"segmentation Dice {d['mean']:.3f} ({d['ci_low']:.3f}-{d['ci_high']:.3f}), n={d['n']}")
+    print(f"written to {args.out}")
+    return 0
