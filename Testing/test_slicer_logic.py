@@ -199,6 +199,40 @@ def test_maps_use_the_heat_colours_and_hide_values_below_a_quarter_in_the_foregr
     assert MapDisplay.heatColor(1.0) == pytest.approx((1.0, 1.0, 0.9))
 
 
+def renderAxialSlice(scene, sliceLogic, zRas: float) -> np.ndarray:
+    """What the Red slice view would show (background CT blended with the foreground map), as RGB uint8."""
+    from vtk.util.numpy_support import vtk_to_numpy
+    sliceLogic.GetSliceNode().SetOrientationToAxial()
+    sliceLogic.FitSliceToAll()
+    sliceLogic.SetSliceOffset(zRas)
+    producer = sliceLogic.GetImageDataConnection().GetProducer()
+    producer.Update()
+    image = producer.GetOutputDataObject(0)
+    columns, rows, _ = image.GetDimensions()
+    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(rows, columns, -1)[..., :3].astype(int)
+
+
+def test_the_slice_view_shows_the_map_in_colour_only_where_it_reaches_the_threshold(scene, ctNode, lidc_crop):
+    sliceLogic = slicer.vtkMRMLSliceLogic()
+    sliceLogic.SetMRMLScene(scene)
+    sliceLogic.AddSliceNode("Red").SetDimensions(512, 512, 1)
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    nodule = run(logic, ctNode, nodules(lidc_crop, 0.0)).nodules[0]
+    assert sliceLogic.GetSliceCompositeNode().GetForegroundVolumeID() == nodule.mapNodes["malignancy"].GetID()
+
+    def colouredPixels() -> int:
+        rgb = renderAxialSlice(scene, sliceLogic, lidc_crop[1][2])
+        return int(((rgb[..., 0] - rgb[..., 2]) > 40).sum())  # heat colours: red well above blue; CT is grey
+
+    # The fake map is exp(-(d / 6 mm)^2): it reaches 0.25 within 6 * sqrt(ln 4) = 7.1 mm of the point.
+    coloured = colouredPixels()
+    pixelArea = np.prod(np.array(sliceLogic.GetSliceNode().GetFieldOfView()[:2]) / 512)  # mm^2, after the fit
+    expected = np.pi * (6.0 * np.sqrt(np.log(4))) ** 2 / pixelArea
+    assert 0.7 * expected < coloured < 1.3 * expected
+    logic.setMapThreshold(0.9)  # now only within 6 * sqrt(ln(1/0.9)) = 1.9 mm
+    assert colouredPixels() < 0.15 * expected
+
+
 def test_map_selector_opacity_and_threshold_controls_change_the_display(scene, ctNode, lidc_crop):
     logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
     progress = []

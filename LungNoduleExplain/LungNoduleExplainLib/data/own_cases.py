@@ -1,0 +1,266 @@
+"""A hospital's own nodules: a cases CSV + a task configuration -> the `lidc-voi` dataset format.
+
+The CSV (docs/DATA.md has the full description), one row per nodule:
+
+    case_id        unique; letters, digits, '_', '.', '-' (it becomes a file name)
+    patient_id     nodules of one patient stay on one side of every split
+    ct             a CT file (NIfTI/NRRD/MHA) or a DICOM series folder; relative to the CSV's folder
+    mask           a nodule mask file (non-zero = nodule) in the CT's physical space, or empty
+    point_x_mm, point_y_mm, point_z_mm, point_space
+                   a point on the nodule in mm, point_space `ras` (Slicer) or `lps` (ITK/DICOM); used when
+                   `mask` is empty
+    diameter_mm    optional with a mask (then the mask's equivalent-sphere diameter), required without one
+    <label columns> every column the task configuration names (diagnosis + manifestations), values as its rules
+    any other column is copied to the output table unchanged
+
+Each row gets a crop of its CT with `context_mm` of real anatomy around the mask (or around the point, with the
+diameter's half added). A row with only a point gets an empty `mask` cell: the classifier then takes its prior
+from the segmentation model, and nnU-Net training needs masks, so such rows are not exported for it.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import DatasetError, InputImageError, PointError
+from ..tasks import TaskSet, prevalence
+from ..volume import point_to_lps, read_ct
+from .voi_table import REQUIRED_COLUMNS, read_image
+from .voi_writer import (PrepareSummary, ProgressCallback, VoiFolderWriter, box_around_point, crop_with_context,
+                         equivalent_diameter_mm, export_nnunet_if_available, mask_bounding_box, mask_centroid_lps)
+
+logger = logging.getLogger(__name__)
+
+INPUT_COLUMNS = ("case_id", "patient_id", "ct")
+POINT_COLUMNS = ("point_x_mm", "point_y_mm", "point_z_mm")
+OWN_SOURCE_COLUMNS = ("source_ct", "source_mask", "mask_source")
+DEFAULT_CONTEXT_MM = 30.0
+BLANK_CELLS = ("", "na", "nan", "none")  # an unknown label: left out of that output, never an error
+_SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class RowError(DatasetError):
+    """One CSV row cannot be used; `reason` is the short category the summary counts."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class OwnCase:
+    """One validated CSV row. `line` is its line in the CSV (the header is line 1)."""
+
+    line: int
+    case_id: str
+    patient_id: str
+    ct: Path
+    mask: Path | None
+    point: tuple[float, float, float] | None
+    point_space: str
+    diameter_mm: float | None
+    row: dict[str, str]
+
+    @property
+    def what(self) -> str:
+        return f"line {self.line} (case {self.case_id})"
+
+
+def read_cases_csv(path: str | Path, task_set: TaskSet,
+                   summary: PrepareSummary) -> tuple[list[OwnCase], list[str]]:
+    """Validate the CSV: returns its usable rows and its column names; bad rows go to `summary.skipped`.
+
+    Raises DatasetError for a problem of the whole file (missing, no rows, a required or label column missing).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"cases CSV {path} not found")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    missing = [c for c in (*INPUT_COLUMNS, *task_set.columns) if c not in columns]
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {missing}; found {columns}. The task configuration "
+                           f"{task_set.name!r} needs label columns {task_set.columns}")
+    if "mask" not in columns and not all(c in columns for c in POINT_COLUMNS):
+        raise DatasetError(f"{path}: needs a 'mask' column or the point columns {list(POINT_COLUMNS)}")
+    if not rows:
+        raise DatasetError(f"{path}: no case rows")
+    cases, seen = [], set()
+    for line, row in enumerate(rows, start=2):
+        try:
+            case = _parse_row(row, line, path.parent, task_set, seen)
+        except RowError as exc:
+            summary.skip(f"line {line} (case {row.get('case_id') or '?'})", exc.reason, str(exc))
+            continue
+        seen.add(case.case_id)
+        cases.append(case)
+    return cases, columns
+
+
+def _parse_row(row: dict[str, str], line: int, base: Path, task_set: TaskSet, seen: set[str]) -> OwnCase:
+    case_id = row.get("case_id", "")
+    where = f"line {line} (case {case_id or '?'})"
+    if not _SAFE_CASE_ID.match(case_id):
+        raise RowError("bad case_id", f"{where}: case_id {case_id!r} must be letters, digits, '_', '.', '-'")
+    if case_id in seen:
+        raise RowError("duplicate case_id", f"{where}: case_id {case_id!r} appears twice")
+    if not row.get("patient_id"):
+        raise RowError("missing value", f"{where}: empty patient_id")
+    for task in task_set.all_tasks:
+        value = row.get(task.column, "")
+        if value.lower() not in BLANK_CELLS and task.label(value) is None:
+            raise RowError("label outside its rule",
+                           f"{where}: column {task.column!r} = {value!r} is none of the values of output "
+                           f"{task.name!r} (positive {list(task.positive)}, negative {list(task.negative)}; "
+                           "leave the cell empty when unknown)")
+    ct = _resolve(row.get("ct", ""), base)
+    if ct is None or not ct.exists():
+        raise RowError("missing file", f"{where}: CT {row.get('ct')!r} not found (looked at {ct})")
+    mask = _resolve(row.get("mask", ""), base)
+    if mask is not None and not mask.is_file():
+        raise RowError("missing file", f"{where}: mask {row.get('mask')!r} not found (looked at {mask})")
+    point, space = None, (row.get("point_space") or "").lower()
+    if any(row.get(c) for c in POINT_COLUMNS):
+        try:
+            point = tuple(float(row[c]) for c in POINT_COLUMNS)
+        except (KeyError, ValueError) as exc:
+            raise RowError("bad point", f"{where}: point_x/y/z_mm must all be numbers ({exc})") from exc
+        if space not in ("ras", "lps"):
+            raise RowError("bad point", f"{where}: point_space must be 'ras' or 'lps', got {space!r}")
+    if mask is None and point is None:
+        raise RowError("no mask or point", f"{where}: give a mask file or a point (point_x/y/z_mm, point_space)")
+    diameter = None
+    if row.get("diameter_mm"):
+        try:
+            diameter = float(row["diameter_mm"])
+        except ValueError as exc:
+            raise RowError("bad diameter", f"{where}: diameter_mm {row['diameter_mm']!r} is not a number") from exc
+        if not np.isfinite(diameter) or diameter <= 0:
+            raise RowError("bad diameter", f"{where}: diameter_mm must be > 0, got {diameter:g}")
+    elif mask is None:
+        raise RowError("bad diameter", f"{where}: diameter_mm is required when only a point is given")
+    return OwnCase(line, case_id, row["patient_id"], ct, mask, point, space, diameter, row)
+
+
+def _resolve(cell: str, base: Path) -> Path | None:
+    if not cell:
+        return None
+    path = Path(cell).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def mask_on_ct_grid(mask_path: Path, ct: sitk.Image) -> sitk.Image:
+    """The mask as uint8 0/1 on the CT's voxel grid; resampled (nearest neighbour) when its grid differs."""
+    mask = read_image(mask_path, "mask")
+    same = (mask.GetSize() == ct.GetSize() and np.allclose(mask.GetSpacing(), ct.GetSpacing(), atol=1e-4)
+            and np.allclose(mask.GetOrigin(), ct.GetOrigin(), atol=1e-3)
+            and np.allclose(mask.GetDirection(), ct.GetDirection(), atol=1e-4))
+    if same:
+        mask = sitk.Cast(mask != 0, sitk.sitkUInt8)
+        mask.CopyInformation(ct)
+        return mask
+    logger.info("mask %s is on another grid than its CT; resampling it (nearest neighbour)", mask_path)
+    return sitk.Resample(sitk.Cast(mask != 0, sitk.sitkUInt8), ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                         sitk.sitkUInt8)
+
+
+def build_case(case: OwnCase, ct: sitk.Image, context_mm: float) -> tuple[dict[str, Any], sitk.Image, sitk.Image | None]:
+    """The output row, the crop and (when there is a mask) the cropped mask of one case."""
+    if case.mask is not None:
+        mask = mask_on_ct_grid(case.mask, ct)
+        box = mask_bounding_box(sitk.GetArrayViewFromImage(mask))
+        if box is None:
+            raise RowError("empty mask", f"{case.what}: mask {case.mask} has no nodule voxel on the CT's grid")
+        crop, start = crop_with_context(ct, box[0], box[1], context_mm)
+        crop_mask = sitk.RegionOfInterest(mask, crop.GetSize(), start)
+        center = mask_centroid_lps(crop_mask)
+        diameter = case.diameter_mm if case.diameter_mm is not None else equivalent_diameter_mm(crop_mask)
+        mask_source = "mask"
+    else:
+        try:
+            center = point_to_lps(case.point, case.point_space, ct)
+        except PointError as exc:
+            raise RowError("point outside the CT", f"{case.what}: {exc}") from exc
+        lo, hi = box_around_point(ct, center, case.diameter_mm / 2.0)
+        crop, _ = crop_with_context(ct, lo, hi, context_mm)
+        crop_mask, diameter, mask_source = None, case.diameter_mm, "none (point only; prior from segmentation)"
+    row: dict[str, Any] = dict(case.row)
+    row.update({"center_x_mm": center[0], "center_y_mm": center[1], "center_z_mm": center[2],
+                "diameter_mm": diameter, "source_ct": str(case.ct),
+                "source_mask": str(case.mask) if case.mask else "", "mask_source": mask_source})
+    return row, crop, crop_mask
+
+
+def prepare_own(cases_csv: str | Path, task_set: TaskSet, out_dir: str | Path, *,
+                context_mm: float = DEFAULT_CONTEXT_MM, export_nnunet: bool = True,
+                progress: ProgressCallback | None = None) -> PrepareSummary:
+    """Build a `lidc-voi` folder from a hospital's cases CSV; bad rows and CTs are reported and skipped.
+
+    Each CT is one unit (all its rows are written together; finished CTs are skipped on a rerun). The task
+    configuration is saved beside the table as `tasks.json`, so `train --tasks <out>/tasks.json` uses it.
+    """
+    summary = PrepareSummary()
+    cases, columns = read_cases_csv(cases_csv, task_set, summary)
+    out_dir = Path(out_dir)
+    passthrough = [c for c in columns if c not in (*REQUIRED_COLUMNS, *POINT_COLUMNS, "point_space", "ct")]
+    out_columns = [*REQUIRED_COLUMNS, *passthrough, *POINT_COLUMNS, "point_space", *OWN_SOURCE_COLUMNS]
+    writer = VoiFolderWriter(out_dir, out_columns, source=str(Path(cases_csv).resolve()))
+    task_set.save(out_dir / "tasks.json")
+    by_ct: dict[Path, list[OwnCase]] = defaultdict(list)
+    for case in cases:
+        by_ct[case.ct.resolve()].append(case)
+    summary.units_total = len(by_ct)
+    for n, (ct_path, group) in enumerate(sorted(by_ct.items()), start=1):
+        unit = str(ct_path)
+        if writer.done_cases(unit) >= {case.case_id for case in group}:
+            summary.units_resumed += 1
+        else:
+            _prepare_ct(ct_path, group, writer, summary, context_mm)
+        if progress is not None:
+            progress(n, len(by_ct), ct_path.name)
+    summary.cases_total = len(writer.rows)
+    summary.counts = {f"{name} positive / negative": f"{pos} / {neg}"
+                      for name, (pos, neg) in prevalence(task_set, writer.rows).items()}
+    point_only = sum(1 for row in writer.rows if not row["mask"])
+    if point_only:
+        summary.note(f"{point_only} case(s) have a point but no mask: their `mask` cell is empty, the classifier "
+                     "takes their prior from the segmentation model")
+    if export_nnunet and writer.rows:
+        export_nnunet_if_available(out_dir, summary)
+    elif not export_nnunet:
+        summary.nnunet = "skipped: --no-nnunet"
+    writer.write_summary(summary)
+    return summary
+
+
+def _prepare_ct(ct_path: Path, group: list[OwnCase], writer: VoiFolderWriter, summary: PrepareSummary,
+                context_mm: float) -> None:
+    try:
+        ct = read_ct(ct_path)
+    except InputImageError as exc:
+        for case in group:
+            summary.skip(case.what, "unreadable CT", str(exc))
+        return
+    rows = []
+    for case in group:
+        try:
+            row, crop, mask = build_case(case, ct, context_mm)
+        except (RowError, InputImageError) as exc:
+            summary.skip(case.what, getattr(exc, "reason", "unreadable mask"), str(exc))
+            continue
+        row["image"], row["mask"] = writer.write_case(case.case_id, crop, mask)
+        rows.append(row)
+    writer.finish_unit(str(ct_path), rows)
+    summary.units_done += 1
+    summary.cases_written += len(rows)
