@@ -368,10 +368,14 @@ def test_the_report_export_copies_the_last_successful_run(scene, ctNode, lidc_cr
 
 
 def _engine_ready() -> bool:
-    return all(importlib.util.find_spec(f"LungNoduleExplainLib.{m}") for m in ("analysis", "reports", "bundle"))
+    """The real pipeline and its shipped model bundle are in place."""
+    if not all(importlib.util.find_spec(f"LungNoduleExplainLib.{m}") for m in ("analysis", "reports", "bundle")):
+        return False
+    from LungNoduleExplainLib.bundle import MANIFEST_NAME, default_bundle_path
+    return (default_bundle_path() / MANIFEST_NAME).is_file()
 
 
-@pytest.mark.skipif(not _engine_ready(), reason="the real analysis/reports/bundle modules are not there yet")
+@pytest.mark.skipif(not _engine_ready(), reason="the real analysis, reports or default model bundle is not there yet")
 def test_real_engine_loads_a_real_finding_for_the_real_nodule(scene, lidc_nrrd):
     ctNode = addCt(scene, lidc_nrrd[0])
     logic = AnalysisLogic(scene, workerCommand=[sys.executable, "-m", "LungNoduleExplainLib.worker"])
