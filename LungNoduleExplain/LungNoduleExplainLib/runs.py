@@ -65,8 +65,13 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     config_path = spec.run_dir / "config.json"
     run_config = {"spec": spec.to_dict(), "training": config.to_dict(), "tasks": task_set.to_dict()}
-    if resume and config_path.is_file() and json.loads(config_path.read_text()) != run_config:
-        raise ConfigError(f"--resume: {config_path} differs from this run's configuration")
+    if resume and config_path.is_file():
+        saved = json.loads(config_path.read_text())
+        saved["training"].pop("max_epochs", None)
+        comparable = json.loads(json.dumps(run_config))
+        comparable["training"].pop("max_epochs", None)
+        if saved != comparable:
+            raise ConfigError(f"--resume: {config_path} differs from this run's configuration")
     _write_json(config_path, run_config)
     records = read_voi_table(spec.data, task_set, require_masks=spec.prior == PRIOR_REFERENCE_MASK)
     train_idx, val_idx = patient_split(records, spec.val_fraction, config.seed)

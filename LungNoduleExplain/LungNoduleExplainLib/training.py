@@ -117,8 +117,8 @@ def predict(model: nn.Module, patches: PatchSet, device: torch.device, batch_siz
     model.eval()
     out = []
     for start in range(0, len(patches), batch_size):
-        image = torch.from_numpy(patches.images[start:start + batch_size].astype(np.float32))[:, None].to(device)
-        prior = torch.from_numpy(patches.priors[start:start + batch_size].astype(np.float32))[:, None].to(device)
+        image, prior = (torch.from_numpy(a[start:start + batch_size].astype(np.float32))[:, None].to(device)
+                        .contiguous(memory_format=torch.channels_last_3d) for a in (patches.images, patches.priors))
         out.append(torch.sigmoid(model(image, prior)).float().cpu().numpy())
     return np.concatenate(out)
 
@@ -162,7 +162,9 @@ class Trainer:
         self.train_labels = train_set.labels[:, :n_outputs]
         self.val_labels = val_set.labels[:, :n_outputs]
         torch.manual_seed(config.seed)
-        self.model = build_network(config.network, n_manifestations).to(self.device)
+        # channels-last 3D memory is about 1.6x faster for these small-channel 3D convolutions on CPU (oneDNN).
+        self.model = build_network(config.network, n_manifestations).to(self.device,
+                                                                         memory_format=torch.channels_last_3d)
         self.pos_weight = positive_weights(self.train_labels).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
@@ -189,7 +191,9 @@ class Trainer:
         if not self.checkpoint_path.is_file():
             raise ConfigError(f"--resume: no checkpoint at {self.checkpoint_path}")
         ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
-        if json.loads(ckpt["config"]) != self.config.to_dict():
+        saved, current = json.loads(ckpt["config"]), json.loads(json.dumps(self.config.to_dict()))
+        saved.pop("max_epochs"), current.pop("max_epochs")  # a run may be extended; anything else must match
+        if saved != current:
             raise ConfigError(f"--resume: {self.checkpoint_path} was written with a different training config")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -224,6 +228,7 @@ class Trainer:
             if len(items) < 2:
                 continue  # BatchNorm needs more than one sample
             image, prior, labels = (torch.stack(t).to(self.device) for t in zip(*items))
+            image, prior = (t.contiguous(memory_format=torch.channels_last_3d) for t in (image, prior))
             labels = labels[:, :self.n_outputs]
             per_task = masked_bce(self.model(image, prior), labels, self.pos_weight)
             loss = (weights * per_task).sum()

@@ -1,0 +1,88 @@
+"""Shapes, SAM maps and AAG gating of every network variant (CPU, tiny widths, small inputs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from LungNoduleExplainLib.networks import VARIANTS, NetworkConfig, build_network
+from LungNoduleExplainLib.networks.blocks import AnatomicalAttentionGate, SoftActivationMapping
+from LungNoduleExplainLib.networks.hesam import HESAM
+
+K = 3
+SHAPE = (2, 1, 16, 32, 32)  # [B, C, D, H, W]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_gives_one_logit_per_output_and_maps_of_input_size_in_unit_range(variant: str) -> None:
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(variant, (4, 4, 8, 8)), K).eval()
+    image, prior = torch.rand(SHAPE), torch.rand(SHAPE)
+    n_outputs = 1 if variant == "hesam" else 1 + K
+    with torch.no_grad():
+        logits = net(image, prior)
+        logits2, maps = net.activation_maps(image, prior)
+    assert logits.shape == (2, n_outputs)
+    assert torch.allclose(logits, logits2, atol=1e-5)
+    assert maps.shape == (2, n_outputs, *SHAPE[2:])
+    assert float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0 + 1e-6
+    peaks = maps.amax(dim=(2, 3, 4))
+    assert bool(((peaks > 0.99) | (peaks == 0)).all())  # min-max normalised: 1 at the peak, or all zero (ReLU)
+
+
+def test_batch_of_one_works_in_eval_mode() -> None:
+    net = build_network(NetworkConfig("hesam-mt-aag", (4, 4, 8, 8)), K).eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, *SHAPE[1:]), torch.rand(1, *SHAPE[1:])).shape == (1, 1 + K)
+
+
+def test_prior_changes_the_output_only_for_variants_that_use_it() -> None:
+    torch.manual_seed(0)
+    image = torch.rand(SHAPE)
+    for variant, uses_prior in (("hesam-mt", False), ("hesam-mt-aag", True), ("hesam-mt-cbam", True)):
+        net = build_network(NetworkConfig(variant, (4, 4, 8, 8)), K).eval()
+        with torch.no_grad():
+            a = net(image, torch.zeros(SHAPE))
+            b = net(image, torch.ones(SHAPE))
+        assert (not torch.allclose(a, b)) == uses_prior, variant
+
+
+def test_aag_sum_mode_is_gated_sum_of_image_and_roi_features() -> None:
+    torch.manual_seed(0)
+    gate = AnatomicalAttentionGate(4, "sum")
+    x, r = torch.randn(2, 4, 3, 3, 3), torch.randn(2, 4, 3, 3, 3)
+    g1, g2 = gate.gates(x, r)
+    assert float(g1.min()) > 0 and float(g1.max()) < 1 and float(g2.min()) > 0 and float(g2.max()) < 1
+    assert torch.allclose(gate(x, r), g1 * x + g2 * r)
+
+
+def test_aag_weighted_mode_starts_with_half_weight_on_roi_and_cat_mode_keeps_channels() -> None:
+    x, r = torch.randn(2, 4, 3, 3, 3), torch.randn(2, 4, 3, 3, 3)
+    weighted = AnatomicalAttentionGate(4, "weighted")
+    g1, g2 = weighted.gates(x, r)
+    assert torch.allclose(weighted(x, r), g1 * x + 0.5 * g2 * r)
+    assert AnatomicalAttentionGate(4, "cat")(x, r).shape == x.shape
+    with pytest.raises(ValueError, match="AAG mode"):
+        AnatomicalAttentionGate(4, "max")
+
+
+def test_sam_is_a_per_channel_spatial_linear_layer_over_a_6x6x6_grid() -> None:
+    sam = SoftActivationMapping(channels=3)
+    assert sam.weight.shape == (3, 216) and sam.bias.shape == (3,)
+    features = torch.randn(2, 3, 12, 12, 12)
+    pooled = torch.nn.functional.adaptive_avg_pool3d(features, 6).flatten(2)
+    expected = (pooled * sam.weight).sum(-1) + sam.bias
+    assert torch.allclose(sam(features), expected, atol=1e-6)
+
+
+def test_hesam_rejects_a_missing_prior_and_wrong_widths() -> None:
+    with pytest.raises(ValueError, match="needs a prior"):
+        HESAM(K, (4, 4, 8, 8), "aag")(torch.rand(SHAPE), None)
+    with pytest.raises(ValueError, match="4 widths"):
+        HESAM(K, (4, 8, 8))
+
+
+def test_unknown_variant_is_a_config_error_naming_the_choices() -> None:
+    from LungNoduleExplainLib.errors import ConfigError
+    with pytest.raises(ConfigError, match="hesam-mt-aag"):
+        NetworkConfig("transformer")

@@ -1,0 +1,120 @@
+"""Label rules, task configurations, the nodule table and patient splits."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from LungNoduleExplainLib.data.voi_table import patient_folds, patient_split, read_voi_table
+from LungNoduleExplainLib.errors import ConfigError, DatasetError
+from LungNoduleExplainLib.tasks import Task, TaskSet, load_task_set
+
+
+def test_lidc_malignancy_rule_leaves_rating_3_out() -> None:
+    malignant = load_task_set("lidc").diagnosis
+    assert [malignant.label(v) for v in (1, 2, 3, 4, 5)] == [0, 0, None, 1, 1]
+    assert malignant.label("4.0") == 1 and malignant.label("") is None and malignant.label(float("nan")) is None
+
+
+def test_lidc_manifestations_are_named_by_the_finding_and_follow_their_ratings() -> None:
+    ts = load_task_set("lidc")
+    assert ts.names == ["malignant", "obvious", "calcified", "non_solid", "round", "ill_defined_margin",
+                        "lobulated", "spiculated"]
+    row = {"malignancy": 2, "subtlety": 5, "calcification": 6, "texture": 1, "sphericity": 3, "margin": 5,
+           "lobulation": 1, "spiculation": 4}
+    assert ts.labels(row) == [0, 1, 0, 1, 0, 0, 0, 1]
+
+
+def test_a_hospital_task_set_is_just_another_configuration(tmp_path: Path) -> None:
+    ts = load_task_set("inhouse-example")
+    assert ts.diagnosis.label("MPL") == 1 and ts.diagnosis.label("SOL") == 0 and ts.diagnosis.label("other") is None
+    path = tmp_path / "tasks.json"
+    ts.save(path)
+    assert load_task_set(path) == ts
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"name": "x", "column": "c", "positive": [1], "negative": [1]}, "both positive and negative"),
+    ({"name": "x", "column": "c", "positive": [], "negative": [0]}, "at least one value"),
+    ({"name": "x y", "column": "c", "positive": [1], "negative": [0]}, "letters, digits"),
+    ({"name": "x", "positive": [1], "negative": [0]}, "missing field"),
+])
+def test_invalid_task_definitions_are_rejected_with_the_reason(bad: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Task.from_dict(bad)
+
+
+def test_duplicate_output_names_and_unknown_task_sets_are_rejected(tmp_path: Path) -> None:
+    t = Task("a", "c", (1,), (0,))
+    with pytest.raises(ConfigError, match="unique"):
+        TaskSet("s", t, (t,))
+    with pytest.raises(ConfigError, match="neither a built-in"):
+        load_task_set(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="invalid JSON"):
+        load_task_set(tmp_path / "bad.json")
+
+
+def _records(n_patients: int, per_patient: int):
+    from LungNoduleExplainLib.data.voi_table import NoduleRecord
+    return [NoduleRecord(f"p{p}_{k}", f"p{p}", Path("x"), Path("y"), (0.0, 0.0, 0.0), 5.0, {})
+            for p in range(n_patients) for k in range(per_patient)]
+
+
+def test_patient_split_puts_no_patient_on_both_sides() -> None:
+    records = _records(50, 3)
+    train, held = patient_split(records, 0.2, seed=1)
+    assert sorted(train + held) == list(range(len(records)))
+    assert not {records[i].patient_id for i in train} & {records[i].patient_id for i in held}
+    assert len({records[i].patient_id for i in held}) == 10
+
+
+def test_patient_folds_partition_the_nodules_and_keep_each_patient_in_one_fold() -> None:
+    records = _records(23, 2)
+    folds = patient_folds(records, 5, seed=0)
+    assert sorted(i for f in folds for i in f) == list(range(len(records)))
+    owners = [{records[i].patient_id for i in f} for f in folds]
+    assert all(not (a & b) for i, a in enumerate(owners) for b in owners[i + 1:])
+
+
+def test_real_lidc_table_reads_and_every_output_has_both_classes(voi_dir: Path) -> None:
+    ts = load_task_set("lidc")
+    records = read_voi_table(voi_dir, ts)
+    assert len(records) == 672 and len({r.patient_id for r in records}) == 386
+    labels = np.array([[np.nan if y is None else y for y in r.labels(ts)] for r in records])
+    assert np.all(np.nansum(labels == 1, axis=0) > 20) and np.all(np.nansum(labels == 0, axis=0) > 20)
+
+
+def _copy_table(voi_dir: Path, dest: Path, n: int, drop_column: str | None = None) -> Path:
+    rows = list(csv.DictReader((voi_dir / "nodules.csv").open()))[:n]
+    dest.mkdir()
+    for sub in ("images", "masks"):
+        (dest / sub).mkdir()
+    for row in rows:
+        for key in ("image", "mask"):
+            shutil.copy(voi_dir / row[key], dest / row[key])
+    fields = [f for f in rows[0] if f != drop_column]
+    with (dest / "nodules.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return dest
+
+
+def test_a_table_missing_a_label_column_is_an_error_naming_the_column(voi_dir: Path, tmp_path: Path) -> None:
+    folder = _copy_table(voi_dir, tmp_path / "d", 3, drop_column="spiculation")
+    with pytest.raises(DatasetError, match="spiculation"):
+        read_voi_table(folder, load_task_set("lidc"))
+
+
+def test_a_missing_image_is_an_error_naming_the_file(voi_dir: Path, tmp_path: Path) -> None:
+    folder = _copy_table(voi_dir, tmp_path / "d", 3)
+    victim = sorted((folder / "images").iterdir())[0]
+    victim.unlink()
+    with pytest.raises(DatasetError, match=victim.name):
+        read_voi_table(folder, load_task_set("lidc"))

@@ -1,0 +1,117 @@
+"""The training cascade: loss weights, masked loss, exact resume, and a short real run whose loss falls."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from LungNoduleExplainLib.data.patches import PatchSet, augment
+from LungNoduleExplainLib.networks import NetworkConfig
+from LungNoduleExplainLib.training import (TrainConfig, Trainer, masked_bce, positive_weights, selection_metric,
+                                           task_weights_from_auc)
+
+TINY = NetworkConfig("hesam-mt-aag", (2, 4, 4, 8))
+NAMES = ["malignant", "a", "b"]
+
+
+def synthetic_patches(n: int = 12, seed: int = 0) -> PatchSet:
+    """Small random patches whose labels depend on the prior's size (so there is something to learn)."""
+    rng = np.random.default_rng(seed)
+    shape = (16, 32, 32)
+    priors = np.zeros((n, *shape), np.float16)
+    labels = np.zeros((n, 3), np.float32)
+    for i in range(n):
+        r = 2 + (i % 4) * 2
+        priors[i, 8 - r // 2:8 + r // 2, 16 - r:16 + r, 16 - r:16 + r] = 1
+        labels[i] = [i % 4 >= 2, i % 2, (i // 2) % 2]
+    labels[0, 1] = np.nan  # a left-out label
+    images = (rng.random((n, *shape)) * 0.2 + priors * 0.7).astype(np.float16)
+    return PatchSet(images, priors, labels, [f"c{i}" for i in range(n)], [f"p{i // 2}" for i in range(n)],
+                    np.linspace(4, 30, n).astype(np.float32))
+
+
+def test_task_weights_are_inverse_validation_aucs_with_chance_as_the_floor() -> None:
+    assert task_weights_from_auc([0.8, 0.5, 0.4, math.nan]) == pytest.approx([1.25, 2.0, 2.0, 2.0])
+
+
+def test_selection_metric_is_diagnosis_auc_plus_mean_manifestation_auc() -> None:
+    assert selection_metric([0.9, 0.8, 0.6], multitask=True) == pytest.approx(1.6)
+    assert selection_metric([0.9, math.nan, 0.6], multitask=True) == pytest.approx(1.5)
+    assert selection_metric([0.9, 0.8, 0.6], multitask=False) == pytest.approx(0.9)
+
+
+def test_masked_bce_ignores_left_out_labels_and_positive_weights_balance_classes() -> None:
+    logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
+    labels = torch.tensor([[1.0, float("nan")], [0.0, 1.0]])
+    loss = masked_bce(logits, labels, torch.ones(2))
+    expected_second = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor(3.0), torch.tensor(1.0))
+    assert torch.isfinite(loss).all() and loss[1] == pytest.approx(float(expected_second))
+    weights = positive_weights(np.array([[1, 0], [0, 0], [0, np.nan], [0, 1]], dtype=float))
+    assert weights.tolist() == pytest.approx([3.0, 2.0])
+
+
+def test_augmentation_keeps_shape_and_applies_the_same_spatial_transform_to_the_prior() -> None:
+    rng = np.random.default_rng(3)
+    image = np.random.default_rng(0).random((16, 32, 32)).astype(np.float32)
+    for _ in range(10):
+        a, p = augment(image, image.copy(), rng)
+        assert a.shape == image.shape
+        # gamma changes intensities monotonically, never positions: the ordering of voxels matches the prior
+        assert np.array_equal(np.argsort(a, axis=None), np.argsort(p, axis=None))
+
+
+def _trainer(out: Path, epochs: int) -> Trainer:
+    config = TrainConfig(network=TINY, max_epochs=epochs, phase1_epochs=1, batch_size=4, seed=3, threads=1)
+    data = synthetic_patches()
+    return Trainer(config, data.subset(range(8)), data.subset(range(8, 12)), out, 2, NAMES, device="cpu",
+                   show_progress_bar=False)
+
+
+def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    straight = _trainer(tmp_path / "straight", 3).run()
+    _trainer(tmp_path / "resumed", 2).run()  # stops after 2 epochs, as a crash would
+    resumed = _trainer(tmp_path / "resumed", 3).run(resume=True)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    assert [h["train_loss"] for h in straight.history] == pytest.approx([h["train_loss"] for h in resumed.history])
+    assert (tmp_path / "resumed" / "history.csv").read_text().count("\n") == 4
+    assert (tmp_path / "resumed" / "curves.png").stat().st_size > 0
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path: Path) -> None:
+    from LungNoduleExplainLib.errors import ConfigError
+    _trainer(tmp_path, 2).run()
+    other = _trainer(tmp_path, 5)
+    other.config.lr = 0.5
+    with pytest.raises(ConfigError, match="different training config"):
+        other.run(resume=True)
+
+
+def test_phase_one_leaves_the_diagnosis_head_untouched(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, 2)
+    before = {k: v.clone() for k, v in trainer.model.diagnosis_head.state_dict().items()}
+    trainer.config.max_epochs = 1  # phase 1 only
+    trainer.run()
+    after = trainer.model.diagnosis_head.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k)
+
+
+def test_a_short_real_training_run_lowers_the_loss(voi_dir: Path, tmp_path: Path) -> None:
+    from LungNoduleExplainLib.data.patches import build_patch_set
+    from LungNoduleExplainLib.data.voi_table import read_voi_table
+    from LungNoduleExplainLib.tasks import load_task_set
+
+    task_set = load_task_set("lidc")
+    records = read_voi_table(voi_dir, task_set)[:30]
+    patches = build_patch_set(records, task_set)
+    config = TrainConfig(network=NetworkConfig("hesam-mt-aag", (4, 8, 8, 16)), max_epochs=6, phase1_epochs=0,
+                         batch_size=6, lr=0.01, seed=0, threads=2)
+    result = Trainer(config, patches.subset(range(24)), patches.subset(range(24, 30)), tmp_path, 7,
+                     task_set.names, device="cpu", show_progress_bar=False).run()
+    losses = [h["train_loss"] for h in result.history]
+    assert np.mean(losses[-2:]) < losses[0], losses
