@@ -26,7 +26,7 @@ from .lidc import (EXTRA_COLUMNS, SPHERICITY_ROUND_THRESHOLD, EnrollmentRule, Li
                    query_scans, scan_nodules)
 from .voi_table import REQUIRED_COLUMNS
 from .voi_writer import (PrepareSummary, ProgressCallback, VoiFolderWriter, crop_with_context,
-                         export_nnunet_if_available, mask_bounding_box, mask_centroid_lps)
+                         mask_bounding_box, mask_centroid_lps)
 
 logger = logging.getLogger(__name__)
 
@@ -188,15 +188,9 @@ def prepare_lidc(lidc_root: str | Path, out_dir: str | Path, *, context_mm: floa
             _prepare_series(folder, scans[folder.series_uid], writer, summary, rule, context_mm)
         if progress is not None:
             progress(n, len(folders), folder.patient_id or folder.path.name)
-    summary.cases_total = len(writer.rows)
     labels = [row.get("paper_malignant") for row in writer.rows]
     summary.counts = {"malignant (paper rule)": labels.count("1"), "benign (paper rule)": labels.count("0")}
-    if export_nnunet and writer.rows:
-        export_nnunet_if_available(out_dir, summary)
-    elif not export_nnunet:
-        summary.nnunet = "skipped: --no-nnunet"
-    writer.write_summary(summary)
-    return summary
+    return writer.finish(summary, export_nnunet)
 
 
 def _prepare_series(folder: SeriesFolder, scan: Any, writer: VoiFolderWriter, summary: PrepareSummary,
@@ -221,9 +215,7 @@ def _prepare_series(folder: SeriesFolder, scan: Any, writer: VoiFolderWriter, su
         row, crop, mask = case
         row["image"], row["mask"] = writer.write_case(nodule.case_id, crop, mask)
         rows.append(row)
-    writer.finish_unit(folder.series_uid, rows)
-    summary.units_done += 1
-    summary.cases_written += len(rows)
+    writer.finish_unit(folder.series_uid, rows, summary)
 
 
 def scans_for_patients(patient_ids: Sequence[str]) -> list[Any]:

@@ -21,6 +21,7 @@ from the segmentation model, and nnU-Net training needs masks, so such rows are 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import re
 from collections import defaultdict
@@ -36,7 +37,7 @@ from ..tasks import TaskSet, prevalence
 from ..volume import point_to_lps, read_ct
 from .voi_table import REQUIRED_COLUMNS, read_image
 from .voi_writer import (PrepareSummary, ProgressCallback, VoiFolderWriter, box_around_point, crop_with_context,
-                         equivalent_diameter_mm, export_nnunet_if_available, mask_bounding_box, mask_centroid_lps)
+                         equivalent_diameter_mm, mask_bounding_box, mask_centroid_lps, write_atomic_text)
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def prepare_own(cases_csv: str | Path, task_set: TaskSet, out_dir: str | Path, *
     passthrough = [c for c in columns if c not in (*REQUIRED_COLUMNS, *POINT_COLUMNS, "point_space", "ct")]
     out_columns = [*REQUIRED_COLUMNS, *passthrough, *POINT_COLUMNS, "point_space", *OWN_SOURCE_COLUMNS]
     writer = VoiFolderWriter(out_dir, out_columns, source=str(Path(cases_csv).resolve()))
-    task_set.save(out_dir / "tasks.json")
+    write_atomic_text(out_dir / "tasks.json", json.dumps(task_set.to_dict(), indent=2) + "\n")
     by_ct: dict[Path, list[OwnCase]] = defaultdict(list)
     for case in cases:
         by_ct[case.ct.resolve()].append(case)
@@ -229,19 +230,13 @@ def prepare_own(cases_csv: str | Path, task_set: TaskSet, out_dir: str | Path, *
             _prepare_ct(ct_path, group, writer, summary, context_mm)
         if progress is not None:
             progress(n, len(by_ct), ct_path.name)
-    summary.cases_total = len(writer.rows)
     summary.counts = {f"{name} positive / negative": f"{pos} / {neg}"
                       for name, (pos, neg) in prevalence(task_set, writer.rows).items()}
     point_only = sum(1 for row in writer.rows if not row["mask"])
     if point_only:
         summary.note(f"{point_only} case(s) have a point but no mask: their `mask` cell is empty, the classifier "
                      "takes their prior from the segmentation model")
-    if export_nnunet and writer.rows:
-        export_nnunet_if_available(out_dir, summary)
-    elif not export_nnunet:
-        summary.nnunet = "skipped: --no-nnunet"
-    writer.write_summary(summary)
-    return summary
+    return writer.finish(summary, export_nnunet)
 
 
 def _prepare_ct(ct_path: Path, group: list[OwnCase], writer: VoiFolderWriter, summary: PrepareSummary,
@@ -261,6 +256,4 @@ def _prepare_ct(ct_path: Path, group: list[OwnCase], writer: VoiFolderWriter, su
             continue
         row["image"], row["mask"] = writer.write_case(case.case_id, crop, mask)
         rows.append(row)
-    writer.finish_unit(str(ct_path), rows)
-    summary.units_done += 1
-    summary.cases_written += len(rows)
+    writer.finish_unit(str(ct_path), rows, summary)

@@ -243,9 +243,9 @@ class VoiFolderWriter:
         write_atomic_image(sitk.Cast(mask > 0, sitk.sitkUInt8), self.out_dir / mask_rel)
         return image_rel, mask_rel
 
-    def finish_unit(self, unit: str, rows: Iterable[dict]) -> None:
+    def finish_unit(self, unit: str, rows: Iterable[dict], summary: PrepareSummary | None = None) -> None:
         """Record `unit` as done with its table rows (replacing its earlier rows, if any); rewrite progress.json
-        and nodules.csv atomically."""
+        and nodules.csv atomically; count it in `summary`."""
         rows = [{c: _cell(row.get(c)) for c in self.columns} for row in rows]
         ids = {r["case_id"] for key, others in self._units.items() if key != unit for r in others}
         clash = [r["case_id"] for r in rows if r["case_id"] in ids]
@@ -256,6 +256,9 @@ class VoiFolderWriter:
             {"version": PROGRESS_VERSION, "source": self.source, "columns": self.columns, "units": self._units},
             indent=0))
         self.write_table()
+        if summary is not None:
+            summary.units_done += 1
+            summary.cases_written += len(rows)
 
     def write_table(self) -> None:
         buffer = io.StringIO()
@@ -268,6 +271,16 @@ class VoiFolderWriter:
         path = self.out_dir / SUMMARY_NAME
         write_atomic_text(path, json.dumps(summary.to_dict(), indent=1) + "\n")
         return path
+
+    def finish(self, summary: PrepareSummary, export_nnunet: bool) -> PrepareSummary:
+        """End of a preparation: count the table, export for nnU-Net if asked, write summary.json."""
+        summary.cases_total = len(self.rows)
+        if not export_nnunet:
+            summary.nnunet = "skipped: --no-nnunet"
+        elif self.rows:
+            export_nnunet_if_available(self.out_dir, summary)
+        self.write_summary(summary)
+        return summary
 
 
 def _cell(value: object) -> str:
