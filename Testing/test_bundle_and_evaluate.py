@@ -1,0 +1,131 @@
+"""Model bundles (checksums, safe loading) and `evaluate` on a small folder of real VOIs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from LungNoduleExplainLib.bundle import WEIGHTS_NAME, load_bundle, save_bundle
+from LungNoduleExplainLib.cli import main
+from LungNoduleExplainLib.errors import BundleError, InputImageError
+from LungNoduleExplainLib.networks import NetworkConfig, build_network
+from LungNoduleExplainLib.tasks import load_task_set
+
+N_FIXTURE = 16
+
+
+@pytest.fixture()
+def bundle_dir(tmp_path: Path) -> Path:
+    task_set = load_task_set("lidc")
+    network = NetworkConfig("hesam-mt-aag", (2, 4, 4, 8))
+    torch.manual_seed(0)
+    model = build_network(network, len(task_set.manifestations))
+    return save_bundle(tmp_path / "bundle", model, task_set, network, {n: 0.5 for n in task_set.names},
+                       name="test-bundle", prior="reference-mask", training={"note": "untrained"}, metrics={})
+
+
+@pytest.fixture()
+def fixture_folder(voi_dir: Path, tmp_path: Path) -> Path:
+    """A small dataset folder in the lidc-voi format (real VOIs), with both malignancy classes."""
+    rows = list(csv.DictReader((voi_dir / "nodules.csv").open()))
+    benign = [r for r in rows if r["malignancy"] in ("1", "2")][:N_FIXTURE // 2]
+    malignant = [r for r in rows if r["malignancy"] in ("4", "5")][:N_FIXTURE // 2]
+    folder = tmp_path / "voi"
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True)
+    for row in benign + malignant:
+        for key in ("image", "mask"):
+            shutil.copy(voi_dir / row[key], folder / row[key])
+    with (folder / "nodules.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(benign + malignant)
+    return folder
+
+
+def test_a_saved_bundle_loads_with_the_same_weights_and_its_manifest(bundle_dir: Path) -> None:
+    bundle = load_bundle(bundle_dir)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert manifest["spacing_xyz_mm"] == [0.7, 0.7, 1.25] and manifest["patch_size_xyz"] == [64, 64, 32]
+    assert set(manifest["files"]) == {WEIGHTS_NAME}
+    assert "research" in manifest["intended_use"]
+    assert bundle.output_names[0] == "malignant" and bundle.thresholds["spiculated"] == 0.5
+    assert not bundle.model.training
+
+
+def test_a_bundle_with_a_wrong_checksum_is_refused_naming_the_file(bundle_dir: Path) -> None:
+    weights = bundle_dir / WEIGHTS_NAME
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=f"checksum mismatch for {WEIGHTS_NAME}"):
+        load_bundle(bundle_dir)
+
+
+def test_a_folder_without_manifest_or_with_a_missing_file_is_refused(bundle_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="manifest.json not found"):
+        load_bundle(tmp_path)
+    (bundle_dir / WEIGHTS_NAME).unlink()
+    with pytest.raises(BundleError, match="missing"):
+        load_bundle(bundle_dir)
+
+
+def test_the_shipped_default_bundle_verifies_and_loads() -> None:
+    from LungNoduleExplainLib.bundle import default_bundle_path
+    if not (default_bundle_path() / "manifest.json").is_file():
+        pytest.skip("no default bundle in this checkout")
+    bundle = load_bundle()
+    assert bundle.output_names == load_task_set("lidc").names
+    assert sum(f.stat().st_size for f in bundle.path.rglob("*") if f.is_file()) < 20 * 2 ** 20
+
+
+def test_evaluate_writes_metrics_predictions_and_roc_on_an_unseen_folder(bundle_dir: Path, fixture_folder: Path,
+                                                                          tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    code = main(["--quiet", "evaluate", "--data", str(fixture_folder), "--model", str(bundle_dir), "--out", str(out),
+                 "--bootstrap", "50", "--prior", "reference-mask", "--device", "cpu"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_nodules"] == N_FIXTURE and metrics["prior"] == "reference-mask"
+    m = metrics["outputs"]["malignant"]
+    for key in ("auc", "ci_low", "ci_high", "accuracy", "sensitivity", "precision", "f1", "threshold",
+                "n", "n_positive", "n_patients"):
+        assert key in m, key
+    assert m["n"] == N_FIXTURE and m["n_positive"] == N_FIXTURE // 2
+    assert 0.0 <= m["auc"] <= 1.0 and m["ci_low"] <= m["auc"] <= m["ci_high"]
+    assert m["size_baseline"]["auc"] > 0.5  # malignant nodules are bigger, even in 16 of them
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == N_FIXTURE and all(0 <= float(r["malignant_probability"]) <= 1 for r in rows)
+    assert (out / "roc_curves.png").stat().st_size > 10_000
+
+
+def test_evaluate_on_a_corrupt_image_names_it_and_writes_no_metrics(bundle_dir: Path, fixture_folder: Path,
+                                                                    tmp_path: Path) -> None:
+    victim = sorted((fixture_folder / "images").iterdir())[3]
+    victim.write_bytes(b"not a nifti file at all")
+    out = tmp_path / "eval"
+    with pytest.raises(InputImageError, match=victim.name):
+        from LungNoduleExplainLib.evaluation import evaluate_folder
+        evaluate_folder(fixture_folder, bundle_dir, out, prior="reference-mask", device="cpu", n_boot=10)
+    assert not (out / "metrics.json").exists()
+    assert main(["--quiet", "evaluate", "--data", str(fixture_folder), "--model", str(bundle_dir), "--out",
+                 str(out), "--prior", "reference-mask", "--device", "cpu"]) == 2
+    assert not (out / "metrics.json").exists()
+
+
+def test_metrics_bootstrap_ci_resamples_patients() -> None:
+    from LungNoduleExplainLib.metrics import auc_with_ci, threshold_metrics
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 50).astype(float)
+    score = y + rng.normal(0, 0.8, 100)
+    groups = [f"p{i // 2}" for i in range(100)]
+    r = auc_with_ci(y, score, groups, n_boot=200)
+    assert r["n_patients"] == 50 and r["ci_low"] < r["auc"] < r["ci_high"]
+    t = threshold_metrics(np.array([1, 1, 0, 0, np.nan]), np.array([0.9, 0.2, 0.6, 0.1, 0.9]), 0.5)
+    assert (t["tp"], t["fn"], t["fp"], t["tn"]) == (1, 1, 1, 1) and t["accuracy"] == 0.5
