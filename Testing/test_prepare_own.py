@@ -152,3 +152,18 @@ def test_example_csv_and_task_configuration_are_valid(inhouse):
     assert all(all(y is not None for y in inhouse.labels(row)[:1]) for row in rows)
     paper = load_task_set(examples / "tasks-lidc-paper.json")
     assert paper.diagnosis.column == "paper_malignant"
+
+
+def test_a_dicom_folder_with_an_lps_point_is_cropped_around_that_point(ct_dir, tmp_path, inhouse):
+    reference = json.loads((ct_dir / "nodules.json").read_text())[2]  # LIDC-IDRI-0003, about 31 mm
+    x, y, z = reference["centroid_lps_mm"]
+    rows = [{"case_id": "d1", "patient_id": "p1", "ct": str(ct_dir / "LIDC-IDRI-0003" / "dicom"),
+             "point_x_mm": x, "point_y_mm": y, "point_z_mm": z, "point_space": "lps", "diameter_mm": "31",
+             "diagnosis": "MPL"}]
+    summary = prepare_own(_write_csv(tmp_path / "cases.csv", rows), inhouse, tmp_path / "out", export_nnunet=False)
+    assert summary.cases_total == 1 and not summary.skipped
+    record = read_voi_table(tmp_path / "out", require_masks=False)[0]
+    crop = sitk.ReadImage(str(record.image_path))
+    middle = np.asarray(crop.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in crop.GetSize()]))
+    assert np.allclose(middle[:2], [x, y], atol=crop.GetSpacing()[0])  # in-plane centred (z is clipped to 11 slices)
+    assert np.allclose(record.center_lps, [x, y, z])
