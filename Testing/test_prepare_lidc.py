@@ -214,3 +214,9 @@ def test_command_line_prepares_and_prints_a_summary(ct_dir, tmp_path, capsys):
 def test_command_line_without_root_or_annotations_only_is_an_error(capsys):
     assert main(["prepare-lidc", "--out", "x"]) == 2
     assert "--lidc-root" in capsys.readouterr().err
+
+
+def test_diameters_equal_pylidcs_own(first_ten_scans):
+    annotations = [a for scan in first_ten_scans for a in scan.annotations][:40]
+    assert [lidc.annotation_diameter_mm(a, a.scan.pixel_spacing) for a in annotations] == \
+        pytest.approx([a.diameter for a in annotations])

@@ -164,27 +164,32 @@ class EnrollmentCounts:
 
 
 # --------------------------------------------------------------------------------------------------- clustering
+def contour_ij(contour: Any) -> np.ndarray:
+    """A pylidc contour's points as (row i, column j) pixel indices (the XML stores (x, y), hence reversed)."""
+    return np.array([[int(v) for v in point.split(",")][::-1] for point in contour.coords.split("\n")])
+
+
 def contours_matrix(annotation: Any, slice_zvals: np.ndarray) -> np.ndarray:
     """pylidc's `Annotation.contours_matrix` (rows (i, j, k) = (row, column, slice index)), computed once.
 
-    Same arithmetic as pylidc (contour points reversed from the XML's (x, y); k the nearest slice z), but with the
-    scan's slice z values passed in instead of re-queried for every contour.
+    Same arithmetic as pylidc (k the slice whose z is nearest the contour's), but with the scan's slice z values
+    passed in instead of re-queried for every contour.
     """
     blocks = []
     for contour in sorted(annotation.contours, key=lambda c: c.image_z_position):
-        ij = np.array([[int(v) for v in point.split(",")][::-1] for point in contour.coords.split("\n")])
+        ij = contour_ij(contour)
         k = int(np.abs(slice_zvals - contour.image_z_position).argmin())
         blocks.append(np.c_[ij, np.full(len(ij), k)].astype(int))
     return np.vstack(blocks)
 
 
-def annotation_diameter_mm(matrix: np.ndarray, pixel_spacing: float) -> float:
-    """pylidc's `Annotation.diameter`: the greatest in-plane distance between two points of one contour (mm)."""
+def annotation_diameter_mm(annotation: Any, pixel_spacing: float) -> float:
+    """pylidc's `Annotation.diameter`: the greatest distance between two points of one contour, in mm."""
     from scipy.spatial.distance import pdist  # noqa: PLC0415
 
     best = -math.inf
-    for k in np.unique(matrix[:, 2]):
-        points = matrix[matrix[:, 2] == k, :2] * pixel_spacing
+    for contour in annotation.contours:
+        points = contour_ij(contour) * pixel_spacing
         if len(points) > 1:
             best = max(best, float(pdist(points).max()))
     return best
@@ -213,10 +218,9 @@ def cluster_scan(scan: Any) -> list[list[Any]]:
 
 def scan_nodules(scan: Any, rule: EnrollmentRule = EnrollmentRule()) -> list[LidcNodule]:
     """Every annotation cluster of `scan` as a LidcNodule, with its enrollment decision (`excluded`, `label`)."""
-    zvals = scan.slice_zvals
     nodules = []
     for index, cluster in enumerate(cluster_scan(scan), start=1):
-        diameters = [annotation_diameter_mm(contours_matrix(a, zvals), scan.pixel_spacing) for a in cluster]
+        diameters = [annotation_diameter_mm(a, scan.pixel_spacing) for a in cluster]
         ratings = {column: [int(getattr(a, attr)) for a in cluster] for attr, column in RATING_COLUMNS.items()}
         nodule = LidcNodule(patient_id=scan.patient_id, series_uid=scan.series_instance_uid, scan_id=int(scan.id),
                             nodule_index=index, n_readers=len(cluster), diameter_mm=float(np.mean(diameters)),
