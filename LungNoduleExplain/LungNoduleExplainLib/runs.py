@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import distributed
 from .bundle import save_bundle
 from .data.patches import PRIOR_REFERENCE_MASK, PatchSet, build_patch_set
 from .data.voi_table import patient_split, read_voi_table
@@ -65,20 +66,22 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     config_path = spec.run_dir / "config.json"
     run_config = {"spec": spec.to_dict(), "training": config.to_dict(), "tasks": task_set.to_dict()}
-    if resume and config_path.is_file():
+    if resume and config_path.is_file() and distributed.is_main_process():
         saved = json.loads(config_path.read_text())
         saved["training"].pop("max_epochs", None)
         comparable = json.loads(json.dumps(run_config))
         comparable["training"].pop("max_epochs", None)
         if saved != comparable:
             raise ConfigError(f"--resume: {config_path} differs from this run's configuration")
-    _write_json(config_path, run_config)
+    if distributed.is_main_process():
+        _write_json(config_path, run_config)
     records = read_voi_table(spec.data, task_set, require_masks=spec.prior == PRIOR_REFERENCE_MASK)
     train_idx, val_idx = patient_split(records, spec.val_fraction, config.seed)
-    _write_json(spec.run_dir / "split.json", {
-        "seed": config.seed, "val_fraction": spec.val_fraction,
-        "train_patients": sorted({records[i].patient_id for i in train_idx}),
-        "val_patients": sorted({records[i].patient_id for i in val_idx})})
+    if distributed.is_main_process():
+        _write_json(spec.run_dir / "split.json", {
+            "seed": config.seed, "val_fraction": spec.val_fraction,
+            "train_patients": sorted({records[i].patient_id for i in train_idx}),
+            "val_patients": sorted({records[i].patient_id for i in val_idx})})
 
     def patch_progress(fraction: float, message: str) -> None:
         if progress:
@@ -102,10 +105,16 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
                 "split": "by patient", "seed": config.seed, "best_epoch": result.best_epoch,
                 "epochs_run": len(result.history), "seconds": round(result.seconds, 1),
                 "task_weights": dict(zip(names, result.task_weights)), "config": config.to_dict()}
+    bundle_dir = spec.run_dir / "bundle"
+    if not distributed.is_main_process():
+        distributed.barrier()
+        return bundle_dir
     _write_json(spec.run_dir / "validation_metrics.json", metrics)
-    return save_bundle(spec.run_dir / "bundle", result.model, task_set, config.network, thresholds,
+    path = save_bundle(spec.run_dir / "bundle", result.model, task_set, config.network, thresholds,
                        name=spec.name, prior="reference-mask" if spec.prior == PRIOR_REFERENCE_MASK else "nnunet-oof",
                        training=training, metrics={"validation": metrics})
+    distributed.barrier()
+    return path
 
 
 def split_patch_set(patches: PatchSet, val_patients: set[str]) -> tuple[PatchSet, PatchSet]:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import distributed
 from .data.patches import PatchDataset, PatchSet
 from .errors import ConfigError
 from .metrics import safe_auc
@@ -153,7 +154,7 @@ class Trainer:
         self.config, self.train_set, self.val_set = config, train_set, val_set
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.device = resolve_device(device)
+        self.device = resolve_device(distributed.local_device(device))
         self.progress, self.show_progress_bar = progress, show_progress_bar
         self.output_names = output_names
         self.multitask = config.network.multitask
@@ -165,6 +166,11 @@ class Trainer:
         # channels-last 3D memory is about 1.6x faster for these small-channel 3D convolutions on CPU (oneDNN).
         self.model = build_network(config.network, n_manifestations).to(self.device,
                                                                          memory_format=torch.channels_last_3d)
+        # Under torchrun the network trains wrapped in DDP; `self.model` stays the plain module (saved, evaluated).
+        self.net: nn.Module = self.model
+        if distributed.is_distributed():
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.pos_weight = positive_weights(self.train_labels).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
@@ -182,6 +188,8 @@ class Trainer:
         return self.out_dir / CHECKPOINT_NAME
 
     def save_checkpoint(self) -> None:
+        if not distributed.is_main_process():
+            return
         _atomic_torch_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                             "scheduler": self.scheduler.state_dict(), "best_model": self.best_state,
                             "state": json.dumps(self.state), "config": json.dumps(self.config.to_dict())},
@@ -205,15 +213,16 @@ class Trainer:
     def _phase(self, epoch: int) -> int:
         return 1 if self.has_phase1 and epoch < self.config.phase1_epochs else 2
 
-    def _set_diagnosis_frozen(self, frozen: bool) -> None:
-        if hasattr(self.model, "diagnosis_head"):
-            for p in self.model.diagnosis_head.parameters():
-                p.requires_grad_(not frozen)
+    def _drop_diagnosis_gradients(self) -> None:
+        """Phase 1 freezes the diagnosis head: its loss weight is 0 and SGD skips parameters without gradient
+        (so neither momentum nor weight decay moves them). Works the same under DDP."""
+        for p in self.model.diagnosis_head.parameters():
+            p.grad = None
 
     def _train_epoch(self, epoch: int, phase: int) -> float:
         cfg = self.config
         self.model.train()
-        self._set_diagnosis_frozen(phase == 1)
+        rank, world = distributed.rank(), distributed.world_size()
         dataset = PatchDataset(self.train_set, augment_seed=cfg.seed)
         dataset.epoch = epoch
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(dataset))
@@ -224,16 +233,19 @@ class Trainer:
             weights[0] = 0.0
         total, batches = 0.0, 0
         for start in range(0, len(order), cfg.batch_size):
-            items = [dataset[int(i)] for i in order[start:start + cfg.batch_size]]
-            if len(items) < 2:
-                continue  # BatchNorm needs more than one sample
+            batch = order[start:start + cfg.batch_size]
+            if len(batch) < 2 * world:
+                continue  # BatchNorm needs more than one sample per process
+            items = [dataset[int(i)] for i in batch[rank::world]]
             image, prior, labels = (torch.stack(t).to(self.device) for t in zip(*items))
             image, prior = (t.contiguous(memory_format=torch.channels_last_3d) for t in (image, prior))
             labels = labels[:, :self.n_outputs]
-            per_task = masked_bce(self.model(image, prior), labels, self.pos_weight)
+            per_task = masked_bce(self.net(image, prior), labels, self.pos_weight)
             loss = (weights * per_task).sum()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if phase == 1:
+                self._drop_diagnosis_gradients()
             self.optimizer.step()
             total, batches = total + loss.item(), batches + 1
         return total / max(batches, 1)
@@ -248,11 +260,12 @@ class Trainer:
         start_time = time.time() - sum(h.get("seconds", 0.0) for h in self.state["history"])
         first_epoch = self.state["epoch"] + 1
         bar = tqdm(range(first_epoch, cfg.max_epochs), initial=first_epoch, total=cfg.max_epochs, desc="epochs",
-                   disable=not self.show_progress_bar, unit="ep")
+                   disable=not self.show_progress_bar or not distributed.is_main_process(), unit="ep")
         for epoch in bar:
             t0 = time.time()
             phase = self._phase(epoch)
             loss = self._train_epoch(epoch, phase)
+            distributed.sync_buffers(self.model)
             probs = predict(self.model, self.val_set, self.device)
             aucs = output_aucs(probs, self.val_labels)
             metric = selection_metric(aucs, self.multitask)
@@ -272,7 +285,8 @@ class Trainer:
             self.state["history"].append(record)
             self.state["epoch"] = epoch
             self.save_checkpoint()
-            write_history(self.state["history"], self.out_dir)
+            if distributed.is_main_process():
+                write_history(self.state["history"], self.out_dir)
             bar.set_postfix(phase=phase, loss=f"{loss:.3f}", val=f"{metric:.3f}")
             if self.progress:
                 self.progress((epoch + 1) / cfg.max_epochs,
@@ -283,7 +297,9 @@ class Trainer:
         bar.close()
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        plot_history(self.state["history"], self.out_dir / "curves.png")
+        if distributed.is_main_process():
+            plot_history(self.state["history"], self.out_dir / "curves.png")
+        distributed.barrier()
         return TrainResult(self.model, self.state["best_epoch"], self.state["best_metric"],
                            predict(self.model, self.val_set, self.device), self.state["task_weights"],
                            self.state["history"], time.time() - start_time)

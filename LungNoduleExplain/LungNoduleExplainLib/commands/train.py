@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="train the classifier on a dataset folder (nodules.csv + images/ + masks/)",
         description="Two-phase cascade training (manifestations first, then all outputs with task weights "
-                    "1/AUC), validation split by patient, checkpoint every epoch; writes RUN_DIR/bundle.")
+                    "1/AUC), validation split by patient, checkpoint every epoch; writes RUN_DIR/bundle. "
+                    "Runs under torchrun too (DistributedDataParallel: NCCL on GPUs, gloo on CPUs).")
     p.add_argument("--data", required=True, help="dataset folder in the lidc-voi format")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, curves, bundle/)")
     p.add_argument("--tasks", default="lidc",
@@ -54,8 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distributed import init_from_env
     from ..runs import RunSpec, train_run
     from ..training import TrainConfig
+
+    init_from_env(args.device)  # under torchrun: one process per GPU (NCCL) or CPU worker (gloo)
 
     config = TrainConfig(network=NetworkConfig(args.variant, args.features, stem_stride=args.stem_stride),
                          max_epochs=args.epochs, phase1_epochs=args.phase1_epochs, batch_size=args.batch_size,
@@ -63,5 +67,7 @@ def run(args: argparse.Namespace) -> int:
                          early_stop_patience=args.early_stop_patience, seed=args.seed, threads=args.threads)
     spec = RunSpec(args.data, args.out, args.tasks, args.prior, args.val_fraction, args.device, args.name)
     bundle = train_run(spec, config, resume=args.resume, show_progress_bar=not args.quiet)
-    print(f"model bundle written to {bundle}")
+    from ..distributed import is_main_process
+    if is_main_process():
+        print(f"model bundle written to {bundle}")
     return 0

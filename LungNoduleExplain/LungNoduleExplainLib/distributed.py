@@ -1,0 +1,65 @@
+"""Training beyond one process: torch DistributedDataParallel under `torchrun` (NCCL on GPUs, gloo on CPUs).
+
+    torchrun --nproc_per_node 2 -m LungNoduleExplainLib.cli train --data DIR --out RUN
+
+Each process takes its share of every batch; DDP averages the gradients, so an update equals the single-process
+update up to batch statistics (BatchNorm sees each process's part of the batch). Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+def init_from_env(device: str = "auto") -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); returns True when distributed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return dist.is_available() and dist.is_initialized()
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    logger.info("distributed training: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(),
+                dist.get_backend())
+    return True
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def local_device(device: str) -> str:
+    """Under torchrun with CUDA each process uses its own GPU."""
+    if is_distributed() and device != "cpu" and torch.cuda.is_available():
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return device
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def sync_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's BatchNorm running statistics (parameters are already equal under DDP)."""
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
