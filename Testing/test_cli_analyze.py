@@ -137,6 +137,16 @@ def test_a_point_outside_the_image_names_the_point(phantom_file, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+def test_a_point_in_air_far_from_tissue_is_refused_before_the_model_loads(phantom_file, tmp_path, capsys):
+    path, _, _ = phantom_file
+    points = tmp_path / "points.csv"
+    points.write_text("x,y,z,space\n0,0,24,ijk\n")
+    line = _main_error(["analyze", str(path), "--points-csv", str(points), "--model", str(tmp_path / "no-bundle"),
+                        "--out", str(tmp_path / "out")], capsys)
+    assert "points.csv line 2" in line and "lies in air" in line
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("content, message", [
     ("a,b,c\n1,2,3\n", "missing column(s) x, y, z"),
     ("x,y,z\n1,2,three\n", "line 2: x, y, z must be numbers"),

@@ -89,16 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = None) -> int:
     """The verb. `analyzer_factory` (tests) replaces analysis.Analyzer."""
     from ..reports import check_out_dir, write_findings
-    from ..volume import point_to_lps, read_ct
+    from ..volume import read_ct
 
     points = gather_points(args.point, args.points_csv, args.space)
     check_out_dir(args.out.absolute(), args.overwrite)  # fail before minutes of work, not after
     ct = read_ct(args.ct)
-    for point in points:
-        try:
-            point_to_lps(point.coordinates, point.space, ct)
-        except PointError as exc:
-            raise PointError(f"{point.origin}: {exc}") from exc
+    check_points(ct, points)
     findings = analyze_points(ct, points, bundle=args.model, device=args.device,
                               analyzer_factory=analyzer_factory, quiet=getattr(args, "quiet", False))
     logger.info("writing segmentation, maps, overlays and report to %s", args.out)
@@ -147,6 +143,18 @@ def read_points_csv(path: Path, default_space: str = "ras") -> list[ClickedPoint
     if not points:
         raise PointError(f"points file {path} has a header but no points")
     return points
+
+
+def check_points(ct: Any, points: Sequence[ClickedPoint]) -> None:
+    """Every point inside the CT and near tissue, before the model loads; the PointError names the point."""
+    from ..analysis import check_tissue_near
+    from ..volume import point_to_lps
+
+    for point in points:
+        try:
+            check_tissue_near(ct, point_to_lps(point.coordinates, point.space, ct))
+        except PointError as exc:
+            raise PointError(f"{point.origin}: {exc}") from exc
 
 
 def analyze_points(ct: Any, points: Sequence[ClickedPoint], *, bundle: Path | None, device: str,
