@@ -36,7 +36,7 @@ SAMPLE_URL = ("https://github.com/LungNoduleExplain/SlicerLungNoduleExplain/rele
 SAMPLE_SHA256 = "SHA256:a3bc5f34b29f8cca2bff7779f6b998c80beef74a332757cc19c313b372eed2f8"
 SAMPLE_NODULE_RAS = (-56.4, -86.34, -115.96)  # the readers' centroid of its 33 mm nodule (nodules.json)
 POLL_INTERVAL_MS = 100
-SUBMODULES = ("WorkerProcess", "MapDisplay", "ResultNodes", "InstallLogic", "AnalysisLogic")
+SUBMODULES = ("WorkerProcess", "MapDisplay", "ResultNodes", "InstallLogic", "AnalysisLogic", "HeadlessScene")
 
 
 class LungNoduleExplain(ScriptedLoadableModule):

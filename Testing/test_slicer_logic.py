@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,28 +23,10 @@ if not hasattr(slicer, "vtkMRMLScene"):
 sys.path.insert(0, str(REPO_ROOT / "LungNoduleExplain"))
 from LungNoduleExplainSlicer import MapDisplay  # noqa: E402
 from LungNoduleExplainSlicer.AnalysisLogic import AnalysisLogic, NoduleRequest  # noqa: E402
+from LungNoduleExplainSlicer.HeadlessScene import addSliceView, loadVolume, makeScene, renderAxialSlice  # noqa: E402
 from LungNoduleExplainSlicer.ResultNodes import NODULE_KEY_ATTRIBUTE, ResultError, nodesOfNodule  # noqa: E402
 
 FAKE_WORKER = [sys.executable, str(Path(__file__).with_name("fake_engine.py"))]
-
-
-def makeScene():
-    """A scene with the logics Slicer registers (RECIPES.md) and three slice views; returns (scene, logics)."""
-    scene = slicer.vtkMRMLScene()
-    cache = slicer.vtkCacheManager()
-    cache.SetRemoteCacheDirectory(tempfile.mkdtemp())
-    io = slicer.vtkDataIOManager()
-    io.SetCacheManager(cache)
-    scene.SetCacheManager(cache)
-    scene.SetDataIOManager(io)
-    logics = [cls() for cls in (slicer.vtkSlicerApplicationLogic, slicer.vtkSlicerColorLogic,
-                                slicer.vtkSlicerMarkupsLogic, slicer.vtkSlicerSegmentationsModuleLogic,
-                                slicer.vtkSlicerTablesLogic, slicer.vtkSlicerVolumesLogic)]
-    for logic in logics:
-        logic.SetMRMLScene(scene)
-    for _ in range(3):
-        scene.AddNode(slicer.vtkMRMLSliceCompositeNode())
-    return scene, logics  # the logics must stay referenced while the scene is used
 
 
 @pytest.fixture()
@@ -88,13 +69,7 @@ def ctNode(scene, lidc_crop):
 
 def addCt(scene, path: Path):
     """The CT in the scene, placed in a patient/study in the subject hierarchy as DICOM loading does."""
-    node = slicer.vtkMRMLScalarVolumeNode()
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetFileName(str(path))
-    assert storage.ReadData(node)
-    node.SetName("LIDC-IDRI-0001 CT")
-    scene.AddNode(node)
-    node.CreateDefaultDisplayNodes()
+    node = loadVolume(scene, path, "LIDC-IDRI-0001 CT")
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "LIDC-IDRI-0001")
     study = sh.CreateStudyItem(patient, "CT chest")
@@ -199,29 +174,14 @@ def test_maps_use_the_heat_colours_and_hide_values_below_a_quarter_in_the_foregr
     assert MapDisplay.heatColor(1.0) == pytest.approx((1.0, 1.0, 0.9))
 
 
-def renderAxialSlice(scene, sliceLogic, zRas: float) -> np.ndarray:
-    """What the Red slice view would show (background CT blended with the foreground map), as RGB uint8."""
-    from vtk.util.numpy_support import vtk_to_numpy
-    sliceLogic.GetSliceNode().SetOrientationToAxial()
-    sliceLogic.FitSliceToAll()
-    sliceLogic.SetSliceOffset(zRas)
-    producer = sliceLogic.GetImageDataConnection().GetProducer()
-    producer.Update()
-    image = producer.GetOutputDataObject(0)
-    columns, rows, _ = image.GetDimensions()
-    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(rows, columns, -1)[..., :3].astype(int)
-
-
 def test_the_slice_view_shows_the_map_in_colour_only_where_it_reaches_the_threshold(scene, ctNode, lidc_crop):
-    sliceLogic = slicer.vtkMRMLSliceLogic()
-    sliceLogic.SetMRMLScene(scene)
-    sliceLogic.AddSliceNode("Red").SetDimensions(512, 512, 1)
+    sliceLogic = addSliceView(scene, "Red", size=512)
     logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
     nodule = run(logic, ctNode, nodules(lidc_crop, 0.0)).nodules[0]
     assert sliceLogic.GetSliceCompositeNode().GetForegroundVolumeID() == nodule.mapNodes["malignancy"].GetID()
 
     def colouredPixels() -> int:
-        rgb = renderAxialSlice(scene, sliceLogic, lidc_crop[1][2])
+        rgb = renderAxialSlice(sliceLogic, lidc_crop[1][2]).astype(int)
         return int(((rgb[..., 0] - rgb[..., 2]) > 40).sum())  # heat colours: red well above blue; CT is grey
 
     # The fake map is exp(-(d / 6 mm)^2): it reaches 0.25 within 6 * sqrt(ln 4) = 7.1 mm of the point.

@@ -62,7 +62,8 @@ def readFindingJson(folder: Path) -> dict:
     return finding
 
 
-def _readVolume(path: Path, node) -> None:
+def readVolume(path: Path, node) -> None:
+    """Read a volume file into `node` without adding anything to a scene; ResultError when it cannot."""
     if not path.is_file():
         raise ResultError(f"missing result file {path}")
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
@@ -116,14 +117,14 @@ def readNodule(folder: Path, ctNode, key: str, name: str) -> NoduleNodes:
 
     labelmap = slicer.vtkMRMLLabelMapVolumeNode()
     segmentationPath = folder / files.get("segmentation", "segmentation.nrrd")
-    _readVolume(segmentationPath, labelmap)
+    readVolume(segmentationPath, labelmap)
     checkSameGrid(labelmap, ctNode, segmentationPath)
 
     maps = {}
     for output in finding["outputs"]:
         mapNode = slicer.vtkMRMLScalarVolumeNode()
         path = folder / (files.get("maps") or {}).get(output["name"], f"maps/{output['name']}.nrrd")
-        _readVolume(path, mapNode)
+        readVolume(path, mapNode)
         checkSameGrid(mapNode, ctNode, path)
         mapNode.SetName(f"{name} {output['name']} map")
         mapNode.SetAttribute(OUTPUT_ATTRIBUTE, output["name"])
