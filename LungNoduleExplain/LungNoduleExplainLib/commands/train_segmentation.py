@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--val-iterations", type=int, default=4, help="validation batches per epoch (default: 4)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="training device (default: cpu)")
     parser.add_argument("--processes", type=int, default=2, help="worker processes for preprocessing (default: 2)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is fastest on a crowded machine)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.set_defaults(func=run)
 
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     config = SegmentationTrainingConfig(folds=tuple(args.folds), epochs=args.epochs,
                                         iterations_per_epoch=args.iterations,
                                         val_iterations_per_epoch=args.val_iterations, device=args.device,
-                                        num_processes=args.processes)
+                                        num_processes=args.processes, torch_threads=args.threads)
     result = cross_validate(args.data, args.work, args.out, config, oof_dir=args.oof_dir, overwrite=args.overwrite,
                             progress=lambda message, fraction: logger.info("[%3.0f%%] %s", 100 * fraction, message))
     mean, low, high = bootstrap_mean_ci(result.dice, result.patient_of_case)

@@ -102,14 +102,14 @@ def _planner_class():
 
 
 def fingerprint_and_preprocess(dataset_id: int, config: SmallPlansConfig = SmallPlansConfig(),
-                                num_processes: int = 2, verbose: bool = False) -> dict:
+                                num_processes: int = 2, check_integrity: bool = True, verbose: bool = False) -> dict:
     """Fingerprint, plan (small variant) and preprocess `3d_fullres` through nnU-Net's API; returns the plans.
 
     Expects use_work_folder() to have been called and the raw dataset to exist.
     """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset, preprocess_dataset
 
-    extract_fingerprint_dataset(dataset_id, num_processes=num_processes, check_dataset_integrity=True,
+    extract_fingerprint_dataset(dataset_id, num_processes=num_processes, check_dataset_integrity=check_integrity,
                                 clean=True, verbose=verbose, show_progress_bar=False)
     plans = plan(dataset_id, config)
     preprocess_dataset(dataset_id, PLANS_NAME, configurations=(CONFIGURATION,), num_processes=(num_processes,),

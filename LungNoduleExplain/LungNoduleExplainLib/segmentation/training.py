@@ -50,7 +50,9 @@ class SegmentationTrainingConfig:
     pad_mm: tuple[float, float, float] = DEFAULT_PAD_MM
     plans: SmallPlansConfig = field(default_factory=SmallPlansConfig)
     num_processes: int = 2
+    check_integrity: bool = True
     weights_float16: bool = True
+    torch_threads: int | None = None  # CPU threads for torch; 1 is fastest on a crowded machine
 
     def __post_init__(self) -> None:
         if not self.folds or any(not 0 <= f < 5 for f in self.folds) or len(set(self.folds)) != len(self.folds):
@@ -92,7 +94,8 @@ def prepare_dataset(voi_folder: Path, work: Path, config: SegmentationTrainingCo
     shutil.rmtree(folders.preprocessed / name, ignore_errors=True)
     export_nnunet_dataset(voi_folder, folders.raw, config.dataset_id, DEFAULT_NAME, pad_mm=config.pad_mm,
                           overwrite=True)
-    plans = fingerprint_and_preprocess(config.dataset_id, config.plans, num_processes=config.num_processes)
+    plans = fingerprint_and_preprocess(config.dataset_id, config.plans, num_processes=config.num_processes,
+                                       check_integrity=config.check_integrity)
     done_marker.write_text(json.dumps(source))
     return plans
 
@@ -106,6 +109,8 @@ def train_fold(fold: int, config: SegmentationTrainingConfig,
 
     from .trainer import nnUNetTrainerLungNodule
 
+    if config.torch_threads:
+        torch.set_num_threads(int(config.torch_threads))
     base = Path(str(nnUNet_preprocessed)) / dataset_name(config.dataset_id, DEFAULT_NAME)
     plans = load_json(str(base / f"{PLANS_NAME}.json"))
     dataset_json = load_json(str(base / "dataset.json"))

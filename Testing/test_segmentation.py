@@ -1,0 +1,262 @@
+"""nnU-Net v2 nodule segmentation: export, a CI-sized training run, prediction geometry, bad input, Dice.
+
+The end-to-end fixture trains one fold on 5 real VOIs for 2 iterations (CPU); tests check mechanics and
+geometry, not segmentation quality (that is benchmarks/segmentation_results.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LungNoduleExplainLib.data.voi_table import read_voi_table
+from LungNoduleExplainLib.errors import BundleError, DatasetError, InputImageError, PointError
+from LungNoduleExplainLib.segmentation import NoduleSegmenter, bootstrap_mean_ci, dice, export_nnunet_dataset
+from LungNoduleExplainLib.segmentation import segmentation_dice
+from LungNoduleExplainLib.segmentation.export import pad_voxels
+from LungNoduleExplainLib.segmentation.predict import crop_around, paste_crop, select_component
+from LungNoduleExplainLib.volume import read_ct, lps_to_ras
+
+
+def _subset(voi_dir: Path, folder: Path, n_patients: int, extra_same_patient: bool) -> Path:
+    """A lidc-voi folder of `n_patients` patients' first nodules (+ one more nodule of a patient that has two)."""
+    rows = list(csv.DictReader((voi_dir / "nodules.csv").open(newline="")))
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["patient_id"]] = counts.get(row["patient_id"], 0) + 1
+    chosen, seen = [], set()
+    if extra_same_patient:
+        twice = next(p for p, c in counts.items() if c >= 2)
+        chosen += [r for r in rows if r["patient_id"] == twice][:2]
+        seen.add(twice)
+    for row in rows:
+        if len(seen) >= n_patients:
+            break
+        if row["patient_id"] not in seen:
+            seen.add(row["patient_id"])
+            chosen.append(row)
+    folder.mkdir(parents=True)
+    with (folder / "nodules.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in chosen:
+            writer.writerow({**row, "image": str(voi_dir / row["image"]), "mask": str(voi_dir / row["mask"])})
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_voi(voi_dir, tmp_path_factory) -> Path:
+    return _subset(voi_dir, tmp_path_factory.mktemp("voi") / "voi", n_patients=5, extra_same_patient=True)
+
+
+@pytest.fixture(scope="session")
+def trained(small_voi, tmp_path_factory):
+    """One fold trained for 2 iterations through the whole pipeline; returns (model_dir, oof_dir, result)."""
+    from LungNoduleExplainLib.segmentation.training import SegmentationTrainingConfig, cross_validate
+
+    root = tmp_path_factory.mktemp("seg")
+    config = SegmentationTrainingConfig(folds=(0,), epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1,
+                                        num_processes=1, check_integrity=False)
+    result = cross_validate(small_voi, root / "work", root / "model", config, oof_dir=root / "oof")
+    return result
+
+
+@pytest.fixture(scope="session")
+def segmenter(trained) -> NoduleSegmenter:
+    return NoduleSegmenter(trained.model_dir, device="cpu")
+
+
+def test_export_writes_nnunet_raw_layout_with_air_padding_and_patient_grouped_folds(small_voi, tmp_path):
+    exported = export_nnunet_dataset(small_voi, tmp_path, dataset_id=777, pad_mm=(10.0, 10.0, 12.0))
+    folder = tmp_path / "Dataset777_LungNodule"
+    assert exported.folder == folder
+    records = {r.case_id: r for r in read_voi_table(small_voi)}
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert dataset["labels"] == {"background": 0, "nodule": 1} and dataset["numTraining"] == len(records)
+    splits = json.loads((folder / "splits_final.json").read_text())
+    assert len(splits) == 5
+    fold_of_patient: dict[str, int] = {}
+    for k, split in enumerate(splits):
+        assert not set(split["train"]) & set(split["val"])
+        for case in split["val"]:
+            assert fold_of_patient.setdefault(records[case].patient_id, k) == k
+    assert sorted(c for s in splits for c in s["val"]) == sorted(records)
+    case, record = next(iter(records.items()))
+    image = sitk.ReadImage(str(folder / "imagesTr" / f"{case}_0000.nii.gz"))
+    label = sitk.ReadImage(str(folder / "labelsTr" / f"{case}.nii.gz"))
+    original = sitk.ReadImage(str(record.image_path))
+    lower, upper = pad_voxels(original.GetSpacing(), original.GetSize(), (10.0, 10.0, 12.0),
+                              dataset["lungnodule_explain"]["min_size_mm"])
+    assert image.GetSize() == tuple(s + lo + up for s, lo, up in zip(original.GetSize(), lower, upper))
+    assert min(lower) >= 1 and lower[2] * original.GetSpacing()[2] >= 12.0 - 1e-6
+    array = sitk.GetArrayFromImage(image)
+    assert (array[0] == -1000).all() and (array[:, :, -1] == -1000).all()
+    back = sitk.Resample(image, original, sitk.Transform(), sitk.sitkNearestNeighbor, -2000)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(original))
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(record.mask_path)))
+    assert int(sitk.GetArrayFromImage(label).sum()) == int((mask > 0).sum())
+
+
+def test_export_refuses_an_existing_dataset_and_leaves_nothing_half_written(small_voi, tmp_path):
+    export_nnunet_dataset(small_voi, tmp_path / "raw", dataset_id=778)
+    with pytest.raises(DatasetError, match="exists already"):
+        export_nnunet_dataset(small_voi, tmp_path / "raw", dataset_id=778)
+    broken = tmp_path / "broken"
+    shutil.copytree(small_voi, broken)
+    rows = list(csv.DictReader((broken / "nodules.csv").open(newline="")))
+    small_mask = sitk.Image([3, 3, 3], sitk.sitkUInt8)
+    sitk.WriteImage(small_mask, str(broken / "bad_mask.nii.gz"))
+    rows[-1]["mask"] = "bad_mask.nii.gz"
+    with (broken / "nodules.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(DatasetError, match="bad_mask.nii.gz"):
+        export_nnunet_dataset(broken, tmp_path / "raw2", dataset_id=779)
+    assert list((tmp_path / "raw2").iterdir()) == []
+
+
+def test_cross_validation_writes_a_small_model_folder_and_oof_maps_on_each_voi_grid(trained, small_voi):
+    import torch
+
+    model = trained.model_dir
+    assert (model / "plans.json").is_file() and (model / "dataset.json").is_file()
+    checkpoint = model / "fold_0" / "checkpoint_final.pth"
+    assert checkpoint.stat().st_size < 4 * 2**20
+    assert "network_weights" in torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert not model.with_name(model.name + ".partial").exists()
+    records = {r.case_id: r for r in read_voi_table(small_voi)}
+    assert trained.fold_of_case and set(trained.fold_of_case.values()) == {0}
+    for case in trained.fold_of_case:
+        oof = sitk.ReadImage(str(trained.oof_dir / f"{case}.nii.gz"))
+        voi = sitk.ReadImage(str(records[case].image_path))
+        assert oof.GetPixelID() == sitk.sitkFloat32 and oof.GetSize() == voi.GetSize()
+        np.testing.assert_allclose(oof.GetOrigin(), voi.GetOrigin(), atol=1e-4)
+        values = sitk.GetArrayViewFromImage(oof)
+        assert values.min() >= 0.0 and values.max() <= 1.0
+        assert 0.0 <= trained.dice[case] <= 1.0
+
+
+def test_segment_returns_probability_and_mask_on_the_ct_grid_of_a_real_dicom_series(segmenter, ct_dir):
+    ct = read_ct(ct_dir / "LIDC-IDRI-0001" / "dicom")
+    nodule = next(n for n in json.loads((ct_dir / "nodules.json").read_text())
+                  if n["patient_id"] == "LIDC-IDRI-0001")
+    result = segmenter.segment(ct, nodule["centroid_lps_mm"])
+    for image in (result.probability, result.mask):
+        assert image.GetSize() == ct.GetSize()
+        np.testing.assert_allclose(image.GetSpacing(), ct.GetSpacing())
+        np.testing.assert_allclose(image.GetOrigin(), ct.GetOrigin())
+        np.testing.assert_allclose(image.GetDirection(), ct.GetDirection())
+    probability = sitk.GetArrayViewFromImage(result.probability)
+    mask = sitk.GetArrayViewFromImage(result.mask)
+    assert result.probability.GetPixelID() == sitk.sitkFloat32 and result.mask.GetPixelID() == sitk.sitkUInt8
+    assert probability.min() >= 0.0 and probability.max() <= 1.0
+    assert set(np.unique(mask)) <= {0, 1} and (probability[mask > 0] >= segmenter.threshold).all()
+    assert np.allclose(result.crop.spacing, ct.GetSpacing())
+    same = segmenter.segment(ct, lps_to_ras(nodule["centroid_lps_mm"]), space="ras")
+    assert same.crop == result.crop
+
+
+def test_a_point_outside_the_image_raises_point_error(segmenter, ct_dir):
+    ct = read_ct(ct_dir / "LIDC-IDRI-0003" / "dicom")
+    with pytest.raises(PointError, match="outside"):
+        segmenter.segment(ct, (1e4, 0.0, 0.0))
+
+
+def test_an_image_without_usable_spacing_raises_input_image_error(segmenter):
+    image = sitk.GetImageFromArray(np.full((8, 16, 16), -1000, dtype=np.int16))
+    image.SetSpacing((0.7, 0.7, 40.0))
+    with pytest.raises(InputImageError, match="spacing"):
+        segmenter.segment(image, (0, 0, 0), space="ijk")
+
+
+def test_a_model_folder_missing_plans_or_a_fold_raises_bundle_error_naming_it(trained, tmp_path):
+    broken = tmp_path / "model"
+    shutil.copytree(trained.model_dir, broken)
+    with pytest.raises(BundleError, match="fold_3"):
+        NoduleSegmenter(broken, folds=(3,), device="cpu")
+    (broken / "plans.json").unlink()
+    with pytest.raises(BundleError, match="plans.json"):
+        NoduleSegmenter(broken, device="cpu")
+    with pytest.raises(BundleError, match="does not exist"):
+        NoduleSegmenter(tmp_path / "nowhere", device="cpu")
+
+
+def test_cross_validation_refuses_an_existing_output_folder_before_doing_anything(small_voi, tmp_path):
+    from LungNoduleExplainLib.segmentation.training import cross_validate
+
+    (tmp_path / "model").mkdir()
+    with pytest.raises(DatasetError, match="exists already"):
+        cross_validate(small_voi, tmp_path / "work", tmp_path / "model")
+    assert not (tmp_path / "work").exists()
+
+
+def test_segmentation_dice_scores_every_record_between_zero_and_one(segmenter, small_voi):
+    records = read_voi_table(small_voi)[:2]
+    scores = segmentation_dice(segmenter, records)
+    assert set(scores) == {r.case_id for r in records}
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+
+
+def test_crop_pads_with_air_outside_the_ct_and_pastes_back_voxel_for_voxel():
+    array = np.arange(10 * 12 * 14, dtype=np.int16).reshape(10, 12, 14) - 500
+    ct = sitk.GetImageFromArray(array)
+    ct.SetSpacing((0.8, 0.8, 2.0))
+    ct.SetOrigin((-10.0, 5.0, 100.0))
+    corner = ct.TransformIndexToPhysicalPoint((0, 0, 0))
+    crop, geometry, start = crop_around(ct, corner, (8.0, 8.0, 8.0))
+    assert crop.shape == (4, 10, 10) and tuple(start) == (-4, -4, -2)
+    assert (crop[:2] == -1000).all() and (crop[:, :4] == -1000).all() and crop[2, 4, 4] == array[0, 0, 0]
+    assert np.allclose(ct.TransformPhysicalPointToIndex(geometry.origin), start)
+    pasted = sitk.GetArrayFromImage(paste_crop(crop, start, ct, np.float32))
+    np.testing.assert_array_equal(pasted[:2, :6, :6], array[:2, :6, :6])
+    assert (pasted[2:] == 0).all() and (pasted[:, 6:] == 0).all()
+
+
+def test_component_selection_keeps_the_blob_at_the_point_else_the_nearest_one():
+    mask = np.zeros((10, 20, 20), dtype=bool)
+    mask[2:5, 2:6, 2:6] = True
+    mask[5:8, 12:18, 12:18] = True
+    at_point = select_component(mask, (6, 14, 14), (1.0, 1.0, 1.0))
+    assert at_point[6, 14, 14] and not at_point[3, 3, 3]
+    nearest = select_component(mask, (3, 3, 8), (1.0, 1.0, 1.0))
+    assert nearest[3, 3, 3] and not nearest[6, 14, 14]
+    assert not select_component(np.zeros_like(mask), (0, 0, 0), (1.0, 1.0, 1.0)).any()
+
+
+def test_dice_is_one_for_equal_or_empty_volumes_and_zero_for_disjoint_ones():
+    a = np.zeros((4, 4, 4), dtype=np.uint8)
+    b = a.copy()
+    assert dice(a, b) == 1.0
+    a[0, 0, :2] = 1
+    b[0, 0, 1:3] = 1
+    assert dice(a, b) == pytest.approx(0.5)
+    assert dice(a, np.roll(b, 2, axis=0)) == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        dice(a, b[:2])
+
+
+def test_bootstrap_interval_resamples_patients_and_brackets_the_mean():
+    values = {"a1": 0.9, "a2": 0.8, "b1": 0.5, "c1": 0.7, "d1": 0.95}
+    patients = {"a1": "A", "a2": "A", "b1": "B", "c1": "C", "d1": "D"}
+    mean, low, high = bootstrap_mean_ci(values, patients, n_boot=500, seed=1)
+    assert mean == pytest.approx(np.mean(list(values.values())))
+    assert low < mean < high and 0.5 <= low and high <= 0.95
+
+
+def test_train_segmentation_verb_parses_its_options_and_rejects_a_sixth_fold(tmp_path):
+    from LungNoduleExplainLib.cli import build_parser
+    from LungNoduleExplainLib.commands import train_segmentation
+
+    parser = build_parser()
+    args = parser.parse_args(["train-segmentation", "--data", "d", "--work", "w", "--out", "o", "--folds", "0", "2",
+                              "--epochs", "3", "--iterations", "4", "--device", "cpu"])
+    assert args.func is train_segmentation.run and args.folds == [0, 2] and args.epochs == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train-segmentation", "--data", "d", "--work", "w", "--out", "o", "--folds", "5"])
