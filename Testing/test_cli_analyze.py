@@ -291,3 +291,55 @@ def test_an_unreadable_bundle_is_one_clear_error(phantom_file, tmp_path, capsys)
                         str(tmp_path / "out")], capsys)
     assert str(bundle) in line or "bundle" in line
     assert not (tmp_path / "out").exists()
+
+
+class ThresholdSegmenter:
+    """nnU-Net's crop, paste-back and component choice (NoduleSegmenter.segment), with the network replaced by a
+    -400 HU threshold: the real pipeline around a stand-in model, for tests that must not wait for training."""
+
+    def __init__(self) -> None:
+        from LungNoduleExplainLib.segmentation import predict
+        self.crop_mm, self.threshold = predict.DEFAULT_CROP_MM, predict.DEFAULT_THRESHOLD
+        self.segment = predict.NoduleSegmenter.segment.__get__(self)
+
+    def predict_array(self, hu_zyx: np.ndarray, spacing_zyx) -> np.ndarray:
+        return (hu_zyx > -400).astype(np.float32)
+
+
+def test_the_real_pipeline_with_an_untrained_model_writes_a_valid_report_on_real_lidc(ct_dir, tmp_path, capsys):
+    """Real Analyzer, bundle format and reports on a real DICOM series; only the weights are untrained."""
+    analysis = pytest.importorskip("LungNoduleExplainLib.analysis", reason="analysis.py not written yet")
+    import torch
+    from LungNoduleExplainLib.bundle import save_bundle
+    from LungNoduleExplainLib.networks import NetworkConfig, build_network
+    from LungNoduleExplainLib.tasks import load_task_set
+
+    task_set = load_task_set("lidc")
+    network = NetworkConfig("hesam-mt-aag", (2, 4, 4, 8))
+    torch.manual_seed(0)
+    bundle = save_bundle(tmp_path / "bundle", build_network(network, len(task_set.manifestations)), task_set,
+                         network, {n: 0.5 for n in task_set.names}, name="untrained-test", prior="nnunet",
+                         training={"note": "untrained"}, metrics={})
+
+    def factory(bundle, device, progress):
+        return analysis.Analyzer(bundle, device="cpu", progress=progress, segmenter=ThresholdSegmenter())
+
+    nodule = _nodules(ct_dir)["LIDC-IDRI-0003"]
+    out = tmp_path / "out"
+    args = cli.build_parser().parse_args(["--quiet", "analyze", str(ct_dir / "LIDC-IDRI-0003" / "dicom"), "--lps",
+                                          "--point", point_arg(nodule["centroid_lps_mm"]), "--model", str(bundle),
+                                          "--out", str(out)])
+    assert args.func(args, analyzer_factory=factory) == 0
+    ct = read_ct(ct_dir / "LIDC-IDRI-0003" / "dicom")
+    body = json.loads((out / "nodule-01" / "finding.json").read_text())
+    assert [o["name"] for o in body["outputs"]] == task_set.names
+    for name in task_set.names:
+        image = sitk.ReadImage(str(out / "nodule-01" / body["files"]["maps"][name]))
+        check_on_grid(image, ct, name)
+        values = sitk.GetArrayViewFromImage(image)
+        assert values.min() >= 0.0 and values.max() <= 1.0
+    seg = sitk.ReadImage(str(out / "nodule-01" / "segmentation.nrrd"))
+    index = seg.TransformPhysicalPointToIndex(nodule["centroid_lps_mm"])
+    assert sitk.GetArrayViewFromImage(seg)[index[2], index[1], index[0]] == 1
+    assert body["model"]["name"] == "untrained-test" and "segment" in body["timings_s"]
+    assert (out / "report.html").read_text(encoding="utf-8").count("data:image/png;base64,") == len(task_set.names)
