@@ -236,6 +236,22 @@ def test_a_failed_run_leaves_the_scene_unchanged(scene, ctNode, lidc_crop, monke
     assert sceneInventory(scene) == before
 
 
+def test_an_unexpected_error_while_loading_ends_the_run_as_failed_with_its_traceback(scene, ctNode, lidc_crop):
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    logs = []
+    logic.onLog = lambda level, message: logs.append((level, message))
+
+    def broken(*args):
+        raise KeyError("segment")
+
+    logic.loadResults = broken
+    before = sceneInventory(scene)
+    outcome = run(logic, ctNode, nodules(lidc_crop, 0.0))
+    assert outcome.status == "failed" and "KeyError" in outcome.message
+    assert any(level == "error" and "Traceback" in message for level, message in logs)
+    assert not logic.isRunning() and sceneInventory(scene) == before
+
+
 def test_a_cancelled_run_leaves_the_scene_unchanged_and_removes_its_files(scene, ctNode, lidc_crop, monkeypatch):
     logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
     before = sceneInventory(scene)

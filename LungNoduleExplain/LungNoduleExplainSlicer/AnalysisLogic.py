@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -199,6 +200,10 @@ class AnalysisLogic:
             nodules = self.loadResults(self._ctNode, self._nodules, findings)
         except ResultError as exc:
             return AnalysisOutcome("failed", str(exc), type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - the UI must leave its running state whatever happens here
+            self.onLog("error", traceback.format_exc())
+            return AnalysisOutcome("failed", f"loading the results failed: {type(exc).__name__}: {exc}",
+                                   type(exc).__name__)
         return AnalysisOutcome("succeeded", f"Analysed {len(nodules)} nodule(s) on {result.get('device', '?')}",
                                nodules=nodules, outDir=Path(result["out_dir"]), device=result.get("device", ""))
 
