@@ -85,7 +85,7 @@ def read_cases_csv(path: str | Path, task_set: TaskSet,
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"cases CSV {path} not found")
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark is no column
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in reader.fieldnames or []]
         rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
@@ -215,7 +215,8 @@ def prepare_own(cases_csv: str | Path, task_set: TaskSet, out_dir: str | Path, *
     cases, columns = read_cases_csv(cases_csv, task_set, summary)
     out_dir = Path(out_dir)
     passthrough = [c for c in columns if c not in (*REQUIRED_COLUMNS, *POINT_COLUMNS, "point_space", "ct")]
-    out_columns = [*REQUIRED_COLUMNS, *passthrough, *POINT_COLUMNS, "point_space", *OWN_SOURCE_COLUMNS]
+    out_columns = list(dict.fromkeys([*REQUIRED_COLUMNS, *passthrough, *POINT_COLUMNS, "point_space",
+                                      *OWN_SOURCE_COLUMNS]))
     writer = VoiFolderWriter(out_dir, out_columns, source=str(Path(cases_csv).resolve()))
     write_atomic_text(out_dir / "tasks.json", json.dumps(task_set.to_dict(), indent=2) + "\n")
     by_ct: dict[Path, list[OwnCase]] = defaultdict(list)
