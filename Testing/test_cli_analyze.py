@@ -206,6 +206,27 @@ def test_a_dicom_series_with_a_missing_slice_is_refused(ct_dir, tmp_path, capsys
     assert "missing slices" in line
 
 
+def test_a_dicom_folder_with_a_single_slice_is_refused(ct_dir, tmp_path, capsys):
+    one = tmp_path / "one"
+    one.mkdir()
+    first = sorted((ct_dir / "LIDC-IDRI-0001" / "dicom").glob("*.dcm"))[0]
+    os.symlink(first, one / first.name)
+    line = _main_error(["analyze", str(one), "--point", "1,2,3", "--out", str(tmp_path / "out")], capsys)
+    assert "single slice" in line
+
+
+def test_a_truncated_file_in_a_dicom_series_is_refused(ct_dir, tmp_path, capsys):
+    series = tmp_path / "truncated"
+    _link_series(ct_dir / "LIDC-IDRI-0001" / "dicom", series)
+    victim = sorted(series.iterdir())[7]
+    data = victim.read_bytes()
+    victim.unlink()
+    victim.write_bytes(data[:3000])  # header cut short, no pixels
+    line = _main_error(["analyze", str(series), "--point", "1,2,3", "--out", str(tmp_path / "out")], capsys)
+    assert str(series) in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_folder_of_corrupt_dicom_files_is_refused(tmp_path, capsys):
     folder = tmp_path / "corrupt"
     folder.mkdir()
