@@ -4,7 +4,8 @@
 output); `fake_write_findings` writes the same file layout as `reports.write_findings`. Run as a script it is
 the worker with these fakes: `python fake_engine.py REQUEST.json`; environment variables FAKE_DELAY_S (seconds
 per nodule, for cancel tests), FAKE_FAIL ("input" or "crash"), FAKE_NOISE=1 (print to stdout as libraries do)
-and FAKE_GRANDCHILD=1 (start a sleeping child process and log its pid, for process-tree kill tests).
+FAKE_GRANDCHILD=1 (start a sleeping child process and log its pid, for process-tree kill tests) and
+FAKE_REAL_PIPELINE=1 (the real Analyzer and reports with an untrained bundle given in the request).
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ def fake_write_findings(findings: list[Finding], ct: sitk.Image, out_dir, *, tit
 
 def fake_worker_main(argv: list[str]) -> int:
     from LungNoduleExplainLib import worker
+    if os.environ.get("FAKE_REAL_PIPELINE"):
+        return untrained_worker_main(argv)
     delay_s = float(os.environ.get("FAKE_DELAY_S", "0"))
     fail = os.environ.get("FAKE_FAIL") or None
 
@@ -112,6 +115,18 @@ def fake_worker_main(argv: list[str]) -> int:
 
     return worker.main(argv, analyzer_factory=factory, findings_writer=fake_write_findings,
                        cuda_available=lambda: False)
+
+
+def untrained_worker_main(argv: list[str]) -> int:
+    """The real worker, Analyzer and report writer; only the model is a stand-in: the request's bundle holds an
+    untrained network and nnU-Net is replaced by test_cli_analyze's threshold segmenter."""
+    from LungNoduleExplainLib import analysis, worker
+    from test_cli_analyze import ThresholdSegmenter
+
+    def factory(bundle, device, progress):
+        return analysis.Analyzer(bundle, device=device, progress=progress, segmenter=ThresholdSegmenter())
+
+    return worker.main(argv, analyzer_factory=factory)
 
 
 if __name__ == "__main__":

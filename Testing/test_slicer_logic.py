@@ -343,6 +343,40 @@ def test_the_report_export_copies_the_last_successful_run(scene, ctNode, lidc_cr
     assert logic.lastResultDir is None
 
 
+@pytest.fixture(scope="module")
+def untrainedBundle(tmp_path_factory) -> Path:
+    """A real bundle (format, manifest, task set) holding an untrained network, as test_cli_analyze builds it."""
+    pytest.importorskip("LungNoduleExplainLib.analysis", reason="analysis.py not written yet")
+    import torch
+    from LungNoduleExplainLib.bundle import save_bundle
+    from LungNoduleExplainLib.networks import NetworkConfig, build_network
+    from LungNoduleExplainLib.tasks import load_task_set
+    taskSet = load_task_set("lidc")
+    network = NetworkConfig("hesam-mt-aag", (2, 4, 4, 8))
+    torch.manual_seed(0)
+    return save_bundle(tmp_path_factory.mktemp("bundle") / "bundle",
+                       build_network(network, len(taskSet.manifestations)), taskSet, network,
+                       {n: 0.5 for n in taskSet.names}, name="untrained-test", prior="nnunet",
+                       training={"note": "untrained"}, metrics={})
+
+
+def test_the_real_worker_analyzer_and_reports_load_into_the_scene(scene, ctNode, lidc_crop, untrainedBundle,
+                                                                   monkeypatch):
+    from LungNoduleExplainLib.tasks import load_task_set
+    monkeypatch.setenv("FAKE_REAL_PIPELINE", "1")
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    logic.startAnalysis(ctNode, nodules(lidc_crop, 0.0), device="cpu", bundlePath=untrainedBundle)
+    outcome = logic.waitForFinished(timeout_s=300)
+    assert outcome.succeeded, outcome.message
+    nodule = outcome.nodules[0]
+    names = load_task_set("lidc").names
+    assert list(nodule.mapNodes) == names and nodule.tableNode.GetTable().GetNumberOfRows() == len(names)
+    for mapNode in nodule.mapNodes.values():
+        np.testing.assert_allclose(ijkToRas(mapNode), ijkToRas(ctNode), atol=1e-4)
+    assert nodule.finding["model"]["name"] == "untrained-test"
+    assert (outcome.outDir / "report.html").is_file()
+
+
 def _engine_ready() -> bool:
     """The real pipeline and its shipped model bundle are in place."""
     if not all(importlib.util.find_spec(f"LungNoduleExplainLib.{m}") for m in ("analysis", "reports", "bundle")):
