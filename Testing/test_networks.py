@@ -30,6 +30,13 @@ def test_every_variant_gives_one_logit_per_output_and_maps_of_input_size_in_unit
     assert bool(((peaks > 0.99) | (peaks == 0)).all())  # min-max normalised: 1 at the peak, or all zero (ReLU)
 
 
+def test_two_input_channels_feed_every_variant() -> None:
+    for variant in VARIANTS:
+        net = build_network(NetworkConfig(variant, (4, 4, 8, 8), inputs=("percentile", "hu-window")), K).eval()
+        with torch.no_grad():
+            assert net(torch.rand(1, 2, *SHAPE[2:]), torch.rand(1, *SHAPE[1:])).shape[0] == 1, variant
+
+
 def test_batch_of_one_works_in_eval_mode() -> None:
     net = build_network(NetworkConfig("hesam-mt-aag", (4, 4, 8, 8)), K).eval()
     with torch.no_grad():

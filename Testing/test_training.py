@@ -30,7 +30,7 @@ def synthetic_patches(n: int = 12, seed: int = 0) -> PatchSet:
         priors[i, 8 - r // 2:8 + r // 2, 16 - r:16 + r, 16 - r:16 + r] = 1
         labels[i] = [i % 4 >= 2, i % 2, (i // 2) % 2]
     labels[0, 1] = np.nan  # a left-out label
-    images = (rng.random((n, *shape)) * 0.2 + priors * 0.7).astype(np.float16)
+    images = (rng.random((n, 2, *shape)) * 0.2 + priors[:, None] * 0.7).astype(np.float16)
     return PatchSet(images, priors, labels, [f"c{i}" for i in range(n)], [f"p{i // 2}" for i in range(n)],
                     np.linspace(4, 30, n).astype(np.float32))
 
@@ -57,12 +57,14 @@ def test_masked_bce_ignores_left_out_labels_and_positive_weights_balance_classes
 
 def test_augmentation_keeps_shape_and_applies_the_same_spatial_transform_to_the_prior() -> None:
     rng = np.random.default_rng(3)
-    image = np.random.default_rng(0).random((16, 32, 32)).astype(np.float32)
+    volume = np.random.default_rng(0).random((16, 32, 32)).astype(np.float32)
+    image = np.stack([volume, volume])
     for _ in range(10):
-        a, p = augment(image, image.copy(), rng)
-        assert a.shape == image.shape
+        a, p = augment(image, volume.copy(), rng)
+        assert a.shape == image.shape and p.shape == volume.shape
         # gamma changes intensities monotonically, never positions: the ordering of voxels matches the prior
-        assert np.array_equal(np.argsort(a, axis=None), np.argsort(p, axis=None))
+        assert np.array_equal(np.argsort(a[0], axis=None), np.argsort(p, axis=None))
+        assert np.array_equal(a[1], p)  # the HU-window channel gets no gamma
 
 
 def _trainer(out: Path, epochs: int) -> Trainer:
@@ -109,7 +111,8 @@ def test_a_short_real_training_run_lowers_the_loss(voi_dir: Path, tmp_path: Path
     task_set = load_task_set("lidc")
     records = read_voi_table(voi_dir, task_set)[:30]
     patches = build_patch_set(records, task_set)
-    config = TrainConfig(network=NetworkConfig("hesam-mt-aag", (4, 8, 8, 16)), max_epochs=6, phase1_epochs=0,
+    network = NetworkConfig("hesam-mt-aag", (4, 8, 8, 16), inputs=("percentile", "hu-window"))
+    config = TrainConfig(network=network, max_epochs=6, phase1_epochs=0,
                          batch_size=6, lr=0.01, seed=0, threads=2)
     result = Trainer(config, patches.subset(range(24)), patches.subset(range(24, 30)), tmp_path, 7,
                      task_set.names, device="cpu", show_progress_bar=False).run()

@@ -39,7 +39,8 @@ def run_fold(args: argparse.Namespace, variant: str, fold: int, patches, folds, 
     rng = np.random.default_rng([args.seed, fold])
     val_patients = set(rng.choice(patients, size=max(1, int(0.15 * len(patients))), replace=False))
     train_set, val_set = split_patch_set(train_val, val_patients)
-    config = TrainConfig(network=NetworkConfig(variant, args.features, stem_stride=args.stem_stride),
+    config = TrainConfig(network=NetworkConfig(variant, args.features, stem_stride=args.stem_stride,
+                                               inputs=tuple(args.inputs.split(","))),
                          max_epochs=args.epochs, phase1_epochs=min(args.phase1_epochs, args.epochs - 1),
                          seed=args.seed, threads=args.threads)
     t0 = time.time()
@@ -47,7 +48,7 @@ def run_fold(args: argparse.Namespace, variant: str, fold: int, patches, folds, 
                       task_set.names, device=args.device, show_progress_bar=False)
     result = trainer.run(resume=(out / variant / f"run{fold}" / "checkpoint.pt").is_file())
     test = patches.subset(test_idx)
-    probs = predict(result.model, test, trainer.device)
+    probs = predict(result.model, test, trainer.device, config.network.input_indices)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, probs=probs, index=np.asarray(test_idx), seconds=time.time() - t0, best_epoch=result.best_epoch)
     print(f"{variant} fold {fold}: {time.time() - t0:.0f} s, best epoch {result.best_epoch}", flush=True)
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase1-epochs", type=int, default=10)
     parser.add_argument("--features", type=lambda s: tuple(int(v) for v in s.split(",")), default=DEFAULT_FEATURES)
     parser.add_argument("--stem-stride", type=int, default=2)
+    parser.add_argument("--inputs", default="percentile,hu-window")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="auto")

@@ -142,7 +142,7 @@ def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str |
     patches = build_patch_set(records, bundle.task_set, PRIOR_REFERENCE_MASK, prior_maps=prior_maps,
                               spacing=bundle.spacing, size=bundle.patch_size,
                               progress=(lambda f, m: progress(0.8 * f, m)) if progress else None)
-    probs = predict(bundle.model, patches, bundle.device)
+    probs = predict(bundle.model, patches, bundle.device, bundle.network.input_indices)
     names = bundle.output_names
     metrics = {"bundle": {"name": bundle.name, "version": bundle.version, "path": str(bundle.path),
                           "trained_prior": bundle.prior},

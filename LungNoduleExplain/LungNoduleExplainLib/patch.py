@@ -18,6 +18,10 @@ SPACING_XYZ_MM: tuple[float, float, float] = (0.7, 0.7, 1.25)
 PATCH_SIZE_XYZ: tuple[int, int, int] = (64, 64, 32)
 AIR_HU = -1000.0
 CLIP_PERCENTILES = (0.5, 99.5)
+# A second input channel keeps absolute density, which percentile min-max removes: calcium (> 200 HU) and ground
+# glass (-700..-300 HU) look alike after per-patch min-max but not in Hounsfield units.
+HU_WINDOW = (-1000.0, 1000.0)
+INPUT_CHANNELS: tuple[str, ...] = ("percentile", "hu-window")
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
@@ -74,11 +78,23 @@ def normalise_intensity(hu: np.ndarray, percentiles: tuple[float, float] = CLIP_
     return ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
 
 
+def hu_window(hu: np.ndarray, window: tuple[float, float] = HU_WINDOW) -> np.ndarray:
+    """Hounsfield units clipped to a fixed window and scaled to [0, 1] (float32)."""
+    lo, hi = window
+    return ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def image_channels(hu: np.ndarray) -> np.ndarray:
+    """[len(INPUT_CHANNELS), z, y, x]: the METHOD.md percentile-normalised image, then the fixed HU window."""
+    return np.stack([normalise_intensity(hu), hu_window(hu)])
+
+
 @dataclass
 class Patch:
-    """One classifier input: normalised image and prior on the patch grid, with that grid's geometry.
+    """One classifier input: normalised image channels and prior on the patch grid, with that grid's geometry.
 
-    image: [z, y, x] float32 in [0, 1]. prior: [z, y, x] float32 in [0, 1] (nodule probability or mask).
+    image: [C, z, y, x] float32 in [0, 1], channels INPUT_CHANNELS. prior: [z, y, x] float32 in [0, 1]
+    (nodule probability or mask).
     """
 
     image: np.ndarray
@@ -94,9 +110,9 @@ def extract_patch(ct: sitk.Image, center_lps: Sequence[float], prior: sitk.Image
     The prior (probability in [0, 1] or binary mask) is resampled linearly onto the same grid.
     """
     geometry = PatchGeometry.centred_at(center_lps, spacing, size)
-    image = normalise_intensity(resample_to_grid(ct, geometry))
+    image = image_channels(resample_to_grid(ct, geometry))
     if prior is None:
-        prior_array = np.zeros_like(image)
+        prior_array = np.zeros_like(image[0])
     else:
         prior_array = np.clip(resample_to_grid(prior, geometry, default_value=0.0), 0.0, 1.0)
     return Patch(image=image, prior=prior_array.astype(np.float32), geometry=geometry)

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -113,13 +113,16 @@ def selection_metric(aucs: list[float], multitask: bool) -> float:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, patches: PatchSet, device: torch.device, batch_size: int = 20) -> np.ndarray:
-    """Sigmoid probabilities [N, n_outputs] of `model` on every patch (no augmentation)."""
+def predict(model: nn.Module, patches: PatchSet, device: torch.device, channels: Sequence[int] = (0,),
+            batch_size: int = 20) -> np.ndarray:
+    """Sigmoid probabilities [N, n_outputs] of `model` on every patch (no augmentation); `channels` are the image
+    channels the network takes (NetworkConfig.input_indices)."""
     model.eval()
     out = []
     for start in range(0, len(patches), batch_size):
-        image, prior = (torch.from_numpy(a[start:start + batch_size].astype(np.float32))[:, None].to(device)
-                        .contiguous(memory_format=torch.channels_last_3d) for a in (patches.images, patches.priors))
+        image = torch.from_numpy(patches.images[start:start + batch_size, list(channels)].astype(np.float32))
+        prior = torch.from_numpy(patches.priors[start:start + batch_size].astype(np.float32))[:, None]
+        image, prior = (t.to(device).contiguous(memory_format=torch.channels_last_3d) for t in (image, prior))
         out.append(torch.sigmoid(model(image, prior)).float().cpu().numpy())
     return np.concatenate(out)
 
@@ -223,7 +226,7 @@ class Trainer:
         cfg = self.config
         self.model.train()
         rank, world = distributed.rank(), distributed.world_size()
-        dataset = PatchDataset(self.train_set, augment_seed=cfg.seed)
+        dataset = PatchDataset(self.train_set, augment_seed=cfg.seed, channels=cfg.network.input_indices)
         dataset.epoch = epoch
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(dataset))
         torch.manual_seed(cfg.seed * 100003 + epoch)
@@ -266,7 +269,7 @@ class Trainer:
             phase = self._phase(epoch)
             loss = self._train_epoch(epoch, phase)
             distributed.sync_buffers(self.model)
-            probs = predict(self.model, self.val_set, self.device)
+            probs = predict(self.model, self.val_set, self.device, cfg.network.input_indices)
             aucs = output_aucs(probs, self.val_labels)
             metric = selection_metric(aucs, self.multitask)
             if phase == 1 and epoch == cfg.phase1_epochs - 1:
@@ -301,7 +304,8 @@ class Trainer:
             plot_history(self.state["history"], self.out_dir / "curves.png")
         distributed.barrier()
         return TrainResult(self.model, self.state["best_epoch"], self.state["best_metric"],
-                           predict(self.model, self.val_set, self.device), self.state["task_weights"],
+                           predict(self.model, self.val_set, self.device, cfg.network.input_indices),
+                           self.state["task_weights"],
                            self.state["history"], time.time() - start_time)
 
 

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DatasetError
-from ..patch import PATCH_SIZE_XYZ, SPACING_XYZ_MM, extract_patch
+from ..patch import INPUT_CHANNELS, PATCH_SIZE_XYZ, SPACING_XYZ_MM, extract_patch
 from ..tasks import TaskSet
 from .voi_table import NoduleRecord, read_image
 
@@ -28,7 +28,8 @@ PRIOR_REFERENCE_MASK = "reference-mask"
 
 @dataclass
 class PatchSet:
-    """images, priors: [N, D, H, W] float16 in [0, 1]; labels: [N, 1 + K] float32 with NaN where left out."""
+    """images: [N, C, D, H, W] (channels patch.INPUT_CHANNELS), priors: [N, D, H, W], float16 in [0, 1];
+    labels: [N, 1 + K] float32 with NaN where left out."""
 
     images: np.ndarray
     priors: np.ndarray
@@ -64,7 +65,7 @@ def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: s
     instead (e.g. nnU-Net run on the image at evaluation time). Raises InputImageError naming a corrupt file.
     """
     n, shape = len(records), tuple(reversed([int(s) for s in size]))
-    images = np.empty((n, *shape), dtype=np.float16)
+    images = np.empty((n, len(INPUT_CHANNELS), *shape), dtype=np.float16)
     priors = np.empty((n, *shape), dtype=np.float16)
     labels = np.full((n, len(task_set.all_tasks)), np.nan, dtype=np.float32)
     for i, record in enumerate(records):
@@ -88,28 +89,34 @@ def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: s
 def augment(image: np.ndarray, prior: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """The authors' augmentations: random flips, rot90 in the axial plane, gamma contrast 0.9-1.1 (p = 0.4).
 
-    Arrays [D, H, W]; the same spatial transform is applied to the prior. rot90 stays in-plane (H = W = 64) so the
-    patch shape never changes.
+    image [C, D, H, W], prior [D, H, W]; the same spatial transform goes to every channel and the prior. rot90
+    stays in-plane (H = W = 64) so the patch shape never changes. Gamma touches only the percentile channel
+    (channel 0): the HU-window channel keeps absolute density.
     """
     for axis in range(3):
         if rng.random() < 0.5:
-            image, prior = np.flip(image, axis), np.flip(prior, axis)
+            image, prior = np.flip(image, axis + 1), np.flip(prior, axis)
     k = int(rng.integers(4))
-    image, prior = np.rot90(image, k, axes=(1, 2)), np.rot90(prior, k, axes=(1, 2))
+    image, prior = np.rot90(image, k, axes=(2, 3)), np.rot90(prior, k, axes=(1, 2))
+    image = np.array(image)
     if rng.random() < 0.4:
-        image = np.power(np.clip(image, 0.0, 1.0), rng.uniform(0.9, 1.1))
+        image[0] = np.power(np.clip(image[0], 0.0, 1.0), rng.uniform(0.9, 1.1))
     return np.ascontiguousarray(image), np.ascontiguousarray(prior)
 
 
 class PatchDataset(Dataset):
-    """Torch view of a PatchSet: (image [1, D, H, W], prior [1, D, H, W], labels [1 + K]) float32 tensors.
+    """Torch view of a PatchSet: (image [C, D, H, W], prior [1, D, H, W], labels [1 + K]) float32 tensors.
+
+    channels: which image channels the network takes (indices into patch.INPUT_CHANNELS).
 
     With `augment_seed` set, item i of epoch e is augmented with a generator seeded by (seed, epoch, i), so a
     resumed run sees exactly the augmentations an uninterrupted run would.
     """
 
-    def __init__(self, patches: PatchSet, augment_seed: int | None = None) -> None:
+    def __init__(self, patches: PatchSet, augment_seed: int | None = None,
+                 channels: Sequence[int] = (0,)) -> None:
         self.patches = patches
+        self.channels = list(channels)
         self.augment_seed = augment_seed
         self.epoch = 0
 
@@ -117,9 +124,9 @@ class PatchDataset(Dataset):
         return len(self.patches)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        image = self.patches.images[i].astype(np.float32)
+        image = self.patches.images[i, self.channels].astype(np.float32)
         prior = self.patches.priors[i].astype(np.float32)
         if self.augment_seed is not None:
             image, prior = augment(image, prior, np.random.default_rng([self.augment_seed, self.epoch, i]))
-        return (torch.from_numpy(image)[None], torch.from_numpy(prior)[None],
+        return (torch.from_numpy(image), torch.from_numpy(prior)[None],
                 torch.from_numpy(self.patches.labels[i]))

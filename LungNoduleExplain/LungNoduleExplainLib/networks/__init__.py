@@ -39,11 +39,23 @@ class NetworkConfig:
     features: tuple[int, ...] = DEFAULT_FEATURES
     aag_mode: str = "sum"
     stem_stride: int = 2
+    # Image channels the network takes (see patch.INPUT_CHANNELS); the authors use the percentile image only.
+    inputs: tuple[str, ...] = ("percentile",)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ConfigError(f"unknown network variant {self.variant!r}; expected one of {list(VARIANTS)}")
         self.features = tuple(int(f) for f in self.features)
+        from ..patch import INPUT_CHANNELS
+        self.inputs = tuple(self.inputs)
+        unknown = [c for c in self.inputs if c not in INPUT_CHANNELS]
+        if unknown or not self.inputs:
+            raise ConfigError(f"network inputs {list(self.inputs)}: expected a non-empty subset of {INPUT_CHANNELS}")
+
+    @property
+    def input_indices(self) -> list[int]:
+        from ..patch import INPUT_CHANNELS
+        return [INPUT_CHANNELS.index(c) for c in self.inputs]
 
     @property
     def multitask(self) -> bool:
@@ -63,14 +75,15 @@ def build_network(config: NetworkConfig, n_manifestations: int) -> nn.Module:
     if v.startswith("hesam"):
         prior_mode = {"hesam-mt-cbam": "cbam", "hesam-mt-aag": "aag"}.get(v, "none")
         return HESAM(n_manifestations if config.multitask else 0, config.features, prior_mode, config.aag_mode,
-                     stem_stride=config.stem_stride)
+                     stem_stride=config.stem_stride, in_channels=len(config.inputs))
+    c = len(config.inputs)
     n_outputs = 1 + n_manifestations
     if v == "vgg":
-        return VGG3D(n_outputs, config.features, config.stem_stride)
+        return VGG3D(n_outputs, config.features, config.stem_stride, in_channels=c)
     if v == "resnet":
-        return ResNet3D(n_outputs, config.features, config.stem_stride)
+        return ResNet3D(n_outputs, config.features, config.stem_stride, in_channels=c)
     return DenseNet3D(n_outputs, growth=max(4, config.features[0]), stem_channels=2 * config.features[0],
-                      stem_stride=config.stem_stride)
+                      stem_stride=config.stem_stride, in_channels=c)
 
 
 __all__ = ["HESAM", "VGG3D", "ResNet3D", "DenseNet3D", "NetworkConfig", "build_network", "VARIANTS",

@@ -41,9 +41,10 @@ class _CAMClassifier(nn.Module):
 class VGG3D(_CAMClassifier):
     """Four stages of two 3x3x3 conv-BN-ReLU, max-pooling between stages."""
 
-    def __init__(self, n_outputs: int, features: Sequence[int] = (16, 32, 64, 128), stem_stride: int = 1) -> None:
+    def __init__(self, n_outputs: int, features: Sequence[int] = (16, 32, 64, 128), stem_stride: int = 1,
+                 in_channels: int = 1) -> None:
         layers: list[nn.Module] = []
-        in_ch = 1
+        in_ch = in_channels
         for i, ch in enumerate(features):
             if i:
                 layers.append(nn.MaxPool3d(2))
@@ -55,8 +56,9 @@ class VGG3D(_CAMClassifier):
 class ResNet3D(_CAMClassifier):
     """A ResNet-10-like network: stem conv, then one residual unit per stage, strided from the second on."""
 
-    def __init__(self, n_outputs: int, features: Sequence[int] = (16, 32, 64, 128), stem_stride: int = 1) -> None:
-        layers: list[nn.Module] = [ConvBnRelu(1, features[0], stride=stem_stride)]
+    def __init__(self, n_outputs: int, features: Sequence[int] = (16, 32, 64, 128), stem_stride: int = 1,
+                 in_channels: int = 1) -> None:
+        layers: list[nn.Module] = [ConvBnRelu(in_channels, features[0], stride=stem_stride)]
         in_ch = features[0]
         for i, ch in enumerate(features):
             layers.append(ResidualUnit(in_ch, ch, stride=1 if i == 0 else 2))
@@ -78,8 +80,8 @@ class DenseNet3D(_CAMClassifier):
     """A small DenseNet: dense blocks (growth g, `layers` each) joined by 1x1 conv + avg-pool transitions."""
 
     def __init__(self, n_outputs: int, growth: int = 8, layers: Sequence[int] = (3, 3, 3),
-                 stem_channels: int = 16, stem_stride: int = 1) -> None:
-        modules: list[nn.Module] = [ConvBnRelu(1, stem_channels, stride=stem_stride), nn.MaxPool3d(2)]
+                 stem_channels: int = 16, stem_stride: int = 1, in_channels: int = 1) -> None:
+        modules: list[nn.Module] = [ConvBnRelu(in_channels, stem_channels, stride=stem_stride), nn.MaxPool3d(2)]
         ch = stem_channels
         for i, n in enumerate(layers):
             for _ in range(n):

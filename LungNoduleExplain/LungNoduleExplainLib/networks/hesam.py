@@ -62,12 +62,14 @@ class HESAM(nn.Module):
         stem_stride: 1 as the authors (full-resolution stem); 2 halves every feature map, about 8x less compute,
             which is what lets the network train on 2 CPU cores. Maps are still upsampled to the patch size.
 
-    forward(image [B, 1, D, H, W], prior [B, 1, D, H, W]) -> logits [B, 1 + K] (diagnosis first).
+        in_channels: image channels (1 as the authors; 2 with the HU-window channel).
+
+    forward(image [B, C, D, H, W], prior [B, 1, D, H, W]) -> logits [B, 1 + K] (diagnosis first).
     """
 
     def __init__(self, n_manifestations: int, features: Sequence[int] = (64, 128, 256, 512),
                  prior_mode: str = "aag", aag_mode: str = "sum", head_channels: int | None = None,
-                 stem_stride: int = 1) -> None:
+                 stem_stride: int = 1, in_channels: int = 1) -> None:
         super().__init__()
         if len(features) != 4:
             raise ValueError(f"features must give 4 widths, got {tuple(features)}")
@@ -78,7 +80,7 @@ class HESAM(nn.Module):
         self.n_manifestations = n_manifestations
         if stem_stride not in (1, 2):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
-        self.stem = nn.Sequential(ConvBnRelu(1, f0, stride=stem_stride), ConvBnRelu(f0, f0))
+        self.stem = nn.Sequential(ConvBnRelu(in_channels, f0, stride=stem_stride), ConvBnRelu(f0, f0))
         self.downs = nn.ModuleList([Down(f0, f1), Down(f1, f2), Down(f2, f3)])
         if prior_mode == "aag":
             # The anatomical branch: conv-BN-ReLU + max-pool per level, meeting the image after each Down.
