@@ -104,9 +104,9 @@ def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str |
     """Evaluate a bundle on a dataset folder it has never seen; returns the metrics written to OUT/metrics.json.
 
     prior: "reference-mask" (the folder's masks feed the AAG), "segmentation" (the bundle's nnU-Net model segments
-    each nodule, as at analysis time; Dice against the masks is reported too) or "auto" (segmentation when the
-    bundle has a segmentation model, else the reference masks). Nothing is written unless every nodule was read
-    and scored.
+    each nodule, as at analysis time; Dice against the masks is reported too) or "auto": the prior the classifier
+    was trained with (reference masks for a "reference-mask" bundle, nnU-Net for an "nnunet-oof" one). Nothing is
+    written unless every nodule was read and scored.
     """
     from .bundle import load_bundle
     from .data.patches import PRIOR_REFERENCE_MASK, build_patch_set
@@ -117,7 +117,7 @@ def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str |
 
     bundle = load_bundle(bundle_path, device=resolve_device(device))
     if prior == "auto":
-        prior = "segmentation" if bundle.segmentation_dir is not None else PRIOR_REFERENCE_MASK
+        prior = PRIOR_REFERENCE_MASK if bundle.prior == PRIOR_REFERENCE_MASK else "segmentation"
     if prior not in ("segmentation", PRIOR_REFERENCE_MASK):
         raise ConfigError(f"prior must be auto, segmentation or reference-mask, got {prior!r}")
     records = read_voi_table(data, bundle.task_set, require_masks=prior == PRIOR_REFERENCE_MASK)
