@@ -363,3 +363,21 @@ def test_nothing_is_installed_or_asked_when_everything_is_there():
     environment = FakeEnvironment(COMPLETE)
     logic = install_logic(environment, confirm=lambda message: pytest.fail("asked although nothing is missing"))
     assert logic.install().ok and environment.pip == [] and not logic.needsRestart
+
+
+def test_the_slicer_install_asks_for_what_the_engine_package_declares():
+    """pyproject.toml's dependencies (+ the segmentation extra) are what Slicer's Python must get; SimpleITK is
+    Slicer's own and never installed."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    from LungNoduleExplainSlicer.InstallLogic import PINNED_AS_INSTALLED, REQUIREMENTS, TORCH_REQUIREMENT
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = {Requirement(r).name: Requirement(r).specifier
+                for r in [*project["dependencies"], *project["optional-dependencies"]["segmentation"]]}
+    asked = {Requirement(r).name: Requirement(r).specifier for r in (TORCH_REQUIREMENT, *REQUIREMENTS)}
+    assert "SimpleITK" in PINNED_AS_INSTALLED and "SimpleITK" not in asked
+    assert {n: s for n, s in declared.items() if n != "SimpleITK"} == {n: asked[n] for n in declared
+                                                                       if n != "SimpleITK" and n in asked}
+    assert set(declared) - {"SimpleITK"} <= set(asked)
