@@ -161,7 +161,7 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if not self._parameterNode.inputVolume:
             self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
         if not self._parameterNode.points:
-            points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Nodules")
+            points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Nodule")  # Nodule-1, ...
             points.GetDisplayNode().SetSelectedColor(0.2, 0.9, 0.3)
             self._parameterNode.points = points
 
@@ -318,8 +318,8 @@ class LungNoduleExplainTest(ScriptedLoadableModuleTest):
         import SampleData
         registerSampleData()
         ctNode = SampleData.downloadSample(SAMPLE_NAME)
-        points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Nodules")
-        points.AddControlPoint(vtk.vtkVector3d(*SAMPLE_NODULE_RAS), "1")
+        points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Nodule")
+        points.AddControlPoint(vtk.vtkVector3d(*SAMPLE_NODULE_RAS), "Nodule-1")
         return ctNode, points
 
     def test_AnalyzeSampleNodule(self) -> None:

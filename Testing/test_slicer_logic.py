@@ -325,10 +325,10 @@ def test_inputs_are_checked_before_anything_starts(scene, ctNode, lidc_crop):
 def test_markups_points_become_nodules_keyed_by_their_control_point(scene):
     points = slicer.vtkMRMLMarkupsFiducialNode()
     scene.AddNode(points)
-    points.AddControlPoint(vtk.vtkVector3d(1.0, 2.0, 3.0), "A")
-    points.AddControlPoint(vtk.vtkVector3d(4.0, 5.0, 6.0), "B")
+    points.AddControlPoint(vtk.vtkVector3d(1.0, 2.0, 3.0), "Nodule-1")
+    points.AddControlPoint(vtk.vtkVector3d(4.0, 5.0, 6.0), "right upper lobe")
     requests = AnalysisLogic.nodulesFromMarkups(points)
-    assert [(r.name, r.pointRas) for r in requests] == [("Nodule A", (1.0, 2.0, 3.0)), ("Nodule B", (4.0, 5.0, 6.0))]
+    assert [(r.name, r.pointRas) for r in requests] == [("Nodule-1", (1.0, 2.0, 3.0)), ("right upper lobe", (4.0, 5.0, 6.0))]
     assert requests[0].key == f"{points.GetID()}/{points.GetNthControlPointID(0)}"
 
 

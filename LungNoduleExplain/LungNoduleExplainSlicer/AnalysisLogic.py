@@ -87,14 +87,14 @@ class AnalysisLogic:
 
     @staticmethod
     def nodulesFromMarkups(pointsNode) -> list[NoduleRequest]:
-        """Every control point of a markups node is one nodule, named after its label."""
+        """Every control point of a markups node is one nodule, named by its label (e.g. "Nodule-1")."""
         nodules = []
         for index in range(pointsNode.GetNumberOfControlPoints()):
             position = [0.0, 0.0, 0.0]
             pointsNode.GetNthControlPointPositionWorld(index, position)
-            label = pointsNode.GetNthControlPointLabel(index) or f"{index + 1}"
+            label = pointsNode.GetNthControlPointLabel(index) or f"Nodule {index + 1}"
             nodules.append(NoduleRequest(key=f"{pointsNode.GetID()}/{pointsNode.GetNthControlPointID(index)}",
-                                         name=f"Nodule {label}", pointRas=tuple(position)))
+                                         name=label, pointRas=tuple(position)))
         return nodules
 
     # --- running --------------------------------------------------------------------------------------------
