@@ -25,56 +25,88 @@ import SimpleITK as sitk
 MARKER = "## Measured (recorded by benchmarks/segmentation_benchmark.py)"
 
 
-def cv_summary(model: Path, data: Path) -> tuple[dict, list[str]]:
-    from LungNoduleExplainLib.data.voi_table import read_voi_table
+def oof_dice(data: Path, oof_dir: Path) -> tuple[dict[str, float], dict[str, int], dict[str, str]]:
+    """Dice of every OOF map present (component at the VOI centre vs the mask), with each case's fold and patient."""
+    from LungNoduleExplainLib.data.voi_table import read_image, read_voi_table
+    from LungNoduleExplainLib.segmentation.export import patient_grouped_splits
+    from LungNoduleExplainLib.segmentation.metrics import dice_at_point
+
+    records = read_voi_table(data)
+    fold_of = {c: k for k, split in enumerate(patient_grouped_splits(records)) for c in split["val"]}
+    scores = {}
+    for record in records:
+        path = oof_dir / f"{record.case_id}.nii.gz"
+        if path.is_file():
+            scores[record.case_id] = dice_at_point(read_image(path), read_image(record.mask_path, "mask"),
+                                                   record.center_lps)
+    return scores, fold_of, {r.case_id: r.patient_id for r in records}
+
+
+def cv_summary(data: Path, oof_dir: Path) -> list[str]:
     from LungNoduleExplainLib.segmentation.metrics import bootstrap_mean_ci
 
-    cv = json.loads((model / "cross_validation.json").read_text())
-    patients = {r.case_id: r.patient_id for r in read_voi_table(data)}
-    dice = {c: float(v) for c, v in cv["dice"].items()}
-    mean, low, high = bootstrap_mean_ci(dice, patients, n_boot=2000, seed=0)
-    lines = [f"| all folds | {len(dice)} | {len({patients[c] for c in dice})} | {mean:.3f} | {low:.3f} - {high:.3f} "
-             f"| {np.median(list(dice.values())):.3f} |"]
-    for fold in sorted({int(f) for f in cv["fold_of_case"].values()}):
-        d = {c: v for c, v in dice.items() if int(cv["fold_of_case"][c]) == fold}
-        m, lo, hi = bootstrap_mean_ci(d, patients, n_boot=2000, seed=0)
-        lines.append(f"| fold {fold} | {len(d)} | {len({patients[c] for c in d})} | {m:.3f} | {lo:.3f} - {hi:.3f} "
+    dice, fold_of, patients = oof_dice(data, oof_dir)
+    groups = {"all OOF maps present": dice}
+    for fold in sorted({fold_of[c] for c in dice}):
+        groups[f"fold {fold}"] = {c: v for c, v in dice.items() if fold_of[c] == fold}
+    lines = []
+    for name, d in groups.items():
+        if not d:
+            lines.append(f"| {name} | 0 | 0 | - | - | - |")
+            continue
+        mean, low, high = bootstrap_mean_ci(d, patients, n_boot=2000, seed=0)
+        lines.append(f"| {name} | {len(d)} | {len({patients[c] for c in d})} | {mean:.3f} | {low:.3f} - {high:.3f} "
                      f"| {np.median(list(d.values())):.3f} |")
-    return {"mean": mean, "ci": [low, high], "n": len(dice), "config": cv.get("config", {}),
-            "seconds_per_fold": cv.get("seconds_per_fold", {})}, lines
+    return lines
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
+def timed(fn, repeats: int) -> tuple[float, float, object]:
+    """Median wall seconds and median CPU seconds of this process (all threads) over `repeats` calls."""
+    walls, cpus, out = [], [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus), out
 
 
-def timing(model: Path, ct_root: Path, repeats: int) -> list[str]:
+def timing(model: Path, ct_root: Path, repeats: int, whole_ct: str) -> list[str]:
     from LungNoduleExplainLib.segmentation import NoduleSegmenter
     from LungNoduleExplainLib.volume import read_ct
 
     nodules = json.loads((ct_root / "nodules.json").read_text())
+    segmenter = NoduleSegmenter(model, device="cpu")
     rows = []
-    ensemble = NoduleSegmenter(model, device="cpu")
-    single = NoduleSegmenter(model, folds=ensemble.folds[:1], device="cpu")
     for nodule in nodules:
         ct = read_ct(ct_root / nodule["patient_id"] / "dicom")
         point = nodule["centroid_lps_mm"]
-        single.segment(ct, point)  # warm-up
-        t1, r1 = timed(lambda: single.segment(ct, point), repeats)
-        t5, r5 = timed(lambda: ensemble.segment(ct, point), repeats)
-        hu = sitk.GetArrayFromImage(ct).astype(np.float32)
-        start = time.perf_counter()
-        whole = single.predict_array(hu, ct.GetSpacing()[::-1])
-        t_whole = time.perf_counter() - start
-        rows.append(f"| {nodule['patient_id']} | {'x'.join(map(str, ct.GetSize()))} | "
-                    f"{nodule['diam_mm_mean']:.1f} | {r5.volume_mm3:.0f} | {t1:.2f} | {t5:.2f} | {t_whole:.1f} | "
-                    f"{t_whole / np.prod(ct.GetSize()) * 512 * 512 * 300:.0f} |")
+        segmenter.segment(ct, point)  # warm-up
+        wall, cpu, result = timed(lambda: segmenter.segment(ct, point), repeats)
+        cells = [nodule["patient_id"], "x".join(map(str, ct.GetSize())), f"{nodule['diam_mm_mean']:.1f}",
+                 f"{result.volume_mm3:.0f}", f"{2 * (3 * result.volume_mm3 / (4 * np.pi)) ** (1 / 3):.1f}",
+                 f"{wall:.2f}", f"{cpu:.2f}", "", ""]
+        if nodule["patient_id"] == whole_ct:
+            hu = sitk.GetArrayFromImage(ct).astype(np.float32)
+            w, c, _ = timed(lambda: segmenter.predict_array(hu, ct.GetSpacing()[::-1]), 1)
+            scale = 300 / ct.GetSize()[2]
+            cells[-2:] = [f"{w:.1f} / {c:.1f}", f"{c * scale:.0f}"]
+        rows.append("| " + " | ".join(cells) + " |")
     return rows
+
+
+def whole_ct_only(args: argparse.Namespace) -> int:
+    from LungNoduleExplainLib.segmentation import NoduleSegmenter
+    from LungNoduleExplainLib.volume import read_ct
+
+    segmenter = NoduleSegmenter(args.model, device="cpu")
+    ct = read_ct(args.ct / args.whole_ct / "dicom")
+    hu = sitk.GetArrayFromImage(ct).astype(np.float32)
+    wall, cpu, _ = timed(lambda: segmenter.predict_array(hu, ct.GetSpacing()[::-1]), 1)
+    print(f"whole {args.whole_ct} {ct.GetSize()} folds {segmenter.folds} threads {args.threads}: wall {wall:.1f} s, "
+          f"CPU {cpu:.1f} s; per 512x512x300 CT {cpu * 300 / ct.GetSize()[2]:.0f} CPU s; "
+          f"load {os.getloadavg()[0]:.1f}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,24 +117,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--oof", type=Path, default=None, help="folder of out-of-fold probability maps")
+    parser.add_argument("--whole-ct", default="LIDC-IDRI-0001", help="series also predicted whole")
+    parser.add_argument("--whole-ct-only", action="store_true",
+                        help="only time nnU-Net on the whole --whole-ct series and print it (no Dice, no crops)")
     args = parser.parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
-    summary, cv_lines = cv_summary(args.model, args.data)
-    time_rows = timing(args.model, args.ct, args.repeats)
+    if args.whole_ct_only:
+        return whole_ct_only(args)
+    cv_lines = cv_summary(args.data, args.oof) if args.oof else []
+    time_rows = timing(args.model, args.ct, args.repeats, args.whole_ct)
     load = os.getloadavg()
+    from LungNoduleExplainLib.segmentation.predict import find_folds
     text = "\n".join([
         MARKER, "",
         f"Command: `nice -n 10 python benchmarks/segmentation_benchmark.py {' '.join(sys.argv[1:])}`", "",
-        f"Training settings: {json.dumps({k: summary['config'].get(k) for k in ('epochs', 'iterations_per_epoch', 'val_iterations_per_epoch', 'plans', 'torch_threads')})}",
-        f"Training seconds per fold: {json.dumps(summary['seconds_per_fold'])}", "",
-        "Out-of-fold Dice (selected component at the VOI centre vs the VOI mask; 95% CI: bootstrap over patients, 2000 draws):", "",
+        "Out-of-fold Dice (component of p >= 0.5 at the VOI centre vs the VOI mask; 95% CI: bootstrap over "
+        "patients, 2000 draws):", "",
         "| split | nodules | patients | mean Dice | 95% CI | median |", "|---|---|---|---|---|---|", *cv_lines, "",
-        f"Timing on {platform.processor() or platform.machine()}, torch threads {args.threads}, median of "
-        f"{args.repeats}; load average while measuring {load[0]:.1f} / {load[1]:.1f} (2 cores shared):", "",
-        "| series | size (x y z) | nodule diam. mm | mask mm3 (5 folds) | crop, 1 fold s | crop, 5 folds s | "
-        "whole stack, 1 fold s | whole 512x512x300 CT, 1 fold, extrapolated s |",
-        "|---|---|---|---|---|---|---|---|", *time_rows, ""])
+        f"Timing with folds {find_folds(args.model)} ensembled, torch threads {args.threads}, median of {args.repeats} "
+        f"after a warm-up; CPU s = this process's CPU time, all threads. Load average while measuring "
+        f"{load[0]:.1f} / {load[1]:.1f} on 2 shared cores, so wall times are inflated; CPU s are not.", "",
+        "| series | size (x y z) | nodule diam. mm (readers) | mask mm3 | equiv. diam. mm | crop wall s | "
+        "crop CPU s | whole stack wall / CPU s | whole 512x512x300 CT CPU s (extrapolated) |",
+        "|---|---|---|---|---|---|---|---|---|", *time_rows, ""])
     # Keep any hand-written preamble above the measured section.
     previous = args.out.read_text() if args.out.is_file() else ""
     preamble = previous.split(MARKER)[0] if MARKER in previous else previous

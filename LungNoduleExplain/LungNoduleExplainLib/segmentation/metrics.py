@@ -44,6 +44,19 @@ def segmentation_dice(segmenter, records: Sequence[NoduleRecord],
     return scores
 
 
+def dice_at_point(probability: sitk.Image, reference: sitk.Image, point_lps, threshold: float = 0.5) -> float:
+    """Dice of the component of `probability >= threshold` at (or nearest) `point_lps` against `reference`.
+
+    The same selection NoduleSegmenter.segment applies, for a probability map saved earlier (e.g. an OOF map).
+    """
+    from .predict import select_component
+
+    index = np.asarray(probability.TransformPhysicalPointToContinuousIndex([float(v) for v in point_lps]))[::-1]
+    mask = select_component(sitk.GetArrayViewFromImage(probability) >= threshold, index,
+                            probability.GetSpacing()[::-1])
+    return dice(mask, reference)
+
+
 def bootstrap_mean_ci(values: Mapping[str, float], group_of: Mapping[str, str], n_boot: int = 2000,
                       seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """Mean of `values` (case -> value) and a percentile bootstrap CI resampling GROUPS (patients) with replacement."""
