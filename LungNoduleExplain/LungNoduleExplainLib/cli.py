@@ -20,7 +20,6 @@ VERB_MODULES = (
     "analyze",
     "train",
     "evaluate",
-    "ablation",
     "train_segmentation",
     "prepare_lidc",
     "prepare",
