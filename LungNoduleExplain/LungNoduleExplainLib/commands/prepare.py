@@ -40,4 +40,4 @@ def run(args: argparse.Namespace) -> int:
     finally:
         close()
     print(json.dumps(summary.to_dict(), indent=1) if args.json else summary.format())
-    return 0
+    return 0 if summary.cases_total else 1  # nothing usable: say so in the exit status too

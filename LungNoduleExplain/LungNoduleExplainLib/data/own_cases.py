@@ -100,7 +100,7 @@ def read_cases_csv(path: str | Path, task_set: TaskSet,
     cases, seen = [], set()
     for line, row in enumerate(rows, start=2):
         try:
-            case = _parse_row(row, line, path.parent, task_set, seen)
+            case = _parse_row(row, line, path.resolve().parent, task_set, seen)
         except RowError as exc:
             summary.skip(f"line {line} (case {row.get('case_id') or '?'})", exc.reason, str(exc))
             continue

@@ -175,7 +175,8 @@ class PrepareSummary:
         by_reason = self.skipped_by_reason()
         if by_reason:
             lines.append(f"skipped: {len(self.skipped)} (" + ", ".join(f"{r}: {n}" for r, n in by_reason.items()) + ")")
-            lines += [f"  {s.what}: {s.message}" for s in self.skipped[:50]]
+            lines += [f"  {s.message}" if s.message.startswith(s.what) else f"  {s.what}: {s.message}"
+                      for s in self.skipped[:50]]
             if len(self.skipped) > 50:
                 lines.append(f"  ... and {len(self.skipped) - 50} more (see {SUMMARY_NAME})")
         lines += [f"note: {n}" for n in self.notes[:20]]
