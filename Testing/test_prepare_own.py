@@ -167,3 +167,11 @@ def test_a_dicom_folder_with_an_lps_point_is_cropped_around_that_point(ct_dir, t
     middle = np.asarray(crop.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in crop.GetSize()]))
     assert np.allclose(middle[:2], [x, y], atol=crop.GetSpacing()[0])  # in-plane centred (z is clipped to 11 slices)
     assert np.allclose(record.center_lps, [x, y, z])
+
+
+def test_command_line_exits_1_when_no_row_could_be_prepared(tmp_path, capsys):
+    path = _write_csv(tmp_path / "cases.csv", [{"case_id": "x1", "patient_id": "p", "ct": "missing.nii.gz",
+                                                 "mask": "m.nii.gz", "diagnosis": "MPL"}])
+    assert main(["--quiet", "prepare", "--cases", str(path), "--tasks", "inhouse-example",
+                 "--out", str(tmp_path / "out")]) == 1
+    assert "missing file: 1" in capsys.readouterr().out
