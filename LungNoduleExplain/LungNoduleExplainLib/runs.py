@@ -23,7 +23,7 @@ from .data.voi_table import patient_split, read_voi_table
 from .errors import ConfigError
 from .evaluation import output_metrics
 from .tasks import TaskSet, load_task_set
-from .training import Trainer, TrainConfig
+from .training import RESUMABLE_CHANGES, Trainer, TrainConfig
 
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[float, str], None]
@@ -68,9 +68,9 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
     run_config = {"spec": spec.to_dict(), "training": config.to_dict(), "tasks": task_set.to_dict()}
     if resume and config_path.is_file() and distributed.is_main_process():
         saved = json.loads(config_path.read_text())
-        saved["training"].pop("max_epochs", None)
         comparable = json.loads(json.dumps(run_config))
-        comparable["training"].pop("max_epochs", None)
+        for key in RESUMABLE_CHANGES:
+            saved["training"].pop(key, None), comparable["training"].pop(key, None)
         if saved != comparable:
             raise ConfigError(f"--resume: {config_path} differs from this run's configuration")
     if distributed.is_main_process():

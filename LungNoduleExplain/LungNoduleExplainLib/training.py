@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[float, str], None]
 CHECKPOINT_NAME = "checkpoint.pt"
+RESUMABLE_CHANGES = ("max_epochs", "threads")
 HISTORY_NAME = "history.csv"
 
 
@@ -203,7 +204,8 @@ class Trainer:
             raise ConfigError(f"--resume: no checkpoint at {self.checkpoint_path}")
         ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
         saved, current = json.loads(ckpt["config"]), json.loads(json.dumps(self.config.to_dict()))
-        saved.pop("max_epochs"), current.pop("max_epochs")  # a run may be extended; anything else must match
+        for key in RESUMABLE_CHANGES:  # a run may be extended or given other threads; anything else must match
+            saved.pop(key, None), current.pop(key, None)
         if saved != current:
             raise ConfigError(f"--resume: {self.checkpoint_path} was written with a different training config")
         self.model.load_state_dict(ckpt["model"])
