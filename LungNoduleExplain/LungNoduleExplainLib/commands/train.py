@@ -72,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
                          lr=args.lr, plateau_patience=args.plateau_patience,
                          early_stop_patience=args.early_stop_patience, seed=args.seed, threads=args.threads)
     spec = RunSpec(args.data, args.out, args.tasks, args.prior, args.val_fraction, args.device, args.name)
-    bundle = train_run(spec, config, resume=args.resume, show_progress_bar=not args.quiet)
+    # Progress also goes to the log (with the fraction attached) so the Slicer CLI module can show it.
+    bundle = train_run(spec, config, resume=args.resume, show_progress_bar=not args.quiet,
+                       progress=lambda fraction, message: logger.info(message, extra={"progress": fraction}))
     from ..distributed import is_main_process
     if is_main_process():
         print(f"model bundle written to {bundle}")
