@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..networks import DEFAULT_FEATURES, DEFAULT_VARIANT, VARIANTS, NetworkConfig
+from ..network_config import DEFAULT_FEATURES, DEFAULT_VARIANT, VARIANTS, NetworkConfig
 from ..tasks import BUILTIN_TASK_SETS
 
 logger = logging.getLogger(__name__)

@@ -6,67 +6,12 @@ with the diagnosis first, and has `activation_maps(image, prior) -> (logits, map
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Sequence
-
 from torch import nn
 
-from ..errors import ConfigError
+from ..network_config import (AUTHORS_FEATURES, DEFAULT_FEATURES, DEFAULT_VARIANT, VARIANTS,  # noqa: F401
+                              NetworkConfig)
 from .baselines import DenseNet3D, ResNet3D, VGG3D
 from .hesam import HESAM
-
-# name -> (prior mode or None for baselines, multitask?) ; the paper's ablation order first.
-VARIANTS: dict[str, str] = {
-    "hesam": "HESAM alone: single task (diagnosis only), no prior",
-    "hesam-mt": "HESAM + multitask",
-    "hesam-mt-cbam": "HESAM + multitask + CBAM spatial gates fed by the prior",
-    "hesam-mt-aag": "HESAM + multitask + anatomical attention gates (the paper's full model)",
-    "vgg": "3D VGG baseline (image only)",
-    "resnet": "3D ResNet baseline (image only)",
-    "densenet": "3D DenseNet baseline (image only)",
-}
-DEFAULT_VARIANT = "hesam-mt-aag"
-# Width that trains on 2 CPU cores in reasonable time; the authors use (64, 128, 256, 512).
-DEFAULT_FEATURES: tuple[int, int, int, int] = (8, 16, 32, 64)
-AUTHORS_FEATURES: tuple[int, int, int, int] = (64, 128, 256, 512)
-
-
-@dataclass
-class NetworkConfig:
-    """What `build_network` needs; saved in every bundle and run."""
-
-    variant: str = DEFAULT_VARIANT
-    features: tuple[int, ...] = DEFAULT_FEATURES
-    aag_mode: str = "sum"
-    stem_stride: int = 2
-    # Image channels the network takes (see patch.INPUT_CHANNELS); the authors use the percentile image only.
-    inputs: tuple[str, ...] = ("percentile",)
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"unknown network variant {self.variant!r}; expected one of {list(VARIANTS)}")
-        self.features = tuple(int(f) for f in self.features)
-        from ..patch import INPUT_CHANNELS
-        self.inputs = tuple(self.inputs)
-        unknown = [c for c in self.inputs if c not in INPUT_CHANNELS]
-        if unknown or not self.inputs:
-            raise ConfigError(f"network inputs {list(self.inputs)}: expected a non-empty subset of {INPUT_CHANNELS}")
-
-    @property
-    def input_indices(self) -> list[int]:
-        from ..patch import INPUT_CHANNELS
-        return [INPUT_CHANNELS.index(c) for c in self.inputs]
-
-    @property
-    def multitask(self) -> bool:
-        return self.variant != "hesam"
-
-    @property
-    def uses_prior(self) -> bool:
-        return self.variant in ("hesam-mt-cbam", "hesam-mt-aag")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def build_network(config: NetworkConfig, n_manifestations: int) -> nn.Module:
