@@ -260,3 +260,18 @@ def test_train_segmentation_verb_parses_its_options_and_rejects_a_sixth_fold(tmp
     assert args.func is train_segmentation.run and args.folds == [0, 2] and args.epochs == 3
     with pytest.raises(SystemExit):
         parser.parse_args(["train-segmentation", "--data", "d", "--work", "w", "--out", "o", "--folds", "5"])
+
+
+def test_seed_point_falls_back_to_the_mask_centroid_when_the_table_centre_is_outside_the_image(small_voi):
+    from LungNoduleExplainLib.segmentation.metrics import seed_point
+
+    record = read_voi_table(small_voi)[0]
+    image = sitk.ReadImage(str(record.image_path))
+    mask = sitk.ReadImage(str(record.mask_path))
+    assert seed_point(record, image, mask) == tuple(record.center_lps)
+    far = record.__class__(**{**record.__dict__, "center_lps": (1e4, 1e4, 1e4)})
+    point = seed_point(far, image, mask)
+    index = np.round(image.TransformPhysicalPointToContinuousIndex(point)).astype(int)
+    assert sitk.GetArrayViewFromImage(mask)[index[2], index[1], index[0]] > 0
+    with pytest.raises(DatasetError, match="outside"):
+        seed_point(far, image, None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -119,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--oof", type=Path, default=None, help="folder of out-of-fold probability maps")
     parser.add_argument("--whole-ct", default="LIDC-IDRI-0001", help="series also predicted whole")
+    parser.add_argument("--dice-only", action="store_true", help="only print the OOF Dice table of --oof")
     parser.add_argument("--whole-ct-only", action="store_true",
                         help="only time nnU-Net on the whole --whole-ct series and print it (no Dice, no crops)")
     args = parser.parse_args(argv)
@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.whole_ct_only:
         return whole_ct_only(args)
+    if args.dice_only:
+        print("\n".join(["| split | nodules | patients | mean Dice | 95% CI | median |", "|---|---|---|---|---|---|",
+                         *cv_summary(args.data, args.oof)]))
+        return 0
     cv_lines = cv_summary(args.data, args.oof) if args.oof else []
     time_rows = timing(args.model, args.ct, args.repeats, args.whole_ct)
     load = os.getloadavg()

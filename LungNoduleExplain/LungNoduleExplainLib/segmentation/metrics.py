@@ -24,6 +24,22 @@ def dice(pred: np.ndarray | sitk.Image, ref: np.ndarray | sitk.Image) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(p, r).sum()) / total
 
 
+def seed_point(record: NoduleRecord, image: sitk.Image, reference: sitk.Image | None) -> tuple[float, ...]:
+    """The point to segment a table row's nodule from: its centre, or, where that lies outside its image (a few
+    lidc-voi rows), the centroid of its mask (LPS mm)."""
+    index = np.asarray(image.TransformPhysicalPointToContinuousIndex([float(v) for v in record.center_lps]))
+    if np.all(index >= -0.5) and np.all(index <= np.asarray(image.GetSize()) - 0.5):
+        return tuple(record.center_lps)
+    voxels = np.argwhere(sitk.GetArrayViewFromImage(reference) > 0) if reference is not None else np.empty((0, 3))
+    if len(voxels) == 0:
+        raise DatasetError(f"case {record.case_id}: centre {record.center_lps} lies outside its image "
+                           f"{record.image_path} and there is no mask to find the nodule")
+    centroid = image.TransformContinuousIndexToPhysicalPoint([float(v) for v in voxels.mean(axis=0)[::-1]])
+    logger.warning("case %s: table centre %s lies outside its image; using the mask centroid %s",
+                   record.case_id, tuple(round(v, 1) for v in record.center_lps), tuple(round(v, 1) for v in centroid))
+    return tuple(centroid)
+
+
 def segmentation_dice(segmenter, records: Sequence[NoduleRecord],
                       progress: Callable[[int, int, str], None] | None = None) -> dict[str, float]:
     """Per-case Dice of `segmenter.segment(image, record.center_lps)`'s mask against each record's mask.
@@ -37,7 +53,7 @@ def segmentation_dice(segmenter, records: Sequence[NoduleRecord],
             raise DatasetError(f"case {record.case_id} has no mask; Dice needs the table's `mask` column")
         image = read_image(record.image_path)
         reference = read_image(record.mask_path, "mask")
-        result = segmenter.segment(image, record.center_lps)
+        result = segmenter.segment(image, seed_point(record, image, reference))
         scores[record.case_id] = dice(result.mask, reference)
         if progress is not None:
             progress(n + 1, len(records), record.case_id)

@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from ..data.voi_table import read_image, read_voi_table
 from ..errors import ConfigError, DatasetError
 from .export import DEFAULT_DATASET_ID, DEFAULT_NAME, DEFAULT_PAD_MM, dataset_name, export_nnunet_dataset
-from .metrics import dice
+from .metrics import dice, seed_point
 from .plans import CONFIGURATION, PLANS_NAME, SmallPlansConfig, fingerprint_and_preprocess, plan, use_work_folder
 from .predict import CHECKPOINT_NAME, NoduleSegmenter
 
@@ -195,12 +195,15 @@ def cross_validate(voi_folder: str | Path, work: str | Path, out: str | Path,
             package_fold(fold_output, fold_dir, config.weights_float16,
                          {"epochs": config.epochs, "iterations_per_epoch": config.iterations_per_epoch})
             state["seconds_per_fold"][str(fold)] = time.perf_counter() - started
+        if fold in state.setdefault("folds_done", []):
+            continue
         report(f"fold {fold}: out-of-fold predictions", (i + 0.9) / n)
         val_cases = splits[fold]["val"]
         fold_dice = write_oof(NoduleSegmenter(partial, folds=(fold,), device=config.device),
                               [records[c] for c in val_cases], oof)
         state["dice"].update(fold_dice)
         state["fold_of_case"].update({c: fold for c in val_cases})
+        state["folds_done"].append(fold)
         _write_json_atomic(results_file, state)
         report(f"fold {fold}: mean out-of-fold Dice {np.mean(list(fold_dice.values())):.3f}", (i + 1) / n)
     if out.exists():
@@ -223,12 +226,12 @@ def write_oof(segmenter: NoduleSegmenter, records: Sequence, oof_dir: Path) -> d
     scores = {}
     for record in records:
         image = read_image(record.image_path)
-        result = segmenter.segment(image, record.center_lps)
+        reference = read_image(record.mask_path, "mask")
+        result = segmenter.segment(image, seed_point(record, image, reference))
         target = oof_dir / f"{record.case_id}.nii.gz"
         tmp = oof_dir / f".{record.case_id}.tmp.nii.gz"
         sitk.WriteImage(result.probability, str(tmp), True)
         os.replace(tmp, target)
-        reference = read_image(record.mask_path, "mask")
         scores[record.case_id] = dice(sitk.GetArrayViewFromImage(result.mask), sitk.GetArrayViewFromImage(reference))
     return scores
 
