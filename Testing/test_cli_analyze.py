@@ -277,14 +277,28 @@ UNDERSEGMENTED = pytest.mark.xfail(strict=False, reason=(
     "-560 HU. Geometry is right: the mask's centroid is within 10 mm of the click (asserted in the test above)"))
 
 
+@pytest.fixture(scope="module")
+def lidc_report(ct_dir, real_analyzer, tmp_path_factory):
+    """patient -> the report folder that `analyze` wrote at its nodule centroid (each run once per module)."""
+    outputs: dict[str, Path] = {}
+
+    def run(patient: str) -> Path:
+        if patient not in outputs:
+            out = tmp_path_factory.mktemp(patient) / "out"
+            args = cli.build_parser().parse_args(
+                ["--quiet", "analyze", str(ct_dir / patient / "dicom"), "--point",
+                 point_arg(_nodules(ct_dir)[patient]["centroid_ras_mm"]), "--out", str(out)])
+            assert args.func(args, analyzer_factory=lambda **kwargs: real_analyzer) == 0
+            outputs[patient] = out
+        return outputs[patient]
+    return run
+
+
 @pytest.mark.parametrize("patient", ["LIDC-IDRI-0001", "LIDC-IDRI-0002", "LIDC-IDRI-0003"])
-def test_analyze_on_a_real_lidc_series_at_the_nodule_centroid(patient, ct_dir, real_analyzer, tmp_path, capsys):
+def test_analyze_on_a_real_lidc_series_at_the_nodule_centroid(patient, ct_dir, lidc_report):
     nodule = _nodules(ct_dir)[patient]
-    out = tmp_path / "out"
-    args = cli.build_parser().parse_args(["--quiet", "analyze", str(ct_dir / patient / "dicom"), "--point",
-                                          point_arg(nodule["centroid_ras_mm"]), "--out", str(out)])
-    assert args.func(args, analyzer_factory=lambda **kwargs: real_analyzer) == 0
-    assert "report: " in capsys.readouterr().out
+    out = lidc_report(patient)
+    assert (out / "report.html").is_file()
     seg = sitk.ReadImage(str(out / "nodule-01" / "segmentation.nrrd"))
     check_on_grid(seg, read_ct(ct_dir / patient / "dicom"), "segmentation")
     body = json.loads((out / "nodule-01" / "finding.json").read_text())
@@ -304,10 +318,9 @@ def test_analyze_on_a_real_lidc_series_at_the_nodule_centroid(patient, ct_dir, r
 
 @pytest.mark.parametrize("patient", [pytest.param("LIDC-IDRI-0001", marks=UNDERSEGMENTED),
                                      pytest.param("LIDC-IDRI-0002", marks=UNDERSEGMENTED), "LIDC-IDRI-0003"])
-def test_the_segmentation_covers_the_clicked_centroid(patient, ct_dir, real_analyzer):
+def test_the_segmentation_covers_the_clicked_centroid(patient, ct_dir, lidc_report):
     nodule = _nodules(ct_dir)[patient]
-    ct = read_ct(ct_dir / patient / "dicom")
-    seg = real_analyzer.analyze(ct, nodule["centroid_ras_mm"], space="ras").segmentation
+    seg = sitk.ReadImage(str(lidc_report(patient) / "nodule-01" / "segmentation.nrrd"))
     index = seg.TransformPhysicalPointToIndex(nodule["centroid_lps_mm"])
     assert sitk.GetArrayViewFromImage(seg)[index[2], index[1], index[0]] == 1
 
