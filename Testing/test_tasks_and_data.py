@@ -118,3 +118,19 @@ def test_a_missing_image_is_an_error_naming_the_file(voi_dir: Path, tmp_path: Pa
     victim.unlink()
     with pytest.raises(DatasetError, match=victim.name):
         read_voi_table(folder, load_task_set("lidc"))
+
+
+def test_a_nrrd_without_spacing_is_refused_instead_of_read_as_1_mm(tmp_path: Path) -> None:
+    from LungNoduleExplainLib.errors import InputImageError
+    from LungNoduleExplainLib.volume import read_ct
+    voxels = (np.random.default_rng(0).random((8, 8, 8)) * 1400 - 1000).astype("<i2")
+    path = tmp_path / "no_spacing.nrrd"
+    path.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 8 8 8\nencoding: raw\nendian: little\n\n"
+                     + voxels.tobytes())
+    with pytest.raises(InputImageError, match="spacing in mm is missing"):
+        read_ct(path)
+    import SimpleITK as sitk
+    image = sitk.GetImageFromArray(voxels)
+    image.SetSpacing((0.7, 0.7, 1.25))
+    sitk.WriteImage(image, str(tmp_path / "ok.nrrd"))
+    assert read_ct(tmp_path / "ok.nrrd").GetSpacing() == (0.7, 0.7, 1.25)

@@ -38,12 +38,33 @@ def read_ct(path: str | Path) -> sitk.Image:
     if path.is_dir():
         image = _read_dicom_folder(path)
     else:
+        _check_file_spacing(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise InputImageError(f"cannot read CT file {path}: {_first_line(exc)}") from exc
     validate_ct(image, source=str(path))
     return image
+
+
+def _check_file_spacing(path: Path) -> None:
+    """ITK silently reads a missing spacing as 1 mm; refuse NRRD headers without one and NIfTI pixdim of 0."""
+    name = path.name.lower()
+    if name.endswith((".nrrd", ".nhdr")):
+        header = path.read_bytes()[:65536].split(b"\n\n", 1)[0].lower()
+        if b"space directions" not in header and b"spacings" not in header:
+            raise InputImageError(f"{path}: NRRD header has neither 'space directions' nor 'spacings'; "
+                                  "the voxel spacing in mm is missing")
+    elif name.endswith((".nii", ".nii.gz")):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise InputImageError(f"cannot read CT file {path}: {_first_line(exc)}") from exc
+        pixdim = [reader.GetMetaData(f"pixdim[{k}]") for k in (1, 2, 3) if reader.HasMetaDataKey(f"pixdim[{k}]")]
+        if any(float(v) == 0.0 for v in pixdim):
+            raise InputImageError(f"{path}: NIfTI pixdim {pixdim} holds 0; the voxel spacing in mm is missing")
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
