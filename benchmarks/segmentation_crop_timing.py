@@ -15,7 +15,7 @@ from LungNoduleExplainLib.segmentation import NoduleSegmenter
 from LungNoduleExplainLib.volume import read_ct
 
 if __name__ == "__main__":
-    model = sys.argv[1] if len(sys.argv) > 1 else "LungNoduleExplain/LungNoduleExplainLib/models/segmentation"
+    model = sys.argv[1] if len(sys.argv) > 1 else "LungNoduleExplain/LungNoduleExplainLib/models/default/segmentation"
     ct_root = sys.argv[2] if len(sys.argv) > 2 else "../shared/data/lidc-ct"
     torch.set_num_threads(2)
     segmenter = NoduleSegmenter(model, device="cpu")
