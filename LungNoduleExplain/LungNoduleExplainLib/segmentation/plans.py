@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,12 @@ def use_work_folder(work: str | Path, n_proc_augmentation: int = 1) -> NnUNetFol
         os.environ[key] = str(path)
     os.environ["nnUNet_compile"] = "False"
     os.environ["nnUNet_n_proc_DA"] = str(int(n_proc_augmentation))
+    # nnU-Net's planning and preprocessing open multiprocessing pools. Forked from a process that already runs
+    # torch/OpenMP threads (a test session, the Slicer worker), a pool worker can inherit a held lock and hang
+    # forever (seen here in Pool.terminate). Spawned workers start clean; nnU-Net supports them (its default on
+    # macOS and Windows).
+    if multiprocessing.get_start_method(allow_none=True) in (None, "fork"):
+        multiprocessing.set_start_method("spawn", force=True)
     return folders
 
 
