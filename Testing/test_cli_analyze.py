@@ -310,7 +310,9 @@ def test_analyze_on_a_real_lidc_series_at_the_nodule_centroid(patient, ct_dir, l
     assert len(i) > 0, "a nodule was segmented"
     centroid = seg.TransformContinuousIndexToPhysicalPoint([float(i.mean()), float(j.mean()), float(k.mean())])
     assert np.linalg.norm(np.subtract(centroid, nodule["centroid_lps_mm"])) < 10.0, "the mask lies at the click"
-    assert body["diameter_mm"] > 10.0  # the three nodules are about 31-33 mm across
+    volume = len(i) * float(np.prod(seg.GetSpacing()))
+    assert body["volume_mm3"] == pytest.approx(volume, rel=1e-3, abs=0.1), "volume is the mask's"
+    assert body["diameter_mm"] == pytest.approx((6 * volume / np.pi) ** (1 / 3), abs=0.02), "equivalent sphere"
     assert set(body["timings_s"]) and body["model"]["name"]
     assert any(o["positive"] for o in body["outputs"] if o["kind"] == "diagnosis"), \
         "all three are rated suspicious (malignancy mean 4.25-4.75)"
@@ -323,6 +325,14 @@ def test_the_segmentation_covers_the_clicked_centroid(patient, ct_dir, lidc_repo
     seg = sitk.ReadImage(str(lidc_report(patient) / "nodule-01" / "segmentation.nrrd"))
     index = seg.TransformPhysicalPointToIndex(nodule["centroid_lps_mm"])
     assert sitk.GetArrayViewFromImage(seg)[index[2], index[1], index[0]] == 1
+
+
+@pytest.mark.parametrize("patient", ["LIDC-IDRI-0001", "LIDC-IDRI-0002", "LIDC-IDRI-0003"])
+@UNDERSEGMENTED
+def test_the_segmented_diameter_approaches_the_readers_diameter(patient, ct_dir, lidc_report):
+    nodule = _nodules(ct_dir)[patient]
+    body = json.loads((lidc_report(patient) / "nodule-01" / "finding.json").read_text())
+    assert body["diameter_mm"] > 0.6 * nodule["diam_mm_mean"]
 
 
 def test_demo_runs_the_default_model_on_the_phantom(real_analyzer, tmp_path, capsys):
