@@ -10,6 +10,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+import SimpleITK as sitk
 from sklearn.metrics import roc_auc_score, roc_curve
 
 
@@ -73,21 +74,33 @@ def youden_threshold(y: np.ndarray, prob: np.ndarray) -> float:
     return float(np.clip(thresholds[best], 0.0, 1.0))
 
 
-def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """Dice overlap of two binary arrays (1.0 when both are empty)."""
-    p, r = prediction.astype(bool), reference.astype(bool)
-    denominator = p.sum() + r.sum()
-    return 1.0 if denominator == 0 else float(2 * np.logical_and(p, r).sum() / denominator)
+def dice(prediction: np.ndarray | sitk.Image, reference: np.ndarray | sitk.Image) -> float:
+    """Dice = 2|P & R| / (|P| + |R|) of two binary volumes of one shape (non-zero = foreground); 1.0 if both empty."""
+    p = (sitk.GetArrayViewFromImage(prediction) if isinstance(prediction, sitk.Image) else np.asarray(prediction)) > 0
+    r = (sitk.GetArrayViewFromImage(reference) if isinstance(reference, sitk.Image) else np.asarray(reference)) > 0
+    if p.shape != r.shape:
+        raise ValueError(f"Dice needs volumes of one shape; got {p.shape} and {r.shape}")
+    total = int(p.sum()) + int(r.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(p, r).sum()) / total
 
 
-def mean_with_ci(values: Sequence[float], groups: Sequence[str], n_boot: int = 1000, seed: int = 0) -> dict:
-    """Mean of per-case values (e.g. Dice) with a patient-clustered percentile bootstrap 95% CI."""
-    values, groups = np.asarray(values, float), np.asarray(groups)
-    unique, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
-    rng = np.random.default_rng(seed)
-    boots = [values[np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])].mean()
-             for _ in range(n_boot)]
-    low, high = np.percentile(boots, [2.5, 97.5]) if len(values) else (math.nan, math.nan)
-    return {"mean": float(values.mean()) if len(values) else math.nan, "ci_low": float(low),
-            "ci_high": float(high), "n": int(len(values))}
+def mean_with_ci(values: Sequence[float], groups: Sequence[str], n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict:
+    """Mean of per-case values (e.g. Dice) with a patient-clustered percentile bootstrap CI.
+
+    Each resample draws groups (patients, in order of first appearance) with replacement and averages all their
+    cases. Returns {"mean", "ci_low", "ci_high", "n"}.
+    """
+    values = [float(v) for v in values]
+    if not values:
+        return {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
+    members: dict[str, list[float]] = {}
+    for value, group in zip(values, groups):
+        members.setdefault(group, []).append(value)
+    sums = np.array([sum(v) for v in members.values()])
+    counts = np.array([len(v) for v in members.values()])
+    picks = np.random.default_rng(seed).integers(0, len(sums), size=(n_boot, len(sums)))
+    means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    alpha = (1.0 - level) / 2.0
+    return {"mean": float(np.mean(values)), "ci_low": float(np.quantile(means, alpha)),
+            "ci_high": float(np.quantile(means, 1.0 - alpha)), "n": len(values)}

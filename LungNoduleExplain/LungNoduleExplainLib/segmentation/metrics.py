@@ -10,18 +10,9 @@ import SimpleITK as sitk
 
 from ..data.voi_table import NoduleRecord, read_image
 from ..errors import DatasetError
+from ..metrics import dice, mean_with_ci
 
 logger = logging.getLogger(__name__)
-
-
-def dice(pred: np.ndarray | sitk.Image, ref: np.ndarray | sitk.Image) -> float:
-    """Dice = 2|P & R| / (|P| + |R|) of two binary volumes of one shape (non-zero = foreground); 1.0 if both empty."""
-    p = (sitk.GetArrayViewFromImage(pred) if isinstance(pred, sitk.Image) else np.asarray(pred)) > 0
-    r = (sitk.GetArrayViewFromImage(ref) if isinstance(ref, sitk.Image) else np.asarray(ref)) > 0
-    if p.shape != r.shape:
-        raise ValueError(f"Dice needs volumes of one shape; got {p.shape} and {r.shape}")
-    total = int(p.sum()) + int(r.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(p, r).sum()) / total
 
 
 def seed_point(record: NoduleRecord, image: sitk.Image, reference: sitk.Image | None) -> tuple[float, ...]:
@@ -75,18 +66,10 @@ def dice_at_point(probability: sitk.Image, reference: sitk.Image, point_lps, thr
 
 def bootstrap_mean_ci(values: Mapping[str, float], group_of: Mapping[str, str], n_boot: int = 2000,
                       seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of `values` (case -> value) and a percentile bootstrap CI resampling GROUPS (patients) with replacement."""
+    """(mean, low, high) of `values` (case -> value) with a percentile bootstrap CI resampling GROUPS (patients):
+    metrics.mean_with_ci over the cases in sorted order."""
     cases = sorted(values)
     if not cases:
         raise ValueError("no values to summarise")
-    groups: dict[str, list[float]] = {}
-    for case in cases:
-        groups.setdefault(group_of[case], []).append(float(values[case]))
-    sums = np.array([sum(v) for v in groups.values()])
-    counts = np.array([len(v) for v in groups.values()])
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(sums), size=(n_boot, len(sums)))
-    means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
-    alpha = (1.0 - level) / 2.0
-    return (float(np.mean([values[c] for c in cases])), float(np.quantile(means, alpha)),
-            float(np.quantile(means, 1.0 - alpha)))
+    r = mean_with_ci([values[c] for c in cases], [group_of[c] for c in cases], n_boot=n_boot, seed=seed, level=level)
+    return r["mean"], r["ci_low"], r["ci_high"]
