@@ -25,7 +25,7 @@ from .bundle import ModelBundle, load_bundle
 from .errors import BundleError, PointError
 from .finding import Finding, OutputResult, mask_size
 from .patch import PatchGeometry, image_channels, resample_to_grid
-from .training import resolve_device
+from .devices import resolve_device
 from .volume import PointSpace, point_to_lps, validate_ct
 
 logger = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .data.patches import PatchDataset, PatchSet
+from .devices import resolve_device
 from .errors import ConfigError
 from .metrics import safe_auc
 from .networks import NetworkConfig, build_network
@@ -70,17 +71,6 @@ class TrainConfig:
         data = asdict(self)
         data["network"] = self.network.to_dict()
         return data
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" -> CUDA when available, else CPU; "cuda" without a GPU raises ConfigError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ConfigError(f"unknown device {device!r}; expected auto, cpu or cuda[:N]")
-    return torch.device(device)
 
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:

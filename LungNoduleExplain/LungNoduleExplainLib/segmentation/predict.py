@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from ..devices import resolve_device
 from ..errors import BundleError, InputImageError
 from ..patch import AIR_HU, PatchGeometry
 from ..volume import MAX_SPACING_MM, MIN_SPACING_MM, PointSpace, point_to_lps
@@ -88,18 +89,6 @@ def _load_checkpoint(path: Path) -> dict:
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise BundleError(f"{path}: expected an nnU-Net checkpoint with 'network_weights'")
     return checkpoint
-
-
-def resolve_device(device: str | None):
-    """'cuda', 'cpu' or None/'auto' (CUDA when available) -> torch.device."""
-    import torch
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
-    return torch.device(device)
 
 
 class NoduleSegmenter:
