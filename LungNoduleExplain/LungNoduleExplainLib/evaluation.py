@@ -112,8 +112,9 @@ def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str |
     from .data.patches import PRIOR_REFERENCE_MASK, build_patch_set
     from .data.voi_table import read_voi_table
     from .errors import ConfigError
+    from .devices import resolve_device
     from .metrics import dice, mean_with_ci
-    from .training import predict, resolve_device
+    from .training import predict
 
     bundle = load_bundle(bundle_path, device=resolve_device(device))
     if prior == "auto":
@@ -121,22 +122,24 @@ def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str |
     if prior not in ("segmentation", PRIOR_REFERENCE_MASK):
         raise ConfigError(f"prior must be auto, segmentation or reference-mask, got {prior!r}")
     records = read_voi_table(data, bundle.task_set, require_masks=prior == PRIOR_REFERENCE_MASK)
-    dice_values: dict[str, float] = {}
+    dice_by_case: dict[str, tuple[float, str]] = {}  # case -> (Dice, patient)
     prior_maps = None
     if prior == "segmentation":
         if bundle.segmentation_dir is None:
             raise ConfigError(f"bundle {bundle.path} has no segmentation model; use --prior reference-mask")
         from .data.voi_table import read_image
+        from .segmentation.metrics import seed_point
         from .segmentation.predict import NoduleSegmenter
 
         segmenter = NoduleSegmenter(bundle.segmentation_dir, device=str(bundle.device))
 
         def prior_maps(record, ct):  # noqa: ANN001 - a PatchSet callback
-            result = segmenter.segment(ct, record.center_lps)
-            if record.mask_path is not None and record.mask_path.is_file():
-                import SimpleITK as sitk
-                reference = sitk.GetArrayFromImage(read_image(record.mask_path, f"mask of {record.case_id}"))
-                dice_values[record.case_id] = dice(sitk.GetArrayFromImage(result.mask) > 0, reference > 0)
+            has_mask = record.mask_path is not None and record.mask_path.is_file()
+            reference = read_image(record.mask_path, f"mask of {record.case_id}") if has_mask else None
+            # seed_point: a few table centres lie outside their own VOI; segment from the mask centroid there
+            result = segmenter.segment(ct, seed_point(record, ct, reference))
+            if reference is not None:
+                dice_by_case[record.case_id] = (dice(result.mask, reference), record.patient_id)
             return result.probability
 
     patches = build_patch_set(records, bundle.task_set, PRIOR_REFERENCE_MASK, prior_maps=prior_maps,
@@ -149,10 +152,9 @@ def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str |
                "data": str(data), "prior": prior, "n_nodules": len(patches),
                "n_patients": len(set(patches.patient_ids)),
                "outputs": output_metrics(names, probs, patches, bundle.thresholds, n_boot=n_boot)}
-    if dice_values:
-        ids = list(dice_values)
-        groups = [patches.patient_ids[patches.case_ids.index(c)] for c in ids]
-        metrics["segmentation_dice"] = mean_with_ci([dice_values[c] for c in ids], groups, n_boot=n_boot)
+    if dice_by_case:
+        values, groups = zip(*dice_by_case.values())
+        metrics["segmentation_dice"] = mean_with_ci(values, groups, n_boot=n_boot)
     out = Path(out)
     write_evaluation(out, metrics, predictions_csv(names, probs, patches, bundle.thresholds),
                      lambda path: plot_roc(names, probs, patches, metrics["outputs"], path))
