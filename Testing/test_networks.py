@@ -37,6 +37,32 @@ def test_two_input_channels_feed_every_variant() -> None:
             assert net(torch.rand(1, 2, *SHAPE[2:]), torch.rand(1, *SHAPE[1:])).shape[0] == 1, variant
 
 
+def test_descriptors_add_a_global_term_to_the_logits_but_leave_the_maps_alone() -> None:
+    from LungNoduleExplainLib.descriptors import DESCRIPTOR_NAMES
+    torch.manual_seed(0)
+    config = NetworkConfig("hesam-mt-aag", (4, 4, 8, 8), descriptors=True)
+    net = build_network(config, K).eval()
+    n = len(DESCRIPTOR_NAMES)
+    assert config.n_descriptors == n and {"descriptor_mean", "descriptor_std"} <= set(net.state_dict())
+    image, prior = torch.rand(SHAPE), torch.rand(SHAPE)
+    net.set_descriptor_statistics(torch.full((n,), 2.0), torch.zeros(n))  # a constant descriptor gets std 1
+    assert torch.equal(net.descriptor_std, torch.ones(n))
+    with torch.no_grad():
+        a_logits, a_maps = net.activation_maps(image, prior, torch.zeros(2, n))
+        b_logits, b_maps = net.activation_maps(image, prior, torch.ones(2, n))
+        with pytest.raises(ValueError, match="needs nodule descriptors"):
+            net(image, prior)
+    assert not torch.allclose(a_logits, b_logits)
+    assert torch.allclose(a_maps, b_maps)
+
+
+def test_descriptors_need_a_variant_with_a_prior() -> None:
+    from LungNoduleExplainLib.errors import ConfigError
+    for variant in ("hesam", "hesam-mt", "vgg"):
+        with pytest.raises(ConfigError, match="descriptors describe the prior region"):
+            NetworkConfig(variant, descriptors=True)
+
+
 def test_batch_of_one_works_in_eval_mode() -> None:
     net = build_network(NetworkConfig("hesam-mt-aag", (4, 4, 8, 8)), K).eval()
     with torch.no_grad():

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from LungNoduleExplainLib.data.patches import PatchSet, augment
+from LungNoduleExplainLib.descriptors import nodule_descriptors
 from LungNoduleExplainLib.networks import NetworkConfig
 from LungNoduleExplainLib.training import (TrainConfig, Trainer, masked_bce, positive_weights, selection_metric,
                                            task_weights_from_auc)
@@ -31,8 +32,10 @@ def synthetic_patches(n: int = 12, seed: int = 0) -> PatchSet:
         labels[i] = [i % 4 >= 2, i % 2, (i // 2) % 2]
     labels[0, 1] = np.nan  # a left-out label
     images = (rng.random((n, 2, *shape)) * 0.2 + priors[:, None] * 0.7).astype(np.float16)
+    hu = images[:, 1].astype(np.float32) * 2000.0 - 1000.0
+    descriptors = np.stack([nodule_descriptors(h, p.astype(np.float32), (0.7, 0.7, 1.25)) for h, p in zip(hu, priors)])
     return PatchSet(images, priors, labels, [f"c{i}" for i in range(n)], [f"p{i // 2}" for i in range(n)],
-                    np.linspace(4, 30, n).astype(np.float32))
+                    np.linspace(4, 30, n).astype(np.float32), descriptors)
 
 
 def test_task_weights_are_inverse_validation_aucs_with_chance_as_the_floor() -> None:
@@ -67,17 +70,19 @@ def test_augmentation_keeps_shape_and_applies_the_same_spatial_transform_to_the_
         assert np.array_equal(a[1], p)  # the HU-window channel gets no gamma
 
 
-def _trainer(out: Path, epochs: int) -> Trainer:
-    config = TrainConfig(network=TINY, max_epochs=epochs, phase1_epochs=1, batch_size=4, seed=3, threads=1)
+def _trainer(out: Path, epochs: int, network: NetworkConfig = TINY) -> Trainer:
+    config = TrainConfig(network=network, max_epochs=epochs, phase1_epochs=1, batch_size=4, seed=3, threads=1)
     data = synthetic_patches()
     return Trainer(config, data.subset(range(8)), data.subset(range(8, 12)), out, 2, NAMES, device="cpu",
                    show_progress_bar=False)
 
 
-def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path: Path) -> None:
-    straight = _trainer(tmp_path / "straight", 3).run()
-    _trainer(tmp_path / "resumed", 2).run()  # stops after 2 epochs, as a crash would
-    resumed = _trainer(tmp_path / "resumed", 3).run(resume=True)
+@pytest.mark.parametrize("network", [TINY, NetworkConfig("hesam-mt-aag", (2, 4, 4, 8), descriptors=True)],
+                         ids=["image-and-prior", "with-descriptors"])
+def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path: Path, network: NetworkConfig) -> None:
+    straight = _trainer(tmp_path / "straight", 3, network).run()
+    _trainer(tmp_path / "resumed", 2, network).run()  # stops after 2 epochs, as a crash would
+    resumed = _trainer(tmp_path / "resumed", 3, network).run(resume=True)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
     assert [h["train_loss"] for h in straight.history] == pytest.approx([h["train_loss"] for h in resumed.history])
@@ -92,6 +97,15 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path: Path) ->
     other.config.lr = 0.5
     with pytest.raises(ConfigError, match="different training config"):
         other.run(resume=True)
+
+
+def test_descriptor_standardisation_comes_from_the_training_set_and_travels_in_the_weights(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, 2, NetworkConfig("hesam-mt-aag", (2, 4, 4, 8), descriptors=True))
+    train = trainer.train_set.descriptors.astype(np.float64)
+    state = trainer.model.state_dict()
+    assert np.allclose(state["descriptor_mean"].numpy(), train.mean(0), atol=1e-4)
+    std = train.std(0, ddof=1)
+    assert np.allclose(state["descriptor_std"].numpy(), np.where(std > 1e-6, std, 1.0), rtol=1e-4)
 
 
 def test_phase_one_leaves_the_diagnosis_head_untouched(tmp_path: Path) -> None:

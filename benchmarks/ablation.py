@@ -2,7 +2,11 @@
 baselines and the size-only baseline; AUC with a patient-bootstrap 95% CI for every output.
 
     python benchmarks/ablation.py --data ../shared/data/lidc-voi --out runs/ablation \
-        [--variants hesam hesam-mt hesam-mt-cbam hesam-mt-aag vgg resnet densenet] [--folds 5] [--epochs 60]
+        [--variants hesam hesam-mt hesam-mt-cbam hesam-mt-aag hesam-mt-aag+descriptors vgg resnet densenet] \
+        [--folds 5] [--epochs 60]
+
+`+descriptors` adds the nodule descriptors beside each head (the shipped model's configuration). Beside the size-only
+baseline the table has "descriptors + logistic regression" (benchmarks/descriptor_baseline.py) on the same folds.
 
 Each (variant, fold) writes its out-of-fold predictions to OUT/<variant>/fold<k>.npz as soon as it finishes, so an
 interrupted run resumes where it stopped. At the end OUT/ablation.md holds the table (copy it into docs/RESULTS.md
@@ -28,6 +32,11 @@ from LungNoduleExplainLib.runs import split_patch_set
 from LungNoduleExplainLib.tasks import load_task_set
 from LungNoduleExplainLib.training import Trainer, TrainConfig, predict
 
+sys.path.insert(0, str(Path(__file__).parent))
+from descriptor_baseline import fit_predict  # noqa: E402
+
+MODELS = [*VARIANTS, "hesam-mt-aag+descriptors"]
+
 
 def run_fold(args: argparse.Namespace, variant: str, fold: int, patches, folds, task_set, out: Path) -> None:
     path = out / variant / f"fold{fold}.npz"
@@ -39,8 +48,10 @@ def run_fold(args: argparse.Namespace, variant: str, fold: int, patches, folds, 
     rng = np.random.default_rng([args.seed, fold])
     val_patients = set(rng.choice(patients, size=max(1, int(0.15 * len(patients))), replace=False))
     train_set, val_set = split_patch_set(train_val, val_patients)
-    config = TrainConfig(network=NetworkConfig(variant, args.features, stem_stride=args.stem_stride,
-                                               inputs=tuple(args.inputs.split(","))),
+    name, _, option = variant.partition("+")
+    config = TrainConfig(network=NetworkConfig(name, args.features, stem_stride=args.stem_stride,
+                                               inputs=tuple(args.inputs.split(",")),
+                                               descriptors=option == "descriptors"),
                          max_epochs=args.epochs, phase1_epochs=min(args.phase1_epochs, args.epochs - 1),
                          seed=args.seed, threads=args.threads)
     t0 = time.time()
@@ -83,14 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--tasks", default="lidc")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=MODELS, choices=MODELS)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only-folds", type=int, nargs="*", default=None, help="train only these folds now")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--phase1-epochs", type=int, default=10)
     parser.add_argument("--features", type=lambda s: tuple(int(v) for v in s.split(",")), default=DEFAULT_FEATURES)
     parser.add_argument("--stem-stride", type=int, default=2)
-    parser.add_argument("--inputs", default="percentile,hu-window")
+    parser.add_argument("--inputs", default="percentile")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="auto")
@@ -116,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         rows[f"{variant}"] = {n: auc_with_ci(patches.labels[:, k], probs[:, k], patches.patient_ids,
                                              n_boot=args.bootstrap)
                               for k, n in enumerate(names) if not np.all(np.isnan(probs[:, k]))}
+    oof = np.full(patches.labels.shape, np.nan)
+    for f, test in enumerate(folds):
+        train = np.asarray([i for j, idx in enumerate(folds) if j != f for i in idx])
+        for k in range(len(names)):
+            oof[test, k] = fit_predict(patches.descriptors.astype(np.float64), patches.labels[:, k], train,
+                                       np.asarray(test))
+    rows["descriptors + logistic regression"] = {n: auc_with_ci(patches.labels[:, k], oof[:, k], patches.patient_ids,
+                                                                n_boot=args.bootstrap) for k, n in enumerate(names)}
     rows["size only (diameter_mm)"] = {n: auc_with_ci(patches.labels[:, k], patches.diameters_mm,
                                                       patches.patient_ids, n_boot=args.bootstrap)
                                        for k, n in enumerate(names)}

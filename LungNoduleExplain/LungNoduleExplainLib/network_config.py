@@ -32,6 +32,8 @@ class NetworkConfig:
     stem_stride: int = 2
     # Image channels the network takes (see patch.INPUT_CHANNELS); the authors use the percentile image only.
     inputs: tuple[str, ...] = ("percentile",)
+    # Nodule descriptors (descriptors.py) beside each head; off in the authors' network, on in the shipped model.
+    descriptors: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -42,6 +44,14 @@ class NetworkConfig:
         unknown = [c for c in self.inputs if c not in INPUT_CHANNELS]
         if unknown or not self.inputs:
             raise ConfigError(f"network inputs {list(self.inputs)}: expected a non-empty subset of {INPUT_CHANNELS}")
+        if self.descriptors and not self.uses_prior:
+            raise ConfigError(f"nodule descriptors describe the prior region; variant {self.variant!r} takes no "
+                              "prior (use hesam-mt-aag or hesam-mt-cbam, or turn descriptors off)")
+
+    @property
+    def n_descriptors(self) -> int:
+        from .descriptors import DESCRIPTOR_NAMES
+        return len(DESCRIPTOR_NAMES) if self.descriptors else 0
 
     @property
     def input_indices(self) -> list[int]:

@@ -94,12 +94,13 @@ class Patch:
     """One classifier input: normalised image channels and prior on the patch grid, with that grid's geometry.
 
     image: [C, z, y, x] float32 in [0, 1], channels INPUT_CHANNELS. prior: [z, y, x] float32 in [0, 1]
-    (nodule probability or mask).
+    (nodule probability or mask). descriptors: shape and HU of the prior region (descriptors.DESCRIPTOR_NAMES).
     """
 
     image: np.ndarray
     prior: np.ndarray
     geometry: PatchGeometry
+    descriptors: np.ndarray
 
 
 def extract_patch(ct: sitk.Image, center_lps: Sequence[float], prior: sitk.Image | None = None, *,
@@ -109,13 +110,17 @@ def extract_patch(ct: sitk.Image, center_lps: Sequence[float], prior: sitk.Image
     Areas outside the CT are padded with air; a tight VOI is therefore padded, never stretched.
     The prior (probability in [0, 1] or binary mask) is resampled linearly onto the same grid.
     """
+    from .descriptors import nodule_descriptors
+
     geometry = PatchGeometry.centred_at(center_lps, spacing, size)
-    image = image_channels(resample_to_grid(ct, geometry))
+    hu = resample_to_grid(ct, geometry)
     if prior is None:
-        prior_array = np.zeros_like(image[0])
+        prior_array = np.zeros_like(hu)
     else:
         prior_array = np.clip(resample_to_grid(prior, geometry, default_value=0.0), 0.0, 1.0)
-    return Patch(image=image, prior=prior_array.astype(np.float32), geometry=geometry)
+    prior_array = prior_array.astype(np.float32)
+    return Patch(image=image_channels(hu), prior=prior_array, geometry=geometry,
+                 descriptors=nodule_descriptors(hu, prior_array, geometry.spacing))
 
 
 def paste_to_reference(array: np.ndarray, geometry: PatchGeometry, reference: sitk.Image, *,

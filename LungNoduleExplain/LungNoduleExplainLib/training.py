@@ -114,7 +114,8 @@ def predict(model: nn.Module, patches: PatchSet, device: torch.device, channels:
         image = torch.from_numpy(patches.images[start:start + batch_size, list(channels)].astype(np.float32))
         prior = torch.from_numpy(patches.priors[start:start + batch_size].astype(np.float32))[:, None]
         image, prior = (t.to(device).contiguous(memory_format=torch.channels_last_3d) for t in (image, prior))
-        out.append(torch.sigmoid(model(image, prior)).float().cpu().numpy())
+        descriptors = torch.from_numpy(patches.descriptors[start:start + batch_size]).to(device)
+        out.append(torch.sigmoid(model(image, prior, descriptors)).float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -160,6 +161,9 @@ class Trainer:
         # channels-last 3D memory is about 1.6x faster for these small-channel 3D convolutions on CPU (oneDNN).
         self.model = build_network(config.network, n_manifestations).to(self.device,
                                                                          memory_format=torch.channels_last_3d)
+        if config.network.descriptors:  # standardised with the training set's statistics, stored in the weights
+            d = torch.from_numpy(train_set.descriptors.astype(np.float64))
+            self.model.set_descriptor_statistics(d.mean(0).float().to(self.device), d.std(0).float().to(self.device))
         # Under torchrun the network trains wrapped in DDP; `self.model` stays the plain module (saved, evaluated).
         self.net: nn.Module = self.model
         if distributed.is_distributed():
@@ -232,10 +236,10 @@ class Trainer:
             if len(batch) < 2 * world:
                 continue  # BatchNorm needs more than one sample per process
             items = [dataset[int(i)] for i in batch[rank::world]]
-            image, prior, labels = (torch.stack(t).to(self.device) for t in zip(*items))
+            image, prior, descriptors, labels = (torch.stack(t).to(self.device) for t in zip(*items))
             image, prior = (t.contiguous(memory_format=torch.channels_last_3d) for t in (image, prior))
             labels = labels[:, :self.n_outputs]
-            per_task = masked_bce(self.net(image, prior), labels, self.pos_weight)
+            per_task = masked_bce(self.net(image, prior, descriptors), labels, self.pos_weight)
             loss = (weights * per_task).sum()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -37,11 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"encoder widths (default {','.join(map(str, DEFAULT_FEATURES))}; the authors: 64,128,256,512)")
     p.add_argument("--stem-stride", type=int, choices=(1, 2), default=2,
                    help="1: full-resolution stem as the authors; 2 (default): 8x cheaper, for CPUs")
-    p.add_argument("--inputs", default="percentile,hu-window",
+    p.add_argument("--inputs", default="percentile",
                    type=lambda text: tuple(v.strip() for v in text.split(",") if v.strip()),
-                   help="image channels: 'percentile' (METHOD.md: per-patch [0.5, 99.5] percentile min-max) and/or "
-                        "'hu-window' (fixed -1000..1000 HU; keeps calcium and ground glass apart). "
-                        "Default both; 'percentile' alone is the authors' input")
+                   help="image channels: 'percentile' (default; METHOD.md: per-patch [0.5, 99.5] percentile "
+                        "min-max) and/or 'hu-window' (fixed -1000..1000 HU), e.g. percentile,hu-window")
+    p.add_argument("--descriptors", action=argparse.BooleanOptionalAction, default=True,
+                   help="feed each head the nodule descriptors (shape and HU of the prior region, see "
+                        "descriptors.py) beside its SAM term (default on; --no-descriptors gives the authors' "
+                        "network). Only for variants with a prior")
     p.add_argument("--prior", default="reference-mask",
                    help="AAG prior: 'reference-mask' or a folder of out-of-fold probability maps <case_id>.nii.gz")
     p.add_argument("--epochs", type=int, default=60, help="maximum epochs (default 60)")
@@ -66,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
     init_from_env(args.device)  # under torchrun: one process per GPU (NCCL) or CPU worker (gloo)
 
-    network = NetworkConfig(args.variant, args.features, stem_stride=args.stem_stride, inputs=args.inputs)
+    network = NetworkConfig(args.variant, args.features, stem_stride=args.stem_stride, inputs=args.inputs,
+                            descriptors=args.descriptors and args.variant in ("hesam-mt-aag", "hesam-mt-cbam"))
     config = TrainConfig(network=network,
                          max_epochs=args.epochs, phase1_epochs=args.phase1_epochs, batch_size=args.batch_size,
                          lr=args.lr, plateau_patience=args.plateau_patience,

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 import torch
 from torch.utils.data import Dataset
 
+from ..descriptors import DESCRIPTOR_NAMES
 from ..errors import DatasetError
 from ..patch import INPUT_CHANNELS, PATCH_SIZE_XYZ, SPACING_XYZ_MM, extract_patch
 from ..tasks import TaskSet
@@ -29,7 +30,7 @@ PRIOR_REFERENCE_MASK = "reference-mask"
 @dataclass
 class PatchSet:
     """images: [N, C, D, H, W] (channels patch.INPUT_CHANNELS), priors: [N, D, H, W], float16 in [0, 1];
-    labels: [N, 1 + K] float32 with NaN where left out."""
+    labels: [N, 1 + K] float32 with NaN where left out; descriptors: [N, len(DESCRIPTOR_NAMES)] float32."""
 
     images: np.ndarray
     priors: np.ndarray
@@ -37,11 +38,12 @@ class PatchSet:
     case_ids: list[str]
     patient_ids: list[str]
     diameters_mm: np.ndarray
+    descriptors: np.ndarray
 
     def subset(self, index: Sequence[int]) -> "PatchSet":
         idx = np.asarray(index, dtype=int)
         return PatchSet(self.images[idx], self.priors[idx], self.labels[idx], [self.case_ids[i] for i in idx],
-                        [self.patient_ids[i] for i in idx], self.diameters_mm[idx])
+                        [self.patient_ids[i] for i in idx], self.diameters_mm[idx], self.descriptors[idx])
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -68,6 +70,7 @@ def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: s
     images = np.empty((n, len(INPUT_CHANNELS), *shape), dtype=np.float16)
     priors = np.empty((n, *shape), dtype=np.float16)
     labels = np.full((n, len(task_set.all_tasks)), np.nan, dtype=np.float32)
+    descriptors = np.empty((n, len(DESCRIPTOR_NAMES)), dtype=np.float32)
     for i, record in enumerate(records):
         ct = read_image(record.image_path, f"image of case {record.case_id}")
         if prior_maps is not None:
@@ -78,12 +81,12 @@ def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: s
                 raise DatasetError(f"prior map for case {record.case_id} not found: {path}")
             prior_image = read_image(path, f"prior of case {record.case_id}")
         patch = extract_patch(ct, record.center_lps, prior_image, spacing=spacing, size=size)
-        images[i], priors[i] = patch.image, patch.prior
+        images[i], priors[i], descriptors[i] = patch.image, patch.prior, patch.descriptors
         labels[i] = [np.nan if y is None else y for y in record.labels(task_set)]
         if progress is not None and (i % 16 == 0 or i == n - 1):
             progress((i + 1) / n, f"patches {i + 1}/{n}")
     return PatchSet(images, priors, labels, [r.case_id for r in records], [r.patient_id for r in records],
-                    np.array([r.diameter_mm for r in records], dtype=np.float32))
+                    np.array([r.diameter_mm for r in records], dtype=np.float32), descriptors)
 
 
 def augment(image: np.ndarray, prior: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +108,8 @@ def augment(image: np.ndarray, prior: np.ndarray, rng: np.random.Generator) -> t
 
 
 class PatchDataset(Dataset):
-    """Torch view of a PatchSet: (image [C, D, H, W], prior [1, D, H, W], labels [1 + K]) float32 tensors.
+    """Torch view of a PatchSet: (image [C, D, H, W], prior [1, D, H, W], descriptors [n], labels [1 + K]) float32
+    tensors. Flips and in-plane rot90 leave the descriptors unchanged, so they are not recomputed.
 
     channels: which image channels the network takes (indices into patch.INPUT_CHANNELS).
 
@@ -123,10 +127,10 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.patches)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         image = self.patches.images[i, self.channels].astype(np.float32)
         prior = self.patches.priors[i].astype(np.float32)
         if self.augment_seed is not None:
             image, prior = augment(image, prior, np.random.default_rng([self.augment_seed, self.epoch, i]))
         return (torch.from_numpy(image), torch.from_numpy(prior)[None],
-                torch.from_numpy(self.patches.labels[i]))
+                torch.from_numpy(self.patches.descriptors[i]), torch.from_numpy(self.patches.labels[i]))

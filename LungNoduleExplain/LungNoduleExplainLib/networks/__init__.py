@@ -1,7 +1,8 @@
 """Networks by name: the HESAM ablation variants and the 3D baselines.
 
-Every network takes (image [B, 1, D, H, W], prior [B, 1, D, H, W] or None) and returns logits [B, n_outputs]
-with the diagnosis first, and has `activation_maps(image, prior) -> (logits, maps [B, n_outputs, D, H, W])`.
+Every network takes (image [B, C, D, H, W], prior [B, 1, D, H, W] or None, descriptors [B, n] or None) and returns
+logits [B, n_outputs] with the diagnosis first, and has `activation_maps(image, prior, descriptors) -> (logits,
+maps [B, n_outputs, D, H, W])`. Only HESAM with the descriptors option uses the descriptors.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ def build_network(config: NetworkConfig, n_manifestations: int) -> nn.Module:
     if v.startswith("hesam"):
         prior_mode = {"hesam-mt-cbam": "cbam", "hesam-mt-aag": "aag"}.get(v, "none")
         return HESAM(n_manifestations if config.multitask else 0, config.features, prior_mode, config.aag_mode,
-                     stem_stride=config.stem_stride, in_channels=len(config.inputs))
+                     stem_stride=config.stem_stride, in_channels=len(config.inputs),
+                     n_descriptors=config.n_descriptors)
     c = len(config.inputs)
     n_outputs = 1 + n_manifestations
     if v == "vgg":

@@ -25,10 +25,11 @@ class _CAMClassifier(nn.Module):
         self.body = body
         self.fc = nn.Linear(channels, n_outputs)
 
-    def forward(self, image: Tensor, prior: Tensor | None = None) -> Tensor:
+    def forward(self, image: Tensor, prior: Tensor | None = None, descriptors: Tensor | None = None) -> Tensor:
         return self.fc(self.body(image).mean(dim=(2, 3, 4)))
 
-    def activation_maps(self, image: Tensor, prior: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def activation_maps(self, image: Tensor, prior: Tensor | None = None, descriptors: Tensor | None = None
+                        ) -> tuple[Tensor, Tensor]:
         fmap = self.body(image)
         logits = self.fc(fmap.mean(dim=(2, 3, 4)))
         cam = F.relu(torch.einsum("kc,bcdhw->bkdhw", self.fc.weight, fmap))

@@ -5,6 +5,10 @@ AAG after each Down; a diagnosis head and a manifestation head, each ResidualUni
 features F [B, C, D/2, H/2, W/2] -> SAM; HESAM adds the global-max-pooled deepest encoder features to the SAM
 vector; a linear layer gives the logits. Visual map of output k: ReLU(sum_c W_fc[k, c] * F[c]), upsampled and
 min-max normalised to [0, 1].
+
+Our addition (off unless asked for, see descriptors.py): with n_descriptors > 0 each head adds a linear term of the
+standardised nodule descriptors (shape and HU of the prior region) to its logits. The term is global, so the
+activation maps still show where the image features of each output lie.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ PRIOR_MODES = ("none", "aag", "cbam")
 class SAMHead(nn.Module):
     """ResidualUnit(stride 2) -> ResidualUnit -> SAM (+ GMP of the deepest features) -> Linear(C, n_outputs)."""
 
-    def __init__(self, in_channels: int, channels: int, deep_channels: int, n_outputs: int) -> None:
+    def __init__(self, in_channels: int, channels: int, deep_channels: int, n_outputs: int,
+                 n_descriptors: int = 0) -> None:
         super().__init__()
         self.features = nn.Sequential(ResidualUnit(in_channels, channels, stride=2),
                                       ResidualUnit(channels, channels, stride=1))
@@ -33,12 +38,16 @@ class SAMHead(nn.Module):
         self.deep_projection: nn.Module = (nn.Identity() if deep_channels == channels
                                            else nn.Conv3d(deep_channels, channels, 1, bias=False))
         self.fc = nn.Linear(channels, n_outputs)
+        self.descriptor_fc = nn.Linear(n_descriptors, n_outputs, bias=False) if n_descriptors else None
 
-    def forward(self, x: Tensor, deep: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns (logits [B, n_outputs], feature map F [B, C, d, h, w])."""
+    def forward(self, x: Tensor, deep: Tensor, descriptors: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Returns (logits [B, n_outputs], feature map F [B, C, d, h, w]); descriptors are standardised."""
         fmap = self.features(x)
         gmp = torch.amax(self.deep_projection(deep), dim=(2, 3, 4))
-        return self.fc(self.sam(fmap) + gmp), fmap
+        logits = self.fc(self.sam(fmap) + gmp)
+        if self.descriptor_fc is not None:
+            logits = logits + self.descriptor_fc(descriptors)
+        return logits, fmap
 
     def activation_maps(self, fmap: Tensor, size: Sequence[int]) -> Tensor:
         """[B, n_outputs, *size] in [0, 1]: ReLU(sum_c W_fc[k, c] F[c]), trilinear upsampling, min-max per map."""
@@ -63,13 +72,16 @@ class HESAM(nn.Module):
             which is what lets the network train on 2 CPU cores. Maps are still upsampled to the patch size.
 
         in_channels: image channels (1 as the authors; 2 with the HU-window channel).
+        n_descriptors: length of the nodule descriptor vector (0: the authors' network, image and prior only).
+            Their standardisation (training mean and std) lives in buffers, so it travels with the weights.
 
-    forward(image [B, C, D, H, W], prior [B, 1, D, H, W]) -> logits [B, 1 + K] (diagnosis first).
+    forward(image [B, C, D, H, W], prior [B, 1, D, H, W], descriptors [B, n_descriptors]) -> logits [B, 1 + K]
+    (diagnosis first).
     """
 
     def __init__(self, n_manifestations: int, features: Sequence[int] = (64, 128, 256, 512),
                  prior_mode: str = "aag", aag_mode: str = "sum", head_channels: int | None = None,
-                 stem_stride: int = 1, in_channels: int = 1) -> None:
+                 stem_stride: int = 1, in_channels: int = 1, n_descriptors: int = 0) -> None:
         super().__init__()
         if len(features) != 4:
             raise ValueError(f"features must give 4 widths, got {tuple(features)}")
@@ -93,8 +105,26 @@ class HESAM(nn.Module):
         self.ups = nn.ModuleList([UpCat(f3, f2, f2), UpCat(f2, f1, f1), UpCat(f1, f0, f0)])
         self.decoder_out = ConvBnRelu(f0, f0, kernel_size=1)
         channels = head_channels or f1
-        self.diagnosis_head = SAMHead(f0, channels, f3, 1)
-        self.manifestation_head = SAMHead(f0, channels, f3, n_manifestations) if n_manifestations > 0 else None
+        self.n_descriptors = n_descriptors
+        if n_descriptors:
+            self.register_buffer("descriptor_mean", torch.zeros(n_descriptors))
+            self.register_buffer("descriptor_std", torch.ones(n_descriptors))
+        self.diagnosis_head = SAMHead(f0, channels, f3, 1, n_descriptors)
+        self.manifestation_head = (SAMHead(f0, channels, f3, n_manifestations, n_descriptors)
+                                   if n_manifestations > 0 else None)
+
+    def set_descriptor_statistics(self, mean: Tensor, std: Tensor) -> None:
+        """Standardise descriptors with the training set's mean and std (constant ones get std 1)."""
+        self.descriptor_mean.copy_(mean)
+        self.descriptor_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def _standardised(self, descriptors: Tensor | None) -> Tensor | None:
+        if not self.n_descriptors:
+            return None
+        if descriptors is None or descriptors.shape[-1] != self.n_descriptors:
+            got = None if descriptors is None else tuple(descriptors.shape)
+            raise ValueError(f"this network needs nodule descriptors [B, {self.n_descriptors}], got {got}")
+        return (descriptors - self.descriptor_mean) / self.descriptor_std
 
     def _backbone(self, image: Tensor, prior: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.prior_mode != "none" and prior is None:
@@ -115,24 +145,26 @@ class HESAM(nn.Module):
             x = up(x, skip)
         return self.decoder_out(x), deep
 
-    def forward_with_features(self, image: Tensor, prior: Tensor | None = None
+    def forward_with_features(self, image: Tensor, prior: Tensor | None = None, descriptors: Tensor | None = None
                               ) -> tuple[Tensor, list[tuple[SAMHead, Tensor]]]:
         """Logits [B, 1 + K] and, per head, (head, its feature map) for activation maps."""
         x, deep = self._backbone(image, prior)
-        logits, fmap = self.diagnosis_head(x, deep)
+        descriptors = self._standardised(descriptors)
+        logits, fmap = self.diagnosis_head(x, deep, descriptors)
         heads = [(self.diagnosis_head, fmap)]
         if self.manifestation_head is not None:
-            m_logits, m_fmap = self.manifestation_head(x, deep)
+            m_logits, m_fmap = self.manifestation_head(x, deep, descriptors)
             logits = torch.cat([logits, m_logits], dim=1)
             heads.append((self.manifestation_head, m_fmap))
         return logits, heads
 
-    def forward(self, image: Tensor, prior: Tensor | None = None) -> Tensor:
-        return self.forward_with_features(image, prior)[0]
+    def forward(self, image: Tensor, prior: Tensor | None = None, descriptors: Tensor | None = None) -> Tensor:
+        return self.forward_with_features(image, prior, descriptors)[0]
 
-    def activation_maps(self, image: Tensor, prior: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def activation_maps(self, image: Tensor, prior: Tensor | None = None, descriptors: Tensor | None = None
+                        ) -> tuple[Tensor, Tensor]:
         """(logits [B, 1 + K], maps [B, 1 + K, D, H, W] in [0, 1]) for every output, diagnosis first."""
-        logits, heads = self.forward_with_features(image, prior)
+        logits, heads = self.forward_with_features(image, prior, descriptors)
         maps = torch.cat([head.activation_maps(fmap, image.shape[2:]) for head, fmap in heads], dim=1)
         return logits, maps
 

@@ -1,0 +1,61 @@
+"""Nodule descriptors: shape and density of the nodule region (prior >= 0.5) on the classifier's patch grid.
+
+Why: the METHOD.md input is min-max normalised per patch, which removes absolute density (HU), and a small
+network trained on 2 CPU cores learns size and shape only roughly. Calcification, ground glass, margin and
+roundness are, to a radiologist, density and shape facts of the nodule region. The `descriptors` option of the
+network feeds these numbers, standardised, to a linear term beside each head's SAM term, so those outputs need
+not rediscover HU from a normalised image. They are computed from the same HU patch and prior the network sees,
+so training (reference mask or out-of-fold nnU-Net map) and a click in Slicer (nnU-Net map) agree.
+
+Shape comes from SimpleITK's label shape statistics; density from numpy percentiles of the HU inside the region.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+DESCRIPTOR_NAMES: tuple[str, ...] = (
+    "log_volume_mm3", "feret_diameter_mm", "elongation", "flatness", "roundness",
+    "hu_mean", "hu_std", "hu_p10", "hu_p50", "hu_p90", "hu_p98",
+    "fraction_above_200hu", "fraction_below_minus400hu", "shell_hu_mean", "shell_hu_p90",
+)
+REGION_THRESHOLD = 0.5
+SHELL_VOXELS = (2, 2, 1)  # x, y, z: about 1.4 mm around the region on the 0.7 x 0.7 x 1.25 mm grid
+
+
+def nodule_region(prior: np.ndarray) -> np.ndarray:
+    """Boolean [z, y, x] region: prior >= 0.5; else half the prior's maximum; else the centre voxel."""
+    region = prior >= REGION_THRESHOLD
+    if not region.any() and float(prior.max()) > 0.0:
+        region = prior >= 0.5 * float(prior.max())
+    if not region.any():
+        region = np.zeros(prior.shape, dtype=bool)
+        region[tuple(s // 2 for s in prior.shape)] = True
+    return region
+
+
+def nodule_descriptors(hu: np.ndarray, prior: np.ndarray, spacing_xyz: Sequence[float]) -> np.ndarray:
+    """float32 vector in DESCRIPTOR_NAMES order from HU [z, y, x] and prior [z, y, x] on one grid."""
+    region = nodule_region(prior)
+    label = sitk.GetImageFromArray(region.astype(np.uint8))
+    label.SetSpacing(tuple(float(s) for s in spacing_xyz))
+    shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.ComputeFeretDiameterOn()
+    shape.Execute(label)
+    single_voxel = shape.GetNumberOfPixels(1) < 2  # elongation etc. are undefined for one voxel
+    inside = hu[region]
+    shell = sitk.GetArrayFromImage(sitk.BinaryDilate(label, SHELL_VOXELS)).astype(bool) & ~region
+    around = hu[shell] if shell.any() else inside
+    p10, p50, p90, p98 = np.percentile(inside, (10, 50, 90, 98))
+    values = [
+        np.log(shape.GetPhysicalSize(1)), shape.GetFeretDiameter(1),
+        1.0 if single_voxel else shape.GetElongation(1), 1.0 if single_voxel else shape.GetFlatness(1),
+        1.0 if single_voxel else shape.GetRoundness(1),
+        inside.mean(), inside.std(), p10, p50, p90, p98,
+        np.mean(inside > 200.0), np.mean(inside < -400.0), around.mean(), np.percentile(around, 90),
+    ]
+    out = np.asarray(values, dtype=np.float32)
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)

@@ -1,0 +1,98 @@
+"""The radiomics-style bar on our own data: logistic regression on the nodule descriptors (descriptors.py: shape
+and HU of the reference-mask region, the same numbers the network's descriptor term sees), beside the size-only
+baseline and, when --run is given, the trained network on the very same validation patients.
+
+    python benchmarks/descriptor_baseline.py --data ../shared/data/lidc-voi [--run runs/default] \
+        [--out benchmarks/descriptor_baseline.md]
+
+Two estimates, both split by patient: (1) the training run's split (`patient_split`, 20% of patients, seed 0),
+so the network and the regression are judged on the same patients; (2) patient-grouped 5-fold cross-validation,
+pooled out-of-fold predictions (more patients per AUC, so narrower CIs). AUC with 95% patient-bootstrap CIs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from LungNoduleExplainLib.data.patches import build_patch_set
+from LungNoduleExplainLib.data.voi_table import patient_folds, patient_split, read_voi_table
+from LungNoduleExplainLib.metrics import auc_with_ci
+from LungNoduleExplainLib.tasks import load_task_set
+
+
+def fit_predict(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Probabilities on `test` of a standardised logistic regression fit on the labelled part of `train`."""
+    labelled = train[~np.isnan(y[train])]
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
+    model.fit(x[labelled], y[labelled])
+    return model.predict_proba(x[test])[:, 1]
+
+
+def fmt(m: dict | None) -> str:
+    if m is None or math.isnan(m["auc"]):
+        return "n/a"
+    return f"{m['auc']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--tasks", default="lidc")
+    p.add_argument("--run", type=Path, default=None, help="a training run whose bundle's validation AUCs to quote")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--out", type=Path, default=None, help="write the markdown table here too")
+    args = p.parse_args(argv)
+
+    task_set = load_task_set(args.tasks)
+    records = read_voi_table(args.data, task_set)
+    patches = build_patch_set(records, task_set)
+    x, labels, groups = patches.descriptors.astype(np.float64), patches.labels, patches.patient_ids
+    train_idx, val_idx = (np.asarray(i) for i in patient_split(records, args.val_fraction, args.seed))
+    folds = [np.asarray(f) for f in patient_folds(records, args.folds, args.seed)]
+    network = None
+    if args.run is not None:
+        manifest = json.loads((args.run / "bundle" / "manifest.json").read_text())
+        network = manifest["metrics"]["validation"]
+
+    lines = [f"Data: {args.data} ({len(records)} nodules, {len(set(groups))} patients). AUC (95% patient-bootstrap "
+             "CI).", "",
+             f"| output | network, validation patients | descriptors + LR, validation patients | size only, "
+             f"validation | descriptors + LR, {args.folds}-fold CV | size only, {args.folds}-fold CV |",
+             "|---|---|---|---|---|---|"]
+    results = {}
+    for k, name in enumerate(task_set.names):
+        y = labels[:, k]
+        val_groups = [groups[i] for i in val_idx]
+        lr_val = auc_with_ci(y[val_idx], fit_predict(x, y, train_idx, val_idx), val_groups)
+        size_val = auc_with_ci(y[val_idx], patches.diameters_mm[val_idx], val_groups)
+        oof = np.full(len(y), np.nan)
+        for f, test in enumerate(folds):
+            train = np.concatenate([g for j, g in enumerate(folds) if j != f])
+            oof[test] = fit_predict(x, y, train, test)
+        lr_cv, size_cv = auc_with_ci(y, oof, groups), auc_with_ci(y, patches.diameters_mm, groups)
+        net = network.get(name) if network else None
+        results[name] = {"network_validation": net and {k2: net[k2] for k2 in ("auc", "ci_low", "ci_high")},
+                         "descriptors_lr_validation": lr_val, "size_validation": size_val,
+                         "descriptors_lr_cv": lr_cv, "size_cv": size_cv}
+        lines.append(f"| {name} | {fmt(net)} | {fmt(lr_val)} | {fmt(size_val)} | {fmt(lr_cv)} | {fmt(size_cv)} |")
+    text = "\n".join(lines) + f"\n\nCommand: `python {' '.join(sys.argv)}`\n"
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text)
+        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
