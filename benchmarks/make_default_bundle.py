@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             f"- Classifier: 3D HESAM variant `{source.network.variant}`, widths {list(source.network.features)}, "
             f"stem stride {source.network.stem_stride} (the authors: widths 64-512, stride 1), anatomical attention "
             f"gates fed by the prior. Outputs: {', '.join(source.output_names)}.",
+            *([f"- Nodule descriptors: on. Each head adds a linear term of {source.network.n_descriptors} "
+               "standardised shape and HU statistics of the prior region (descriptors.py) to its SAM logits; this "
+               "is our addition to the paper's network, because its per-patch min-max input hides absolute density. "
+               "The activation maps show the image term only."] if source.network.descriptors else []),
+            f"- Image input: {', '.join(source.network.inputs)}.",
             f"- Prior at training time: `{m['prior']}` (reference masks of lidc-voi). At analysis time the prior is "
             "the bundled nnU-Net model's probability map.",
             f"- Segmentation: {'nnU-Net v2 model in segmentation/ (see docs/SEGMENTATION.md)' if args.segmentation else 'none'}.",
@@ -98,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     card += ["", "## Limitations",
              "- Small CPU-trained network: far fewer epochs and channels than the paper; see docs/RESULTS.md.",
              "- Trained on tight VOIs padded with air; `analyze` recreates a VOI-like box around the segmented nodule.",
+             *(["- The descriptors, like the prior, come from the reference mask in training and evaluation but from "
+                "the bundled nnU-Net map in `analyze`; with that model's Dice (below the target) the click-time "
+                "descriptors are rougher than the ones the figures above were measured with."]
+               if source.network.descriptors else []),
+             "- Against a radiomics-style bar (logistic regression on the same descriptors, same patients): "
+             "benchmarks/descriptor_baseline.md.",
              "- LIDC readers' ratings are subjective; 'malignant' means 'rated suspicious' (4-5).", "",
              f"Made with: `python {' '.join(sys.argv)}`"]
     text = "\n".join(card) + "\n"
