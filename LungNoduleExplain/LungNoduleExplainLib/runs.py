@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from . import distributed
+from .atomic import write_json_atomic
 from .bundle import save_bundle
 from .data.patches import PRIOR_REFERENCE_MASK, PatchSet, build_patch_set
 from .data.voi_table import patient_split, read_voi_table
@@ -53,12 +53,6 @@ class RunSpec:
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
-
-
 def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
               progress: ProgressCallback | None = None, show_progress_bar: bool = True) -> Path:
     """Train a classifier as `spec` and `config` say; returns the bundle folder."""
@@ -74,11 +68,11 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
         if saved != comparable:
             raise ConfigError(f"--resume: {config_path} differs from this run's configuration")
     if distributed.is_main_process():
-        _write_json(config_path, run_config)
+        write_json_atomic(config_path, run_config)
     records = read_voi_table(spec.data, task_set, require_masks=spec.prior == PRIOR_REFERENCE_MASK)
     train_idx, val_idx = patient_split(records, spec.val_fraction, config.seed)
     if distributed.is_main_process():
-        _write_json(spec.run_dir / "split.json", {
+        write_json_atomic(spec.run_dir / "split.json", {
             "seed": config.seed, "val_fraction": spec.val_fraction,
             "train_patients": sorted({records[i].patient_id for i in train_idx}),
             "val_patients": sorted({records[i].patient_id for i in val_idx})})
@@ -109,7 +103,7 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
     if not distributed.is_main_process():
         distributed.barrier()
         return bundle_dir
-    _write_json(spec.run_dir / "validation_metrics.json", metrics)
+    write_json_atomic(spec.run_dir / "validation_metrics.json", metrics)
     path = save_bundle(spec.run_dir / "bundle", result.model, task_set, config.network, thresholds,
                        name=spec.name, prior="reference-mask" if spec.prior == PRIOR_REFERENCE_MASK else "nnunet-oof",
                        training=training, metrics={"validation": metrics})

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .data.patches import PatchDataset, PatchSet
+from .atomic import write_text_atomic
 from .devices import resolve_device
 from .errors import ConfigError
 from .metrics import safe_auc
@@ -311,9 +312,7 @@ def write_history(history: list[dict], out_dir: Path) -> None:
         return
     keys = list(history[0])
     lines = [",".join(keys)] + [",".join(f"{h.get(k, '')}" for k in keys) for h in history]
-    tmp = out_dir / (HISTORY_NAME + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out_dir / HISTORY_NAME)
+    write_text_atomic(out_dir / HISTORY_NAME, "\n".join(lines) + "\n")
 
 
 def plot_history(history: list[dict], path: Path) -> None:

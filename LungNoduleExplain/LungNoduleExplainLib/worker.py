@@ -136,7 +136,7 @@ class _ProtocolLogHandler(logging.Handler):
             self.handleError(record)
 
 
-def resolve_device(requested: str, cuda_available: Callable[[], bool] | None = None) -> tuple[str, str | None]:
+def device_and_note(requested: str, cuda_available: Callable[[], bool] | None = None) -> tuple[str, str | None]:
     """(device to use, note for the user or None). Never falls back silently."""
     if requested == "cpu":
         return "cpu", None
@@ -184,7 +184,7 @@ def run_request(request: Request, messages: MessageWriter, *,
                 ct_reader: Callable[[Path], Any] = _default_ct_reader,
                 cuda_available: Callable[[], bool] | None = None) -> None:
     """Analyse every point of the request and write the results; raises on failure (main turns it into a line)."""
-    device, note = resolve_device(request.device, cuda_available)
+    device, note = device_and_note(request.device, cuda_available)
     if note:
         messages.log(note, level="warning")
     n = len(request.points)

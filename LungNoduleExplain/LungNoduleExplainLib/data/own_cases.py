@@ -32,12 +32,13 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from ..atomic import write_text_atomic
 from ..errors import DatasetError, InputImageError, PointError
 from ..tasks import TaskSet, prevalence
 from ..volume import point_to_lps, read_ct
 from .voi_table import REQUIRED_COLUMNS, read_image
 from .voi_writer import (PrepareSummary, ProgressCallback, VoiFolderWriter, box_around_point, crop_with_context,
-                         equivalent_diameter_mm, mask_bounding_box, mask_centroid_lps, write_atomic_text)
+                         equivalent_diameter_mm, mask_bounding_box, mask_centroid_lps)
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def prepare_own(cases_csv: str | Path, task_set: TaskSet, out_dir: str | Path, *
     out_columns = list(dict.fromkeys([*REQUIRED_COLUMNS, *passthrough, *POINT_COLUMNS, "point_space",
                                       *OWN_SOURCE_COLUMNS]))
     writer = VoiFolderWriter(out_dir, out_columns, source=str(Path(cases_csv).resolve()))
-    write_atomic_text(out_dir / "tasks.json", json.dumps(task_set.to_dict(), indent=2) + "\n")
+    write_text_atomic(out_dir / "tasks.json", json.dumps(task_set.to_dict(), indent=2) + "\n")
     by_ct: dict[Path, list[OwnCase]] = defaultdict(list)
     for case in cases:
         by_ct[case.ct.resolve()].append(case)

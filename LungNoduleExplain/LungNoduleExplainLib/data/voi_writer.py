@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from ..atomic import write_text_atomic
 from ..errors import DatasetError
 from .voi_table import REQUIRED_COLUMNS, TABLE_NAME
 
@@ -91,22 +91,6 @@ def equivalent_diameter_mm(mask: sitk.Image) -> float:
 
 
 # -------------------------------------------------------------------------------------------------- atomic I/O
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-_FILE_MODE = 0o666 & ~_UMASK
-def write_atomic_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and `os.replace`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; give the file the mode a plain open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_atomic_image(image: sitk.Image, path: Path) -> None:
     """Write a NIfTI (compressed) through a temporary name in the same folder and `os.replace`."""
     tmp = path.with_name(f".{path.name}.tmp.nii.gz")
@@ -254,7 +238,7 @@ class VoiFolderWriter:
         if clash:
             raise DatasetError(f"unit {unit}: case ids {clash} were already written by another unit")
         self._units[unit] = rows
-        write_atomic_text(self.progress_path, json.dumps(
+        write_text_atomic(self.progress_path, json.dumps(
             {"version": PROGRESS_VERSION, "source": self.source, "columns": self.columns, "units": self._units},
             indent=0))
         self.write_table()
@@ -267,11 +251,11 @@ class VoiFolderWriter:
         writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
-        write_atomic_text(self.out_dir / TABLE_NAME, buffer.getvalue())
+        write_text_atomic(self.out_dir / TABLE_NAME, buffer.getvalue())
 
     def write_summary(self, summary: PrepareSummary) -> Path:
         path = self.out_dir / SUMMARY_NAME
-        write_atomic_text(path, json.dumps(summary.to_dict(), indent=1) + "\n")
+        write_text_atomic(path, json.dumps(summary.to_dict(), indent=1) + "\n")
         return path
 
     def finish(self, summary: PrepareSummary, export_nnunet: bool) -> PrepareSummary:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .blocks import (AnatomicalAttentionGate, ConvBnRelu, Down, ResidualUnit, SoftActivationMapping,
-                     SpatialAttentionCBAM, TwoConv, UpCat)
+                     SpatialAttentionCBAM, UpCat)
 
 PRIOR_MODES = ("none", "aag", "cbam")
 

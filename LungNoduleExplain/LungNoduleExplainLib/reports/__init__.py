@@ -16,7 +16,6 @@ half-written):
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import re
 import shutil
@@ -28,6 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
+from ..atomic import write_json_atomic
 from ..errors import LungNoduleExplainError
 from ..finding import Finding
 from .html import PHANTOM_NOTICE, RESEARCH_NOTICE, NoduleSection, render_report
@@ -149,7 +149,7 @@ def _write_all(folder: Path, findings: Sequence[Finding], ct: sitk.Image, *, tit
              "engine_version": __version__, "generated_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(),
              "extra_files": sorted(extra_images),
              "nodules": [{"folder": s.folder, **s.finding.summary()} for s in sections]}
-    _write_json(index, folder / "findings.json")
+    write_json_atomic(folder / "findings.json", index)
     report = folder / "report.html"
     report.write_text(render_report(sections, ct, title=title, source=source, is_phantom=is_phantom),
                       encoding="utf-8")
@@ -179,7 +179,7 @@ def _write_nodule(root: Path, index: int, finding: Finding, ct: sitk.Image, sour
         (folder / files["overlays"][output.name]).write_bytes(overlays[output.name])
     body = {"nodule": index, "source": source, **finding.summary(), "ct_grid": _grid(ct),
             "files": files}
-    _write_json(body, folder / files["finding"])
+    write_json_atomic(folder / files["finding"], body)
     return NoduleSection(finding, name, overlays)
 
 
@@ -192,5 +192,3 @@ def _write_image(image: sitk.Image, path: Path) -> None:
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
-def _write_json(data: dict, path: Path) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -16,7 +16,6 @@ is not air), and it keeps the net from learning that a nodule ends where the box
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -29,6 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from ..atomic import write_json_atomic
 from ..data.voi_table import NoduleRecord, patient_folds, read_image, read_voi_table
 from ..errors import DatasetError
 from ..patch import AIR_HU
@@ -136,7 +136,7 @@ def export_nnunet_dataset(voi_folder: str | Path, out_raw_dir: str | Path, datas
             _export_case(record, tmp, pad_mm, min_size_mm)
             if progress is not None:
                 progress(n + 1, len(records), record.case_id)
-        _write_json(tmp / "dataset.json", {
+        write_json_atomic(tmp / "dataset.json", {
             "channel_names": {"0": "CT"},
             "labels": {"background": 0, "nodule": 1},
             "numTraining": len(records),
@@ -148,7 +148,7 @@ def export_nnunet_dataset(voi_folder: str | Path, out_raw_dir: str | Path, datas
                                    "split_seed": split_seed,
                                    "patients": {r.case_id: r.patient_id for r in records}},
         })
-        _write_json(tmp / "splits_final.json", splits)
+        write_json_atomic(tmp / "splits_final.json", splits)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -175,5 +175,3 @@ def _export_case(record: NoduleRecord, folder: Path, pad_mm: Sequence[float],
     sitk.WriteImage(label, str(folder / "labelsTr" / f"{record.case_id}.nii.gz"), True)
 
 
-def _write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=1))

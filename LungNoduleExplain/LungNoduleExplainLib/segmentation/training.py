@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from ..atomic import write_json_atomic
 from ..data.voi_table import read_image, read_voi_table
 from ..errors import ConfigError, DatasetError
 from .export import DEFAULT_DATASET_ID, DEFAULT_NAME, DEFAULT_PAD_MM, dataset_name, export_nnunet_dataset
@@ -204,7 +205,7 @@ def cross_validate(voi_folder: str | Path, work: str | Path, out: str | Path,
         state["dice"].update(fold_dice)
         state["fold_of_case"].update({c: fold for c in val_cases})
         state["folds_done"].append(fold)
-        _write_json_atomic(results_file, state)
+        write_json_atomic(results_file, state)
         report(f"fold {fold}: mean out-of-fold Dice {np.mean(list(fold_dice.values())):.3f}", (i + 1) / n)
     if out.exists():
         shutil.rmtree(out)
@@ -236,7 +237,3 @@ def write_oof(segmenter: NoduleSegmenter, records: Sequence, oof_dir: Path) -> d
     return scores
 
 
-def _write_json_atomic(path: Path, data: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
