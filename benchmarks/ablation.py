@@ -33,7 +33,7 @@ from LungNoduleExplainLib.tasks import load_task_set
 from LungNoduleExplainLib.training import Trainer, TrainConfig, predict
 
 sys.path.insert(0, str(Path(__file__).parent))
-from descriptor_baseline import fit_predict  # noqa: E402
+from descriptor_baseline import out_of_fold  # noqa: E402
 
 MODELS = [*VARIANTS, "hesam-mt-aag+descriptors"]
 
@@ -127,14 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         rows[f"{variant}"] = {n: auc_with_ci(patches.labels[:, k], probs[:, k], patches.patient_ids,
                                              n_boot=args.bootstrap)
                               for k, n in enumerate(names) if not np.all(np.isnan(probs[:, k]))}
-    oof = np.full(patches.labels.shape, np.nan)
-    for f, test in enumerate(folds):
-        train = np.asarray([i for j, idx in enumerate(folds) if j != f for i in idx])
-        for k in range(len(names)):
-            oof[test, k] = fit_predict(patches.descriptors.astype(np.float64), patches.labels[:, k], train,
-                                       np.asarray(test))
-    rows["descriptors + logistic regression"] = {n: auc_with_ci(patches.labels[:, k], oof[:, k], patches.patient_ids,
-                                                                n_boot=args.bootstrap) for k, n in enumerate(names)}
+    descriptors, fold_arrays = patches.descriptors.astype(np.float64), [np.asarray(f) for f in folds]
+    rows["descriptors + logistic regression"] = {
+        n: auc_with_ci(patches.labels[:, k], out_of_fold(descriptors, patches.labels[:, k], fold_arrays),
+                       patches.patient_ids, n_boot=args.bootstrap) for k, n in enumerate(names)}
     rows["size only (diameter_mm)"] = {n: auc_with_ci(patches.labels[:, k], patches.diameters_mm,
                                                       patches.patient_ids, n_boot=args.bootstrap)
                                        for k, n in enumerate(names)}

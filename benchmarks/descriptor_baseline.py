@@ -37,6 +37,14 @@ def fit_predict(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarra
     return model.predict_proba(x[test])[:, 1]
 
 
+def out_of_fold(x: np.ndarray, y: np.ndarray, folds: list[np.ndarray]) -> np.ndarray:
+    """Pooled out-of-fold probabilities: each fold predicted by a regression fit on the other folds."""
+    oof = np.full(len(y), np.nan)
+    for f, test in enumerate(folds):
+        oof[test] = fit_predict(x, y, np.concatenate([g for j, g in enumerate(folds) if j != f]), test)
+    return oof
+
+
 def fmt(m: dict | None) -> str:
     if m is None or math.isnan(m["auc"]):
         return "n/a"
@@ -76,11 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         val_groups = [groups[i] for i in val_idx]
         lr_val = auc_with_ci(y[val_idx], fit_predict(x, y, train_idx, val_idx), val_groups)
         size_val = auc_with_ci(y[val_idx], patches.diameters_mm[val_idx], val_groups)
-        oof = np.full(len(y), np.nan)
-        for f, test in enumerate(folds):
-            train = np.concatenate([g for j, g in enumerate(folds) if j != f])
-            oof[test] = fit_predict(x, y, train, test)
-        lr_cv, size_cv = auc_with_ci(y, oof, groups), auc_with_ci(y, patches.diameters_mm, groups)
+        lr_cv = auc_with_ci(y, out_of_fold(x, y, folds), groups)
+        size_cv = auc_with_ci(y, patches.diameters_mm, groups)
         net = network.get(name) if network else None
         results[name] = {"network_validation": net and {k2: net[k2] for k2 in ("auc", "ci_low", "ci_high")},
                          "descriptors_lr_validation": lr_val, "size_validation": size_val,

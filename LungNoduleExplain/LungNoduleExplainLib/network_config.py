@@ -16,6 +16,7 @@ VARIANTS: dict[str, str] = {
     "resnet": "3D ResNet baseline (image only)",
     "densenet": "3D DenseNet baseline (image only)",
 }
+PRIOR_VARIANTS = ("hesam-mt-cbam", "hesam-mt-aag")  # the variants whose gates take the prior map
 DEFAULT_VARIANT = "hesam-mt-aag"
 # Width that trains on 2 CPU cores in reasonable time; the authors use (64, 128, 256, 512).
 DEFAULT_FEATURES: tuple[int, int, int, int] = (8, 16, 32, 64)
@@ -64,7 +65,7 @@ class NetworkConfig:
 
     @property
     def uses_prior(self) -> bool:
-        return self.variant in ("hesam-mt-cbam", "hesam-mt-aag")
+        return self.variant in PRIOR_VARIANTS
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .descriptors import nodule_descriptors
+
 SPACING_XYZ_MM: tuple[float, float, float] = (0.7, 0.7, 1.25)
 PATCH_SIZE_XYZ: tuple[int, int, int] = (64, 64, 32)
 AIR_HU = -1000.0
@@ -110,8 +112,6 @@ def extract_patch(ct: sitk.Image, center_lps: Sequence[float], prior: sitk.Image
     Areas outside the CT are padded with air; a tight VOI is therefore padded, never stretched.
     The prior (probability in [0, 1] or binary mask) is resampled linearly onto the same grid.
     """
-    from .descriptors import nodule_descriptors
-
     geometry = PatchGeometry.centred_at(center_lps, spacing, size)
     hu = resample_to_grid(ct, geometry)
     if prior is None:

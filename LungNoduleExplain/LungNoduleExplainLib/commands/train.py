@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..network_config import DEFAULT_FEATURES, DEFAULT_VARIANT, VARIANTS, NetworkConfig
+from ..network_config import DEFAULT_FEATURES, DEFAULT_VARIANT, PRIOR_VARIANTS, VARIANTS, NetworkConfig
 from ..tasks import BUILTIN_TASK_SETS
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     init_from_env(args.device)  # under torchrun: one process per GPU (NCCL) or CPU worker (gloo)
 
     network = NetworkConfig(args.variant, args.features, stem_stride=args.stem_stride, inputs=args.inputs,
-                            descriptors=args.descriptors and args.variant in ("hesam-mt-aag", "hesam-mt-cbam"))
+                            descriptors=args.descriptors and args.variant in PRIOR_VARIANTS)
     config = TrainConfig(network=network,
                          max_epochs=args.epochs, phase1_epochs=args.phase1_epochs, batch_size=args.batch_size,
                          lr=args.lr, plateau_patience=args.plateau_patience,
