@@ -275,3 +275,34 @@ def test_seed_point_falls_back_to_the_mask_centroid_when_the_table_centre_is_out
     assert sitk.GetArrayViewFromImage(mask)[index[2], index[1], index[0]] > 0
     with pytest.raises(DatasetError, match="outside"):
         seed_point(far, image, None)
+
+
+def test_one_window_crop_first_and_the_full_crop_only_when_the_nodule_touches_its_border(segmenter, monkeypatch):
+    from LungNoduleExplainLib.segmentation.predict import one_window_mm, touches_border
+
+    plans = json.loads((segmenter.model_dir / "plans.json").read_text())
+    config = plans["configurations"]["3d_fullres"]
+    extent_xyz = [p * s for p, s in zip(config["patch_size"][::-1], config["spacing"][::-1])]
+    window = one_window_mm(plans, "3d_fullres")
+    assert all(0.95 * e < w < e for w, e in zip(window, extent_xyz))
+    assert segmenter.window_mm == tuple(min(w, c) for w, c in zip(window, segmenter.crop_mm))
+
+    ct = sitk.GetImageFromArray(np.full((60, 120, 120), -800, dtype=np.int16))
+    ct.SetSpacing((0.7, 0.7, 1.25))
+    radius_mm = {"small": 6.0, "large": 25.0}
+    for size, grows in (("small", False), ("large", True)):
+        def blob(hu_zyx, spacing_zyx, r=radius_mm[size]):
+            grid = np.indices(hu_zyx.shape).astype(float)
+            centre = (np.asarray(hu_zyx.shape, dtype=float) - 1) / 2
+            d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, spacing_zyx))
+            return (d2 <= r * r).astype(np.float32)
+        monkeypatch.setattr(segmenter, "predict_array", blob)
+        result = segmenter.segment(ct, (60, 60, 30), space="ijk")
+        crop_mm = np.asarray(result.crop.size) * np.asarray(result.crop.spacing)
+        expected = segmenter.crop_mm if grows else segmenter.window_mm
+        assert result.grown is grows
+        np.testing.assert_allclose(crop_mm, expected, atol=1.3)
+        assert touches_border(sitk.GetArrayViewFromImage(result.crop_probability) >= 0.5) is (size == "large")
+    explicit = segmenter.segment(ct, (60, 60, 30), space="ijk", crop_mm=(20.0, 20.0, 20.0))
+    assert not explicit.grown and explicit.crop.size == (29, 29, 16)
+    assert not touches_border(np.zeros((3, 3, 3), dtype=bool))
