@@ -121,10 +121,10 @@ def untrained_worker_main(argv: list[str]) -> int:
     """The real worker, Analyzer and report writer; only the model is a stand-in: the request's bundle holds an
     untrained network and nnU-Net is replaced by test_cli_analyze's threshold segmenter."""
     from LungNoduleExplainLib import analysis, worker
-    from test_cli_analyze import ThresholdSegmenter
+    from test_cli_analyze import threshold_segmenter
 
     def factory(bundle, device, progress):
-        return analysis.Analyzer(bundle, device=device, progress=progress, segmenter=ThresholdSegmenter())
+        return analysis.Analyzer(bundle, device=device, progress=progress, segmenter=threshold_segmenter())
 
     return worker.main(argv, analyzer_factory=factory)
 

@@ -357,17 +357,20 @@ def test_an_unreadable_bundle_is_one_clear_error(phantom_file, tmp_path, capsys)
     assert not (tmp_path / "out").exists()
 
 
-class ThresholdSegmenter:
-    """nnU-Net's crop, paste-back and component choice (NoduleSegmenter.segment), with the network replaced by a
-    -400 HU threshold: the real pipeline around a stand-in model, for tests that must not wait for training."""
+def threshold_segmenter():
+    """nnU-Net's two-step crop, paste-back and component choice (NoduleSegmenter.segment), with the network replaced
+    by a -400 HU threshold: the real pipeline around a stand-in model, for tests that must not wait for training."""
+    from LungNoduleExplainLib.segmentation import predict
 
-    def __init__(self) -> None:
-        from LungNoduleExplainLib.segmentation import predict
-        self.crop_mm, self.threshold = predict.DEFAULT_CROP_MM, predict.DEFAULT_THRESHOLD
-        self.segment = predict.NoduleSegmenter.segment.__get__(self)
+    class ThresholdSegmenter(predict.NoduleSegmenter):
+        def __init__(self) -> None:  # no model folder: only the attributes segment() reads
+            self.crop_mm, self.window_mm = predict.DEFAULT_CROP_MM, (33.0, 33.0, 39.0)
+            self.threshold = predict.DEFAULT_THRESHOLD
 
-    def predict_array(self, hu_zyx: np.ndarray, spacing_zyx) -> np.ndarray:
-        return (hu_zyx > -400).astype(np.float32)
+        def predict_array(self, hu_zyx: np.ndarray, spacing_zyx) -> np.ndarray:
+            return (hu_zyx > -400).astype(np.float32)
+
+    return ThresholdSegmenter()
 
 
 def test_the_real_pipeline_with_an_untrained_model_writes_a_valid_report_on_real_lidc(ct_dir, tmp_path, capsys):
@@ -386,7 +389,7 @@ def test_the_real_pipeline_with_an_untrained_model_writes_a_valid_report_on_real
                          training={"note": "untrained"}, metrics={})
 
     def factory(bundle, device, progress):
-        return analysis.Analyzer(bundle, device="cpu", progress=progress, segmenter=ThresholdSegmenter())
+        return analysis.Analyzer(bundle, device="cpu", progress=progress, segmenter=threshold_segmenter())
 
     nodule = _nodules(ct_dir)["LIDC-IDRI-0003"]
     out = tmp_path / "out"
