@@ -41,6 +41,23 @@ def oof_dice(data: Path, oof_dir: Path) -> tuple[dict[str, float], dict[str, int
     return scores, fold_of, {r.case_id: r.patient_id for r in records}
 
 
+def write_oof_maps(model: Path, data: Path, oof_dir: Path) -> None:
+    """Segment every nodule with the fold model that never saw its patient (the shipped default crop), as
+    `train-segmentation` does after each fold; for re-measuring a finished model after an inference change."""
+    from LungNoduleExplainLib.data.voi_table import read_voi_table
+    from LungNoduleExplainLib.segmentation import NoduleSegmenter
+    from LungNoduleExplainLib.segmentation.export import patient_grouped_splits
+    from LungNoduleExplainLib.segmentation.predict import find_folds
+    from LungNoduleExplainLib.segmentation.training import write_oof
+
+    records = {r.case_id: r for r in read_voi_table(data, require_masks=True)}
+    splits = patient_grouped_splits(list(records.values()))
+    for fold in find_folds(model):
+        segmenter = NoduleSegmenter(model, folds=(fold,), device="cpu")
+        write_oof(segmenter, [records[c] for c in splits[fold]["val"]], oof_dir)
+        print(f"fold {fold}: {len(splits[fold]['val'])} out-of-fold maps in {oof_dir}", flush=True)
+
+
 def cv_summary(data: Path, oof_dir: Path) -> list[str]:
     """Markdown rows: mean Dice with its CI per fold and over all maps, then by the table's diameter."""
     from LungNoduleExplainLib.data.voi_table import read_voi_table
@@ -132,14 +149,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--oof", type=Path, default=None, help="folder of out-of-fold probability maps")
     parser.add_argument("--whole-ct", default="LIDC-IDRI-0001", help="series also predicted whole")
+    parser.add_argument("--write-oof", action="store_true",
+                        help="first (re)write --oof with the model's fold models and the current inference code")
     parser.add_argument("--dice-only", action="store_true", help="only print the OOF Dice table of --oof")
     parser.add_argument("--whole-ct-only", action="store_true",
                         help="only time nnU-Net on the whole --whole-ct series and print it (no Dice, no crops)")
     args = parser.parse_args(argv)
+    if (args.write_oof or args.dice_only) and args.oof is None:
+        parser.error("--write-oof and --dice-only need --oof DIR")
     import torch
     torch.set_num_threads(args.threads)
     if args.whole_ct_only:
         return whole_ct_only(args)
+    if args.write_oof:
+        write_oof_maps(args.model, args.data, args.oof)
     if args.dice_only:
         print("\n".join([*CV_HEADER, *cv_summary(args.data, args.oof)]))
         return 0
