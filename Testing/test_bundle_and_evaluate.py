@@ -13,7 +13,7 @@ import torch
 
 from LungNoduleExplainLib.bundle import WEIGHTS_NAME, load_bundle, save_bundle
 from LungNoduleExplainLib.cli import main
-from LungNoduleExplainLib.errors import BundleError, InputImageError
+from LungNoduleExplainLib.errors import BundleError, ConfigError, DatasetError, InputImageError
 from LungNoduleExplainLib.networks import NetworkConfig, build_network
 from LungNoduleExplainLib.tasks import load_task_set
 
@@ -117,6 +117,32 @@ def test_evaluate_on_a_corrupt_image_names_it_and_writes_no_metrics(bundle_dir: 
     assert main(["--quiet", "evaluate", "--data", str(fixture_folder), "--model", str(bundle_dir), "--out",
                  str(out), "--prior", "reference-mask", "--device", "cpu"]) == 2
     assert not (out / "metrics.json").exists()
+
+
+def test_evaluate_with_a_folder_of_saved_prior_maps_uses_them_and_reports_their_dice(
+        bundle_dir: Path, fixture_folder: Path, tmp_path: Path) -> None:
+    import SimpleITK as sitk
+    from LungNoduleExplainLib.evaluation import evaluate_folder
+
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    rows = list(csv.DictReader((fixture_folder / "nodules.csv").open()))
+    for row in rows:  # the reference masks as float probability maps: Dice must be exactly 1
+        mask = sitk.ReadImage(str(fixture_folder / row["mask"]))
+        sitk.WriteImage(sitk.Cast(mask > 0, sitk.sitkFloat32), str(maps / f"{row['case_id']}.nii.gz"))
+    with_maps = evaluate_folder(fixture_folder, bundle_dir, tmp_path / "maps_eval", prior=str(maps), device="cpu",
+                                n_boot=20)
+    with_masks = evaluate_folder(fixture_folder, bundle_dir, tmp_path / "mask_eval", prior="reference-mask",
+                                 device="cpu", n_boot=20)
+    assert with_maps["prior"] == str(maps) and with_maps["segmentation_dice"]["mean"] == pytest.approx(1.0)
+    assert with_maps["outputs"]["malignant"]["auc"] == pytest.approx(with_masks["outputs"]["malignant"]["auc"])
+    (maps / f"{rows[2]['case_id']}.nii.gz").unlink()
+    out = tmp_path / "partial"
+    with pytest.raises(DatasetError, match=rows[2]["case_id"]):
+        evaluate_folder(fixture_folder, bundle_dir, out, prior=str(maps), device="cpu", n_boot=20)
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="folder of probability maps"):
+        evaluate_folder(fixture_folder, bundle_dir, out, prior=str(tmp_path / "nowhere"), device="cpu")
 
 
 def test_metrics_bootstrap_ci_resamples_patients() -> None:

@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import SimpleITK as sitk
 
 from .data.patches import PatchSet
+from .data.voi_table import NoduleRecord
+from .errors import DatasetError
 from .metrics import auc_with_ci, threshold_metrics, youden_threshold
 
 logger = logging.getLogger(__name__)
@@ -99,48 +102,85 @@ def write_evaluation(out: Path, metrics: dict, predictions: str, plot: Callable[
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+PriorCallback = Callable[[NoduleRecord, sitk.Image], sitk.Image]
+
+
+def _segmentation_prior(bundle, dice_by_case: dict[str, tuple[float, str]]) -> PriorCallback:  # noqa: ANN001
+    """The bundle's nnU-Net model segments each nodule (as at analysis time); records Dice where a mask exists."""
+    from .data.voi_table import read_image
+    from .metrics import dice
+    from .segmentation.metrics import seed_point
+    from .segmentation.predict import NoduleSegmenter
+
+    segmenter = NoduleSegmenter(bundle.segmentation_dir, device=str(bundle.device))
+
+    def prior_maps(record: NoduleRecord, ct: sitk.Image) -> sitk.Image:
+        has_mask = record.mask_path is not None and record.mask_path.is_file()
+        reference = read_image(record.mask_path, f"mask of {record.case_id}") if has_mask else None
+        # seed_point: a few table centres lie outside their own VOI; segment from the mask centroid there
+        result = segmenter.segment(ct, seed_point(record, ct, reference))
+        if reference is not None:
+            dice_by_case[record.case_id] = (dice(result.mask, reference), record.patient_id)
+        return result.probability
+    return prior_maps
+
+
+def _saved_maps_prior(folder: Path, dice_by_case: dict[str, tuple[float, str]]) -> PriorCallback:
+    """Probability maps `<folder>/<case_id>.nii.gz` (e.g. out-of-fold nnU-Net); records Dice where a mask exists."""
+    from .data.patches import prior_path
+    from .data.voi_table import read_image
+    from .segmentation.metrics import dice_at_point
+
+    def prior_maps(record: NoduleRecord, ct: sitk.Image) -> sitk.Image:
+        path = prior_path(record, str(folder))
+        if not path.is_file():
+            raise DatasetError(f"prior map for case {record.case_id} not found: {path}")
+        probability = read_image(path, f"prior of case {record.case_id}")
+        if record.mask_path is not None and record.mask_path.is_file():
+            reference = read_image(record.mask_path, f"mask of {record.case_id}")
+            dice_by_case[record.case_id] = (dice_at_point(probability, reference, record.center_lps),
+                                            record.patient_id)
+        return probability
+    return prior_maps
+
+
 def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str | Path, *, prior: str = "auto",
                     device: str = "auto", n_boot: int = 1000, progress: ProgressCallback | None = None) -> dict:
     """Evaluate a bundle on a dataset folder it has never seen; returns the metrics written to OUT/metrics.json.
 
     prior: "reference-mask" (the folder's masks feed the AAG), "segmentation" (the bundle's nnU-Net model segments
-    each nodule, as at analysis time; Dice against the masks is reported too) or "auto": the prior the classifier
-    was trained with (reference masks for a "reference-mask" bundle, nnU-Net for an "nnunet-oof" one). Nothing is
-    written unless every nodule was read and scored.
+    each nodule, as at analysis time; Dice against the masks is reported too), a folder of probability maps
+    `<case_id>.nii.gz` on each image's grid (e.g. out-of-fold nnU-Net maps of patients the segmentation model never
+    saw; Dice of the component at the centre is reported too) or "auto": the prior the classifier was trained with
+    (reference masks for a "reference-mask" bundle, nnU-Net for an "nnunet-oof" one). Nothing is written unless
+    every nodule was read and scored.
     """
     from .bundle import load_bundle
     from .data.patches import PRIOR_REFERENCE_MASK, build_patch_set
     from .data.voi_table import read_voi_table
     from .errors import ConfigError
     from .devices import resolve_device
-    from .metrics import dice, mean_with_ci
+    from .metrics import mean_with_ci
     from .training import predict
 
     bundle = load_bundle(bundle_path, device=resolve_device(device))
     if prior == "auto":
         prior = PRIOR_REFERENCE_MASK if bundle.prior == PRIOR_REFERENCE_MASK else "segmentation"
+    map_folder = None
     if prior not in ("segmentation", PRIOR_REFERENCE_MASK):
-        raise ConfigError(f"prior must be auto, segmentation or reference-mask, got {prior!r}")
+        map_folder = Path(prior)
+        if not map_folder.is_dir():
+            raise ConfigError(f"prior must be auto, segmentation, reference-mask or a folder of probability maps "
+                              f"<case_id>.nii.gz; {prior!r} is none of these")
     records = read_voi_table(data, bundle.task_set, require_masks=prior == PRIOR_REFERENCE_MASK)
     dice_by_case: dict[str, tuple[float, str]] = {}  # case -> (Dice, patient)
     prior_maps = None
-    if prior == "segmentation":
+    if map_folder is not None:
+        prior_maps = _saved_maps_prior(map_folder, dice_by_case)
+    elif prior == "segmentation":
         if bundle.segmentation_dir is None:
             raise ConfigError(f"bundle {bundle.path} has no segmentation model; use --prior reference-mask")
-        from .data.voi_table import read_image
-        from .segmentation.metrics import seed_point
-        from .segmentation.predict import NoduleSegmenter
-
-        segmenter = NoduleSegmenter(bundle.segmentation_dir, device=str(bundle.device))
-
-        def prior_maps(record, ct):  # noqa: ANN001 - a PatchSet callback
-            has_mask = record.mask_path is not None and record.mask_path.is_file()
-            reference = read_image(record.mask_path, f"mask of {record.case_id}") if has_mask else None
-            # seed_point: a few table centres lie outside their own VOI; segment from the mask centroid there
-            result = segmenter.segment(ct, seed_point(record, ct, reference))
-            if reference is not None:
-                dice_by_case[record.case_id] = (dice(result.mask, reference), record.patient_id)
-            return result.probability
+        prior_maps = _segmentation_prior(bundle, dice_by_case)
 
     patches = build_patch_set(records, bundle.task_set, PRIOR_REFERENCE_MASK, prior_maps=prior_maps,
                               spacing=bundle.spacing, size=bundle.patch_size,

@@ -13,9 +13,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset folder: nodules.csv, images/, masks/")
     p.add_argument("--model", default=None, help="model bundle folder (default: the bundle shipped with the package)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--prior", default="auto", choices=("auto", "segmentation", "reference-mask"),
-                   help="what feeds the attention gates (auto: what the classifier was trained with; "
-                        "segmentation: the bundle's nnU-Net model, as at analysis time, and reports Dice)")
+    p.add_argument("--prior", default="auto",
+                   help="what feeds the attention gates: auto (what the classifier was trained with), "
+                        "reference-mask, segmentation (the bundle's nnU-Net model, as at analysis time; reports "
+                        "Dice) or a folder of probability maps <case_id>.nii.gz, e.g. out-of-fold nnU-Net maps")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of patients (default 1000)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=run)
