@@ -65,8 +65,10 @@ def test_augmentation_keeps_shape_and_applies_the_same_spatial_transform_to_the_
     for _ in range(10):
         a, p = augment(image, volume.copy(), rng)
         assert a.shape == image.shape and p.shape == volume.shape
-        # gamma changes intensities monotonically, never positions: the ordering of voxels matches the prior
-        assert np.array_equal(np.argsort(a[0], axis=None), np.argsort(p, axis=None))
+        # gamma changes intensities monotonically, never positions: in the prior's voxel order the image never
+        # decreases (float32 rounding of the power may tie neighbours, so ranks are not compared exactly)
+        in_prior_order = a[0].ravel()[np.argsort(p, axis=None, kind="stable")]
+        assert np.all(np.diff(in_prior_order) >= 0)
         assert np.array_equal(a[1], p)  # the HU-window channel gets no gamma
 
 
