@@ -86,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             "optimistic; the AUCs are not tuned.", "", metrics_table(metrics["validation"])]
     if "validation_with_segmentation_prior" in metrics:
         ev = metrics["validation_with_segmentation_prior"]
-        card += ["", f"## The same patients with the nnU-Net prior (as at analysis time; prior `{ev['prior']}`)", "",
+        how = (f"prior `{ev['prior']}`" if ev["prior"] in ("segmentation", "reference-mask") else
+               "out-of-fold nnU-Net maps: each nodule segmented by the fold model that never saw its patient, with "
+               "the default crop; descriptors from those maps too")
+        card += ["", f"## The same patients with the nnU-Net prior (as at analysis time; {how})", "",
+                 "Thresholds are the bundle's, chosen with the reference-mask prior.", "",
                  metrics_table(ev["outputs"])]
         if "segmentation_dice" in ev:
             d = ev["segmentation_dice"]
@@ -101,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         card += ["", "## Segmentation model",
                  f"nnU-Net v2, small plans, folds present: {', '.join(folds)} (ensembled at analysis time); trained "
                  f"{schedule.get('epochs', '?')} epochs x {schedule.get('iterations_per_epoch', '?')} batches per "
-                 f"fold. Out-of-fold Dice (connected component at the centre vs the reference mask) mean "
-                 f"{mean_dice:.3f} over {len(cv['dice'])} nodules (see benchmarks/segmentation_results.md); "
+                 f"fold. Out-of-fold Dice recorded during training (connected component at the centre vs the "
+                 f"reference mask, the crop of the code of that time) mean {mean_dice:.3f} over {len(cv['dice'])} "
+                 "nodules; the default inference path's figure is in benchmarks/segmentation_results.md; "
                  + ("at or above the 0.82 target." if mean_dice >= 0.82 else
                     "**below the 0.82 target** (paper 0.818): a CPU budget is a small share of nnU-Net's default "
                     "schedule. Maps, volumes and click-time descriptors in `analyze` inherit this.")]

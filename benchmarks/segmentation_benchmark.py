@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     from LungNoduleExplainLib.segmentation.predict import find_folds
     text = "\n".join([
         MARKER, "",
-        f"Command: `nice -n 10 python benchmarks/segmentation_benchmark.py {' '.join(sys.argv[1:])}`", "",
+        f"Command: `python benchmarks/segmentation_benchmark.py {' '.join(sys.argv[1:])}`", "",
         "Out-of-fold Dice (component of p >= 0.5 at the VOI centre vs the VOI mask; 95% CI: bootstrap over "
         "patients, 2000 draws):", "",
         *CV_HEADER, *cv_lines, "",
