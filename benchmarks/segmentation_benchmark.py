@@ -43,19 +43,18 @@ def oof_dice(data: Path, oof_dir: Path) -> tuple[dict[str, float], dict[str, int
 
 def write_oof_maps(model: Path, data: Path, oof_dir: Path) -> None:
     """Segment every nodule with the fold model that never saw its patient (the shipped default crop), as
-    `train-segmentation` does after each fold; for re-measuring a finished model after an inference change."""
+    `train-segmentation` does after each fold; for re-measuring a finished model after an inference change.
+    Which fold validated which case is read from the model's own cross_validation.json, not re-derived."""
     from LungNoduleExplainLib.data.voi_table import read_voi_table
     from LungNoduleExplainLib.segmentation import NoduleSegmenter
-    from LungNoduleExplainLib.segmentation.export import patient_grouped_splits
-    from LungNoduleExplainLib.segmentation.predict import find_folds
     from LungNoduleExplainLib.segmentation.training import write_oof
 
     records = {r.case_id: r for r in read_voi_table(data, require_masks=True)}
-    splits = patient_grouped_splits(list(records.values()))
-    for fold in find_folds(model):
-        segmenter = NoduleSegmenter(model, folds=(fold,), device="cpu")
-        write_oof(segmenter, [records[c] for c in splits[fold]["val"]], oof_dir)
-        print(f"fold {fold}: {len(splits[fold]['val'])} out-of-fold maps in {oof_dir}", flush=True)
+    fold_of_case = json.loads((model / "cross_validation.json").read_text())["fold_of_case"]
+    for fold in sorted(set(fold_of_case.values())):
+        cases = [records[c] for c, k in fold_of_case.items() if k == fold]
+        write_oof(NoduleSegmenter(model, folds=(fold,), device="cpu"), cases, oof_dir)
+        print(f"fold {fold}: {len(cases)} out-of-fold maps in {oof_dir}", flush=True)
 
 
 def cv_summary(data: Path, oof_dir: Path) -> list[str]:
