@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 
 from LungNoduleExplainLib.data.voi_table import read_voi_table
-from LungNoduleExplainLib.errors import BundleError, DatasetError, InputImageError, PointError
+from LungNoduleExplainLib.errors import BundleError, ConfigError, DatasetError, InputImageError, PointError
 from LungNoduleExplainLib.segmentation import NoduleSegmenter, bootstrap_mean_ci, dice, export_nnunet_dataset
 from LungNoduleExplainLib.segmentation import segmentation_dice
 from LungNoduleExplainLib.segmentation.export import pad_voxels
@@ -141,6 +141,35 @@ def test_cross_validation_writes_a_small_model_folder_and_oof_maps_on_each_voi_g
         values = sitk.GetArrayViewFromImage(oof)
         assert values.min() >= 0.0 and values.max() <= 1.0
         assert 0.0 <= trained.dice[case] <= 1.0
+
+
+def test_training_continued_from_a_model_starts_from_its_weights_and_counts_all_batches(trained, small_voi):
+    import torch
+    from LungNoduleExplainLib.segmentation.training import SegmentationTrainingConfig, cross_validate
+
+    root = trained.model_dir.parent
+    # A vanishing learning rate: after one batch the weights must still be the starting model's, which a fresh
+    # initialisation would not be.
+    config = SegmentationTrainingConfig(folds=(0,), epochs=1, iterations_per_epoch=1, val_iterations_per_epoch=1,
+                                        initial_lr=1e-9, num_processes=1, check_integrity=False,
+                                        init_from=str(trained.model_dir))
+    result = cross_validate(small_voi, root / "work", root / "continued", config, oof_dir=root / "oof_continued")
+    def fold_0(model):
+        return torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+
+    start, continued = fold_0(trained.model_dir), fold_0(result.model_dir)
+    assert continued["lungnodule_explain"]["batches"] == 2 + 1
+    assert continued["lungnodule_explain"]["initialised_from"] == str(trained.model_dir)
+    for key, value in start["network_weights"].items():
+        torch.testing.assert_close(continued["network_weights"][key].float(), value.float(), atol=1e-3, rtol=0)
+    assert set(result.fold_of_case) == set(trained.fold_of_case)
+
+
+def test_continuing_from_a_model_without_the_requested_fold_is_refused_up_front(trained):
+    from LungNoduleExplainLib.segmentation.training import SegmentationTrainingConfig
+
+    with pytest.raises(ConfigError, match=r"init_from: .* folds \[1, 2\]"):
+        SegmentationTrainingConfig(folds=(0, 1, 2), init_from=str(trained.model_dir))
 
 
 def test_segment_returns_probability_and_mask_on_the_ct_grid_of_a_real_dicom_series(segmenter, ct_dir):

@@ -27,6 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=20, help="epochs per fold (default: 20)")
     parser.add_argument("--iterations", type=int, default=30, help="training batches per epoch (default: 30)")
     parser.add_argument("--val-iterations", type=int, default=4, help="validation batches per epoch (default: 4)")
+    parser.add_argument("--lr", type=float, default=1e-2, help="initial learning rate, poly decay (default: 0.01)")
+    parser.add_argument("--init-from", type=Path, default=None, metavar="MODEL_DIR",
+                        help="continue training: fold k starts from MODEL_DIR/fold_k (same plans); the out-of-fold "
+                             "maps stay out of fold because fold k only ever sees its own training patients")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="training device (default: cpu)")
     parser.add_argument("--processes", type=int, default=2, help="worker processes for preprocessing (default: 2)")
     parser.add_argument("--threads", type=int, default=None,
@@ -41,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = SegmentationTrainingConfig(folds=tuple(args.folds), epochs=args.epochs,
                                         iterations_per_epoch=args.iterations,
-                                        val_iterations_per_epoch=args.val_iterations, device=args.device,
+                                        val_iterations_per_epoch=args.val_iterations, initial_lr=args.lr,
+                                        init_from=str(args.init_from) if args.init_from else None,
+                                        device=args.device,
                                         num_processes=args.processes, torch_threads=args.threads)
     result = cross_validate(args.data, args.work, args.out, config, oof_dir=args.oof_dir, overwrite=args.overwrite,
                             progress=lambda message, fraction: logger.info("[%3.0f%%] %s", 100 * fraction, message))

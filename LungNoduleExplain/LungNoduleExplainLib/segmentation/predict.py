@@ -78,7 +78,8 @@ def _load_json(path: Path, what: str) -> dict:
         raise BundleError(f"cannot read {path}: {exc}") from exc
 
 
-def _load_checkpoint(path: Path) -> dict:
+def load_weights_checkpoint(path: Path) -> dict:
+    """A packaged fold checkpoint, loaded with weights_only=True; BundleError naming the file if it cannot be."""
     import torch
     if not path.is_file():
         raise BundleError(f"segmentation model fold missing: {path} does not exist")
@@ -119,7 +120,7 @@ class NoduleSegmenter:
         self.folds = tuple(int(f) for f in folds) if folds is not None else tuple(available)
         if not self.folds:
             raise BundleError(f"segmentation model folder {self.model_dir} has no fold_<k>/{CHECKPOINT_NAME}")
-        checkpoints = [_load_checkpoint(self.model_dir / f"fold_{k}" / CHECKPOINT_NAME) for k in self.folds]
+        checkpoints = [load_weights_checkpoint(self.model_dir / f"fold_{k}" / CHECKPOINT_NAME) for k in self.folds]
         if len(crop_mm) != 3 or min(crop_mm) <= 0:
             raise ValueError(f"crop_mm must be 3 positive sizes (x, y, z) in mm, got {tuple(crop_mm)}")
         if not 0.0 < threshold < 1.0:

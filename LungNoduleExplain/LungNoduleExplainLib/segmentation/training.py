@@ -30,7 +30,7 @@ from ..errors import ConfigError, DatasetError
 from .export import DEFAULT_DATASET_ID, DEFAULT_NAME, DEFAULT_PAD_MM, dataset_name, export_nnunet_dataset
 from .metrics import dice, seed_point
 from .plans import CONFIGURATION, PLANS_NAME, SmallPlansConfig, fingerprint_and_preprocess, plan, use_work_folder
-from .predict import CHECKPOINT_NAME, NoduleSegmenter
+from .predict import CHECKPOINT_NAME, NoduleSegmenter, load_weights_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ class SegmentationTrainingConfig:
     check_integrity: bool = True
     weights_float16: bool = True
     torch_threads: int | None = None  # CPU threads for torch; 1 is fastest on a crowded machine
+    # A model folder (same plans) whose fold k initialises fold k: training continues from it on the same fold's
+    # patients, so the out-of-fold maps stay out of fold.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if not self.folds or any(not 0 <= f < 5 for f in self.folds) or len(set(self.folds)) != len(self.folds):
@@ -63,6 +66,10 @@ class SegmentationTrainingConfig:
                               f"{self.val_iterations_per_epoch}) must be >= 1")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.init_from is not None:
+            missing = [k for k in self.folds if not (Path(self.init_from) / f"fold_{k}" / CHECKPOINT_NAME).is_file()]
+            if missing:
+                raise ConfigError(f"init_from: {self.init_from} has no fold_<k>/{CHECKPOINT_NAME} for folds {missing}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +126,16 @@ def train_fold(fold: int, config: SegmentationTrainingConfig,
     trainer = nnUNetTrainerLungNodule(plans, CONFIGURATION, fold, dataset_json, device=torch.device(config.device))
     trainer.configure(config.epochs, config.iterations_per_epoch, config.val_iterations_per_epoch,
                       config.initial_lr, epoch_callback)
+    if config.init_from is not None:
+        trainer.initialize()  # builds the network; run_training() then skips this step
+        start = load_weights_checkpoint(Path(config.init_from) / f"fold_{fold}" / CHECKPOINT_NAME)
+        try:  # all layers, strictly: this continues our own model, it is not transfer learning
+            trainer.network.load_state_dict({k: v.float() for k, v in start["network_weights"].items()})
+        except RuntimeError as error:
+            raise ConfigError(f"init_from: {config.init_from}/fold_{fold} does not match the plans of this "
+                              f"dataset ({error})") from error
+        logger.info("fold %d: initialised from %s (trained %s)", fold, config.init_from,
+                    start.get("lungnodule_explain", {}))
     trainer.run_training()
     return Path(trainer.output_folder)
 
@@ -193,8 +210,7 @@ def cross_validate(voi_folder: str | Path, work: str | Path, out: str | Path,
                        (i + 0.9 * epoch / epochs) / n)
 
             fold_output = train_fold(fold, config, on_epoch)
-            package_fold(fold_output, fold_dir, config.weights_float16,
-                         {"epochs": config.epochs, "iterations_per_epoch": config.iterations_per_epoch})
+            package_fold(fold_output, fold_dir, config.weights_float16, _training_record(config, fold))
             state["seconds_per_fold"][str(fold)] = time.perf_counter() - started
         if fold in state.setdefault("folds_done", []):
             continue
@@ -216,6 +232,17 @@ def cross_validate(voi_folder: str | Path, work: str | Path, out: str | Path,
                                  {k: int(v) for k, v in state["fold_of_case"].items()},
                                  {c: records[c].patient_id for c in state["dice"]},
                                  {int(k): float(v) for k, v in state["seconds_per_fold"].items()})
+
+
+def _training_record(config: SegmentationTrainingConfig, fold: int) -> dict:
+    """What a packaged fold says about its training, batches counted across any runs it continued."""
+    record = {"epochs": config.epochs, "iterations_per_epoch": config.iterations_per_epoch,
+              "batches": config.epochs * config.iterations_per_epoch}
+    if config.init_from is not None:
+        before = load_weights_checkpoint(Path(config.init_from) / f"fold_{fold}" / CHECKPOINT_NAME).get("lungnodule_explain", {})
+        earlier = before.get("batches", before.get("epochs", 0) * before.get("iterations_per_epoch", 0))
+        record.update(initialised_from=str(config.init_from), batches=record["batches"] + int(earlier))
+    return record
 
 
 def write_oof(segmenter: NoduleSegmenter, records: Sequence, oof_dir: Path) -> dict[str, float]:
