@@ -36,6 +36,20 @@ def metrics_table(outputs: dict) -> str:
     return "\n".join(lines)
 
 
+def _segmentation_schedule(model_dir: Path, config: dict) -> str:
+    """How much each fold was trained, batches counted across continued runs (recorded in each fold's checkpoint)."""
+    from LungNoduleExplainLib.segmentation.predict import CHECKPOINT_NAME, load_weights_checkpoint
+
+    records = [load_weights_checkpoint(f / CHECKPOINT_NAME).get("lungnodule_explain", {})
+               for f in sorted(model_dir.glob("fold_*"))]
+    batches = {r.get("batches", r.get("epochs", 0) * r.get("iterations_per_epoch", 0)) for r in records}
+    text = f"{' / '.join(f'{b:,}' for b in sorted(batches))} batches of {config.get('plans', {}).get('batch_size', 2)} per fold"
+    if config.get("init_from"):
+        text += (f" (the last {config['epochs']} x {config['iterations_per_epoch']} of them continuing the previous "
+                 f"model's folds at initial learning rate {config['initial_lr']})")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True)
@@ -101,12 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         cv = json.loads(seg_cv.read_text())
         folds = sorted(p.name for p in args.segmentation.glob("fold_*"))
         mean_dice = float(np.mean(list(cv["dice"].values())))
-        schedule = cv.get("config", {})
         card += ["", "## Segmentation model",
                  f"nnU-Net v2, small plans, folds present: {', '.join(folds)} (ensembled at analysis time); trained "
-                 f"{schedule.get('epochs', '?')} epochs x {schedule.get('iterations_per_epoch', '?')} batches per "
-                 f"fold. Out-of-fold Dice recorded during training (connected component at the centre vs the "
-                 f"reference mask, the crop of the code of that time) mean {mean_dice:.3f} over {len(cv['dice'])} "
+                 f"{_segmentation_schedule(args.segmentation, cv.get('config', {}))}. Out-of-fold Dice recorded during training (connected component at the centre vs the "
+                 f"reference mask, the crop of the code of that time) mean {mean_dice:.4f} over {len(cv['dice'])} "
                  "nodules; the default inference path's figure is in benchmarks/segmentation_results.md; "
                  + ("at or above the 0.82 target." if mean_dice >= 0.82 else
                     "**below the 0.82 target** (paper 0.818): a CPU budget is a small share of nnU-Net's default "
@@ -115,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
              "- Small CPU-trained network: far fewer epochs and channels than the paper; see docs/RESULTS.md.",
              "- Trained on tight VOIs padded with air; `analyze` recreates a VOI-like box around the segmented nodule.",
              *(["- The descriptors, like the prior, come from the reference mask in training and evaluation but from "
-                "the bundled nnU-Net map in `analyze`; with that model's Dice (below the target) the click-time "
-                "descriptors are rougher than the ones the figures above were measured with."]
+                "the bundled nnU-Net map in `analyze`, so the click-time descriptors are rougher than the ones the "
+                "figures above were measured with (see the nnU-Net-prior figures)."]
                if source.network.descriptors else []),
              "- Against a radiomics-style bar (logistic regression on the same descriptors, same patients): "
              "benchmarks/descriptor_baseline.md.",

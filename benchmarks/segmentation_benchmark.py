@@ -25,10 +25,10 @@ MARKER = "## Measured (recorded by benchmarks/segmentation_benchmark.py)"
 
 
 def oof_dice(data: Path, oof_dir: Path) -> tuple[dict[str, float], dict[str, int], dict[str, str]]:
-    """Dice of every OOF map present (component at the VOI centre vs the mask), with each case's fold and patient."""
+    """Dice of every OOF map present (component at the seed point vs the mask), with each case's fold and patient."""
     from LungNoduleExplainLib.data.voi_table import read_image, read_voi_table
     from LungNoduleExplainLib.segmentation.export import patient_grouped_splits
-    from LungNoduleExplainLib.segmentation.metrics import dice_at_point
+    from LungNoduleExplainLib.segmentation.metrics import dice_at_point, seed_point
 
     records = read_voi_table(data)
     fold_of = {c: k for k, split in enumerate(patient_grouped_splits(records)) for c in split["val"]}
@@ -36,8 +36,9 @@ def oof_dice(data: Path, oof_dir: Path) -> tuple[dict[str, float], dict[str, int
     for record in records:
         path = oof_dir / f"{record.case_id}.nii.gz"
         if path.is_file():
-            scores[record.case_id] = dice_at_point(read_image(path), read_image(record.mask_path, "mask"),
-                                                   record.center_lps)
+            image, reference = read_image(record.image_path), read_image(record.mask_path, "mask")
+            # the point each map was segmented from: the centre, or the mask centroid where the centre is outside
+            scores[record.case_id] = dice_at_point(read_image(path), reference, seed_point(record, image, reference))
     return scores, fold_of, {r.case_id: r.patient_id for r in records}
 
 

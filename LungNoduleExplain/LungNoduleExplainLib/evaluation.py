@@ -129,7 +129,7 @@ def _saved_maps_prior(folder: Path, dice_by_case: dict[str, tuple[float, str]]) 
     """Probability maps `<folder>/<case_id>.nii.gz` (e.g. out-of-fold nnU-Net); records Dice where a mask exists."""
     from .data.patches import prior_path
     from .data.voi_table import read_image
-    from .segmentation.metrics import dice_at_point
+    from .segmentation.metrics import dice_at_point, seed_point
 
     def prior_maps(record: NoduleRecord, ct: sitk.Image) -> sitk.Image:
         path = prior_path(record, str(folder))
@@ -138,8 +138,9 @@ def _saved_maps_prior(folder: Path, dice_by_case: dict[str, tuple[float, str]]) 
         probability = read_image(path, f"prior of case {record.case_id}")
         if record.mask_path is not None and record.mask_path.is_file():
             reference = read_image(record.mask_path, f"mask of {record.case_id}")
-            dice_by_case[record.case_id] = (dice_at_point(probability, reference, record.center_lps),
-                                            record.patient_id)
+            # the point the map was segmented from (as in _segmentation_prior and train-segmentation's OOF maps)
+            point = seed_point(record, ct, reference)
+            dice_by_case[record.case_id] = (dice_at_point(probability, reference, point), record.patient_id)
         return probability
     return prior_maps
 
