@@ -43,7 +43,8 @@ def _segmentation_schedule(model_dir: Path, config: dict) -> str:
     records = [load_weights_checkpoint(f / CHECKPOINT_NAME).get("lungnodule_explain", {})
                for f in sorted(model_dir.glob("fold_*"))]
     batches = {r.get("batches", r.get("epochs", 0) * r.get("iterations_per_epoch", 0)) for r in records}
-    text = f"{' / '.join(f'{b:,}' for b in sorted(batches))} batches of {config.get('plans', {}).get('batch_size', 2)} per fold"
+    batch_size = config.get("plans", {}).get("batch_size", 2)
+    text = f"{' / '.join(f'{b:,}' for b in sorted(batches))} batches of {batch_size} per fold"
     if config.get("init_from"):
         text += (f" (the last {config['epochs']} x {config['iterations_per_epoch']} of them continuing the previous "
                  f"model's folds at initial learning rate {config['initial_lr']})")

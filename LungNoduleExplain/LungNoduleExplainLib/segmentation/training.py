@@ -239,7 +239,8 @@ def _training_record(config: SegmentationTrainingConfig, fold: int) -> dict:
     record = {"epochs": config.epochs, "iterations_per_epoch": config.iterations_per_epoch,
               "batches": config.epochs * config.iterations_per_epoch}
     if config.init_from is not None:
-        before = load_weights_checkpoint(Path(config.init_from) / f"fold_{fold}" / CHECKPOINT_NAME).get("lungnodule_explain", {})
+        start = load_weights_checkpoint(Path(config.init_from) / f"fold_{fold}" / CHECKPOINT_NAME)
+        before = start.get("lungnodule_explain", {})
         earlier = before.get("batches", before.get("epochs", 0) * before.get("iterations_per_epoch", 0))
         record.update(initialised_from=str(config.init_from), batches=record["batches"] + int(earlier))
     return record
