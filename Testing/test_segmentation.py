@@ -287,8 +287,17 @@ def test_train_segmentation_verb_parses_its_options_and_rejects_a_sixth_fold(tmp
     args = parser.parse_args(["train-segmentation", "--data", "d", "--work", "w", "--out", "o", "--folds", "0", "2",
                               "--epochs", "3", "--iterations", "4", "--device", "cpu"])
     assert args.func is train_segmentation.run and args.folds == [0, 2] and args.epochs == 3
+    assert args.features == [8, 64] and args.lr == 0.01 and args.init_from is None
     with pytest.raises(SystemExit):
         parser.parse_args(["train-segmentation", "--data", "d", "--work", "w", "--out", "o", "--folds", "5"])
+    wider = parser.parse_args(["train-segmentation", "--data", "d", "--work", "w", "--out", "o", "--features", "32",
+                               "320", "--lr", "0.005", "--init-from", "m"])
+    assert wider.features == [32, 320] and wider.lr == 0.005 and wider.init_from == Path("m")
+    inverted = parser.parse_args(["train-segmentation", "--data", str(tmp_path / "d"), "--work", str(tmp_path / "w"),
+                                  "--out", str(tmp_path / "o"), "--features", "64", "8"])
+    with pytest.raises(ConfigError, match="--features"):  # refused before anything is exported or trained
+        train_segmentation.run(inverted)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_seed_point_falls_back_to_the_mask_centroid_when_the_table_centre_is_outside_the_image(small_voi):

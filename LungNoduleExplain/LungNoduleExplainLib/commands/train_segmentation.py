@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--init-from", type=Path, default=None, metavar="MODEL_DIR",
                         help="continue training: fold k starts from MODEL_DIR/fold_k (same plans); the out-of-fold "
                              "maps stay out of fold because fold k only ever sees its own training patients")
+    parser.add_argument("--features", type=int, nargs=2, default=[8, 64], metavar=("FIRST", "MAX"),
+                        help="features of the first stage and the cap (default: 8 64, small enough for 2 CPU cores; "
+                             "nnU-Net's own default is 32 320, for a GPU)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="training device (default: cpu)")
     parser.add_argument("--processes", type=int, default=2, help="worker processes for preprocessing (default: 2)")
     parser.add_argument("--threads", type=int, default=None,
@@ -40,14 +43,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
     from ..segmentation.metrics import bootstrap_mean_ci
+    from ..segmentation.plans import SmallPlansConfig
     from ..segmentation.training import SegmentationTrainingConfig, cross_validate
+
+    try:
+        plans = SmallPlansConfig(base_features=args.features[0], max_features=args.features[1])
+    except ValueError as error:
+        raise ConfigError(f"--features: {error}") from error
 
     config = SegmentationTrainingConfig(folds=tuple(args.folds), epochs=args.epochs,
                                         iterations_per_epoch=args.iterations,
                                         val_iterations_per_epoch=args.val_iterations, initial_lr=args.lr,
                                         init_from=str(args.init_from) if args.init_from else None,
-                                        device=args.device,
+                                        device=args.device, plans=plans,
                                         num_processes=args.processes, torch_threads=args.threads)
     result = cross_validate(args.data, args.work, args.out, config, oof_dir=args.oof_dir, overwrite=args.overwrite,
                             progress=lambda message, fraction: logger.info("[%3.0f%%] %s", 100 * fraction, message))
