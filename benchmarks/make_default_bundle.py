@@ -39,10 +39,9 @@ def metrics_table(outputs: dict) -> str:
 def _segmentation_schedule(model_dir: Path, config: dict) -> str:
     """How much each fold was trained, batches counted across continued runs (recorded in each fold's checkpoint)."""
     from LungNoduleExplainLib.segmentation.predict import CHECKPOINT_NAME, load_weights_checkpoint
+    from LungNoduleExplainLib.segmentation.training import trained_batches
 
-    records = [load_weights_checkpoint(f / CHECKPOINT_NAME).get("lungnodule_explain", {})
-               for f in sorted(model_dir.glob("fold_*"))]
-    batches = {r.get("batches", r.get("epochs", 0) * r.get("iterations_per_epoch", 0)) for r in records}
+    batches = {trained_batches(load_weights_checkpoint(f / CHECKPOINT_NAME)) for f in sorted(model_dir.glob("fold_*"))}
     batch_size = config.get("plans", {}).get("batch_size", 2)
     text = f"{' / '.join(f'{b:,}' for b in sorted(batches))} batches of {batch_size} per fold"
     if config.get("init_from"):
@@ -118,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         mean_dice = float(np.mean(list(cv["dice"].values())))
         card += ["", "## Segmentation model",
                  f"nnU-Net v2, small plans, folds present: {', '.join(folds)} (ensembled at analysis time); trained "
-                 f"{_segmentation_schedule(args.segmentation, cv.get('config', {}))}. Out-of-fold Dice recorded during training (connected component at the centre vs the "
-                 f"reference mask, the crop of the code of that time) mean {mean_dice:.4f} over {len(cv['dice'])} "
+                 f"{_segmentation_schedule(args.segmentation, cv.get('config', {}))}. Out-of-fold Dice recorded "
+                 "during training (connected component at the centre vs the reference mask, the crop of the code "
+                 f"of that time) mean {mean_dice:.4f} over {len(cv['dice'])} "
                  "nodules; the default inference path's figure is in benchmarks/segmentation_results.md; "
                  + ("at or above the 0.82 target." if mean_dice >= 0.82 else
                     "**below the 0.82 target** (paper 0.818): a CPU budget is a small share of nnU-Net's default "

@@ -36,9 +36,10 @@ def oof_dice(data: Path, oof_dir: Path) -> tuple[dict[str, float], dict[str, int
     for record in records:
         path = oof_dir / f"{record.case_id}.nii.gz"
         if path.is_file():
-            image, reference = read_image(record.image_path), read_image(record.mask_path, "mask")
+            probability, reference = read_image(path), read_image(record.mask_path, "mask")
             # the point each map was segmented from: the centre, or the mask centroid where the centre is outside
-            scores[record.case_id] = dice_at_point(read_image(path), reference, seed_point(record, image, reference))
+            # (an OOF map lies on its VOI's grid, so it stands in for the VOI image here)
+            scores[record.case_id] = dice_at_point(probability, reference, seed_point(record, probability, reference))
     return scores, fold_of, {r.case_id: r.patient_id for r in records}
 
 
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join([
         MARKER, "",
         f"Command: `python benchmarks/segmentation_benchmark.py {' '.join(sys.argv[1:])}`", "",
-        "Out-of-fold Dice (component of p >= 0.5 at the VOI centre vs the VOI mask; 95% CI: bootstrap over "
+        "Out-of-fold Dice (component of p >= 0.5 at the seed point, the VOI centre or, where that lies outside "
+        "the VOI, the mask centroid, vs the VOI mask; 95% CI: bootstrap over "
         "patients, 2000 draws):", "",
         *CV_HEADER, *cv_lines, "",
         f"Timing with folds {find_folds(args.model)} ensembled, torch threads {args.threads}, median of {args.repeats} "

@@ -18,15 +18,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from LungNoduleExplainLib.data.voi_table import read_image, read_voi_table
-    from LungNoduleExplainLib.segmentation import NoduleSegmenter
-    from LungNoduleExplainLib.segmentation.metrics import bootstrap_mean_ci, dice, seed_point
+    from LungNoduleExplainLib.data.voi_table import read_voi_table
+    from LungNoduleExplainLib.segmentation import NoduleSegmenter, segmentation_dice
+    from LungNoduleExplainLib.segmentation.metrics import bootstrap_mean_ci
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, type=Path)
@@ -43,11 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         segmenter = NoduleSegmenter(args.model, folds=(fold,), device="cpu")
         cases = [c for c, k in fold_of_case.items() if k == fold]
         started = time.perf_counter()
-        for case in cases:
-            record = records[case]
-            image, reference = read_image(record.image_path), read_image(record.mask_path, "mask")
-            result = segmenter.segment(image, seed_point(record, image, reference), crop_mm=segmenter.crop_mm)
-            scores[case] = dice(sitk.GetArrayViewFromImage(result.mask), sitk.GetArrayViewFromImage(reference))
+        scores.update(segmentation_dice(segmenter, [records[c] for c in cases], crop_mm=segmenter.crop_mm))
         rows.append(f"| fold {fold} | {len(cases)} | {np.mean([scores[c] for c in cases]):.3f} | "
                     f"{time.perf_counter() - started:.0f} |")
         print(rows[-1], flush=True)

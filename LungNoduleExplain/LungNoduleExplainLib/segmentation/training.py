@@ -234,15 +234,19 @@ def cross_validate(voi_folder: str | Path, work: str | Path, out: str | Path,
                                  {int(k): float(v) for k, v in state["seconds_per_fold"].items()})
 
 
+def trained_batches(checkpoint: dict) -> int:
+    """Batches a packaged fold was trained, across any runs it continued (older folds record only this run's)."""
+    record = checkpoint.get("lungnodule_explain", {})
+    return int(record.get("batches", record.get("epochs", 0) * record.get("iterations_per_epoch", 0)))
+
+
 def _training_record(config: SegmentationTrainingConfig, fold: int) -> dict:
     """What a packaged fold says about its training, batches counted across any runs it continued."""
     record = {"epochs": config.epochs, "iterations_per_epoch": config.iterations_per_epoch,
               "batches": config.epochs * config.iterations_per_epoch}
     if config.init_from is not None:
         start = load_weights_checkpoint(Path(config.init_from) / f"fold_{fold}" / CHECKPOINT_NAME)
-        before = start.get("lungnodule_explain", {})
-        earlier = before.get("batches", before.get("epochs", 0) * before.get("iterations_per_epoch", 0))
-        record.update(initialised_from=str(config.init_from), batches=record["batches"] + int(earlier))
+        record.update(initialised_from=str(config.init_from), batches=record["batches"] + trained_batches(start))
     return record
 
 
