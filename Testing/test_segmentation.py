@@ -315,32 +315,42 @@ def test_seed_point_falls_back_to_the_mask_centroid_when_the_table_centre_is_out
         seed_point(far, image, None)
 
 
-def test_one_window_crop_first_and_the_full_crop_only_when_the_nodule_touches_its_border(segmenter, monkeypatch):
-    from LungNoduleExplainLib.segmentation.predict import one_window_mm, touches_border
-
-    plans = json.loads((segmenter.model_dir / "plans.json").read_text())
-    config = plans["configurations"]["3d_fullres"]
-    extent_xyz = [p * s for p, s in zip(config["patch_size"][::-1], config["spacing"][::-1])]
-    window = one_window_mm(plans, "3d_fullres")
-    assert all(0.95 * e < w < e for w, e in zip(window, extent_xyz))
-    assert segmenter.window_mm == tuple(min(w, c) for w, c in zip(window, segmenter.crop_mm))
-
+def test_the_default_crop_is_crop_mm_around_the_point_and_an_explicit_crop_is_used_as_given(segmenter, monkeypatch):
     ct = sitk.GetImageFromArray(np.full((60, 120, 120), -800, dtype=np.int16))
     ct.SetSpacing((0.7, 0.7, 1.25))
-    radius_mm = {"small": 6.0, "large": 25.0}
-    for size, grows in (("small", False), ("large", True)):
-        def blob(hu_zyx, spacing_zyx, r=radius_mm[size]):
-            grid = np.indices(hu_zyx.shape).astype(float)
-            centre = (np.asarray(hu_zyx.shape, dtype=float) - 1) / 2
-            d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, spacing_zyx))
-            return (d2 <= r * r).astype(np.float32)
-        monkeypatch.setattr(segmenter, "predict_array", blob)
-        result = segmenter.segment(ct, (60, 60, 30), space="ijk")
-        crop_mm = np.asarray(result.crop.size) * np.asarray(result.crop.spacing)
-        expected = segmenter.crop_mm if grows else segmenter.window_mm
-        assert result.grown is grows
-        np.testing.assert_allclose(crop_mm, expected, atol=1.3)
-        assert touches_border(sitk.GetArrayViewFromImage(result.crop_probability) >= 0.5) is (size == "large")
+    seen = []
+    monkeypatch.setattr(segmenter, "predict_array", lambda hu, spacing: seen.append(hu.shape) or
+                        np.zeros(hu.shape, dtype=np.float32))
+    result = segmenter.segment(ct, (60, 60, 30), space="ijk")
+    np.testing.assert_allclose(np.asarray(result.crop.size) * np.asarray(result.crop.spacing), segmenter.crop_mm,
+                               atol=0.7)
     explicit = segmenter.segment(ct, (60, 60, 30), space="ijk", crop_mm=(20.0, 20.0, 20.0))
-    assert not explicit.grown and explicit.crop.size == (29, 29, 16)
-    assert not touches_border(np.zeros((3, 3, 3), dtype=bool))
+    assert explicit.crop.size == (29, 29, 16)
+    assert seen == [result.crop.size[::-1], (16, 29, 29)]  # one prediction a click, of the crop's shape
+    convolutions = [type(m).__name__ for m in segmenter._predictor.network.modules() if "Conv3d" in type(m).__name__]
+    assert convolutions and set(convolutions) == {"OneDnnConv3d"}  # CPU: oneDNN for nnU-Net's batch of one
+
+
+def test_onednn_convolutions_give_pytorchs_results_and_keep_loading_weights():
+    import torch
+    from LungNoduleExplainLib.devices import use_onednn_convolutions
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.LeakyReLU(),
+                                  torch.nn.Conv3d(8, 8, 3, stride=2, padding=1), torch.nn.ConvTranspose3d(8, 2, 2, 2))
+    x = torch.randn(1, 1, 16, 24, 24)
+    with torch.inference_mode():
+        expected = network(x)
+    other = {k: v + 1 for k, v in network.state_dict().items()}
+    assert use_onednn_convolutions(network) == 2
+    assert [type(m).__name__ for m in network] == ["OneDnnConv3d", "LeakyReLU", "OneDnnConv3d", "ConvTranspose3d"]
+    with torch.inference_mode():
+        torch.testing.assert_close(network(x), expected, atol=1e-4, rtol=1e-4)
+    network.load_state_dict(other)  # nnU-Net loads each fold's weights into the one network
+    reference = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.LeakyReLU(),
+                                    torch.nn.Conv3d(8, 8, 3, stride=2, padding=1),
+                                    torch.nn.ConvTranspose3d(8, 2, 2, 2))
+    reference.load_state_dict(other)
+    with torch.inference_mode():
+        torch.testing.assert_close(network(x), reference(x), atol=1e-4, rtol=1e-4)
+    assert use_onednn_convolutions(network) == 0  # already switched

@@ -3,8 +3,9 @@
     nice -n 10 python benchmarks/segmentation_benchmark.py --model /work/seg_model \
         --data ../shared/data/lidc-voi --ct ../shared/data/lidc-ct --out benchmarks/segmentation_results.md
 
-Dice comes from the model folder's cross_validation.json (written by `lungnodule-explain train-segmentation`);
-timings are measured here on the three real DICOM sub-stacks of lidc-ct, with the torch threads given.
+Dice comes from the out-of-fold probability maps in --oof (`lungnodule-explain train-segmentation` writes them;
+--write-oof rewrites them with the fold models and the current inference code); timings are measured here on the
+three real DICOM sub-stacks of lidc-ct, with the torch threads given.
 """
 
 from __future__ import annotations
@@ -100,22 +101,30 @@ def timed(fn, repeats: int) -> tuple[float, float, object]:
 
 
 def timing(model: Path, ct_root: Path, repeats: int, whole_ct: str) -> list[str]:
-    """Rows per lidc-ct series: the default two-step crop and the full 48 mm crop, and nnU-Net on the whole stack."""
+    """Rows per lidc-ct series: the default crop, the same with PyTorch's own convolution choice, and nnU-Net on the
+    whole stack."""
+    import torch
+
     from LungNoduleExplainLib.segmentation import NoduleSegmenter
     from LungNoduleExplainLib.volume import read_ct
 
     nodules = json.loads((ct_root / "nodules.json").read_text())
     segmenter = NoduleSegmenter(model, device="cpu")
+    plain = NoduleSegmenter(model, device="cpu")
+    for module in plain._predictor.network.modules():  # undo devices.use_onednn_convolutions: what it buys
+        if isinstance(module, torch.nn.Conv3d):
+            module.__class__ = torch.nn.Conv3d
     rows = []
     for nodule in nodules:
         ct = read_ct(ct_root / nodule["patient_id"] / "dicom")
         point = nodule["centroid_lps_mm"]
-        segmenter.segment(ct, point)  # warm-up
+        segmenter.segment(ct, point), plain.segment(ct, point)  # warm-up
         wall, cpu, result = timed(lambda: segmenter.segment(ct, point), repeats)
-        full_wall, full_cpu, _ = timed(lambda: segmenter.segment(ct, point, crop_mm=segmenter.crop_mm), repeats)
+        plain_wall, plain_cpu, plain_result = timed(lambda: plain.segment(ct, point), repeats)
+        same = np.array_equal(sitk.GetArrayViewFromImage(result.mask), sitk.GetArrayViewFromImage(plain_result.mask))
         cells = [nodule["patient_id"], "x".join(map(str, ct.GetSize())), f"{nodule['diam_mm_mean']:.1f}",
                  f"{result.volume_mm3:.0f}", f"{2 * (3 * result.volume_mm3 / (4 * np.pi)) ** (1 / 3):.1f}",
-                 "yes" if result.grown else "no", f"{wall:.2f} / {cpu:.2f}", f"{full_wall:.2f} / {full_cpu:.2f}",
+                 f"{wall:.2f} / {cpu:.2f}", f"{plain_wall:.2f} / {plain_cpu:.2f}", "yes" if same else "**no**",
                  "", ""]
         if nodule["patient_id"] == whole_ct:  # one fold (minutes each), extrapolated to the ensemble and 300 slices
             one_fold = NoduleSegmenter(model, folds=segmenter.folds[:1], device="cpu")
@@ -182,11 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         f"Timing with folds {find_folds(args.model)} ensembled, torch threads {args.threads}, median of {args.repeats} "
         f"after a warm-up; CPU s = this process's CPU time, all threads. Load average while measuring "
         f"{load[0]:.1f} / {load[1]:.1f} on 2 cores (about 2 means one busy job: this one).", "",
-        "Two-step crop (the default): one sliding window first, the 48 x 48 x 40 mm crop only when the nodule touches "
-        "the first crop's border ('grown'). Full crop: always 48 x 48 x 40 mm (4 windows).", "",
-        "| series | size (x y z) | nodule diam. mm (readers) | mask mm3 | equiv. diam. mm | grown | "
-        "two-step crop wall / CPU s | full crop wall / CPU s | whole stack, one fold, wall / CPU s | "
-        "whole 512x512x300 CT, all folds, CPU s (extrapolated) |",
+        "Crop: the default 48 x 48 x 40 mm around the point (4 sliding windows a fold), crop, predict and paste back. "
+        "'PyTorch's own convolutions': the same model without devices.use_onednn_convolutions (PyTorch's im2col "
+        "kernel for these thin layers at a batch of one); 'same mask': whether both give the same mask. Whole stack: "
+        "nnU-Net on the whole series, as a user without a click would run it (with oneDNN convolutions too).", "",
+        "| series | size (x y z) | nodule diam. mm (readers) | mask mm3 | equiv. diam. mm | "
+        "crop wall / CPU s | PyTorch's own convolutions, wall / CPU s | same mask | "
+        "whole stack, one fold, wall / CPU s | whole 512x512x300 CT, all folds, CPU s (extrapolated) |",
         "|---|---|---|---|---|---|---|---|---|---|", *time_rows, ""])
     # Keep any hand-written preamble above the measured section.
     previous = args.out.read_text() if args.out.is_file() else ""

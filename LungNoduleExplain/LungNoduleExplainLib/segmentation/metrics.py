@@ -37,7 +37,7 @@ def segmentation_dice(segmenter, records: Sequence[NoduleRecord],
     """Per-case Dice of `segmenter.segment(image, seed_point(...))`'s mask against each record's mask.
 
     `segmenter` is a NoduleSegmenter (or anything with that `segment`); records come from read_voi_table.
-    crop_mm: passed to `segment` (default: its own two-step crop). Raises DatasetError for a record without a mask.
+    crop_mm: passed to `segment` (default: the segmenter's own crop). Raises DatasetError for a record without a mask.
     """
     scores: dict[str, float] = {}
     for n, record in enumerate(records):

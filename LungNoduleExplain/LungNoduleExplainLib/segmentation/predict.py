@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..devices import resolve_device
+from ..devices import resolve_device, use_onednn_convolutions
 from ..errors import BundleError, InputImageError
 from ..patch import AIR_HU, PatchGeometry
 from ..volume import MAX_SPACING_MM, MIN_SPACING_MM, PointSpace, point_to_lps
@@ -46,7 +46,6 @@ class SegmentationResult:
     mask: uint8 sitk.Image on the CT's grid, 1 on the selected connected component only (may be empty).
     crop: the crop's grid (CT spacing and direction, LPS mm); crop_probability: the probability on that grid.
     point_lps: the clicked point (LPS mm). volume_mm3: the mask's volume. seconds: wall time of segment().
-    grown: True when the first, one-window crop cut the nodule and it was segmented again in the full crop.
     """
 
     probability: sitk.Image
@@ -56,7 +55,6 @@ class SegmentationResult:
     point_lps: tuple[float, float, float]
     volume_mm3: float
     seconds: float
-    grown: bool = False
 
 
 def find_folds(model_dir: Path) -> list[int]:
@@ -98,14 +96,13 @@ class NoduleSegmenter:
     """An nnU-Net v2 nodule model loaded once; `segment(ct, point)` per click.
 
     model_dir: nnU-Net results folder (plans.json, dataset.json, fold_k/checkpoint_final.pth).
-    folds: which folds to ensemble (default: all present). crop_mm: the largest crop (x, y, z) in mm around the
-    point, taken at the CT's native resolution. threshold: probability at which a voxel is nodule.
+    folds: which folds to ensemble (default: all present). crop_mm: the crop (x, y, z) in mm around the point,
+    taken at the CT's native resolution; the default 48 x 48 x 40 mm holds nodules up to 30 mm with context and is
+    4 sliding windows of the shipped plans. threshold: probability at which a voxel is nodule.
     Raises BundleError naming the missing or unreadable file.
 
-    Two-step crop (why: the network's cost is per sliding window, and most nodules are far smaller than the
-    crop): a click is first segmented in `window_mm`, the crop that the network's patch covers in one window
-    (about 34 x 34 x 39 mm with the shipped plans); only when the selected component touches that crop's border
-    is it segmented again in `crop_mm` (4 windows). A crop passed to `segment` explicitly is used as it is.
+    On CPU the network's 3D convolutions are switched to oneDNN (devices.use_onednn_convolutions): nnU-Net predicts
+    one tile at a time, and PyTorch's own choice for a batch of one is 4-5x slower with these thin layers.
     """
 
     def __init__(self, model_dir: str | Path, folds: Sequence[int] | None = None, device: str | None = "auto",
@@ -126,8 +123,6 @@ class NoduleSegmenter:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.crop_mm = tuple(float(c) for c in crop_mm)
-        self.window_mm = tuple(min(w, c) for w, c in zip(one_window_mm(plans, configuration_of(checkpoints[0])),
-                                                          self.crop_mm))
         self.threshold = float(threshold)
         self.device = resolve_device(device)
         self._predictor = self._make_predictor(plans, dataset_json, checkpoints, use_mirroring, tile_step_size)
@@ -154,6 +149,8 @@ class NoduleSegmenter:
         except RuntimeError as exc:
             raise BundleError(f"fold_{self.folds[0]} weights do not fit the network in "
                               f"{self.model_dir / 'plans.json'}: {str(exc).splitlines()[0]}") from exc
+        if self.device.type == "cpu":
+            use_onednn_convolutions(network)
         mirror_axes = checkpoints[0].get("inference_allowed_mirroring_axes")
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints a CPU notice; keep stdout clean
             predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True,
@@ -176,30 +173,22 @@ class NoduleSegmenter:
                 crop_mm: Sequence[float] | None = None) -> SegmentationResult:
         """Segment the nodule at `point` (RAS/LPS mm or voxel index i, j, k) of `ct` (HU).
 
-        The crop (x y z mm; default: the two-step crop of the class docstring) is cut at native resolution around
-        the point, padded with air outside the CT; maps come back on the CT's grid. Raises InputImageError for an
+        The crop (x y z mm; default: the segmenter's crop_mm) is cut at native resolution around the point, padded
+        with air outside the CT; maps come back on the CT's grid. Raises InputImageError for an
         unusable image and PointError for a point outside it.
         """
         start_time = time.perf_counter()
         _check_image(ct)
         point_lps = point_to_lps(point, space, ct)
-        grown = False
-        if crop_mm is not None:
-            probability, mask, start, geometry = self._segment_crop(ct, point_lps, crop_mm)
-        else:
-            probability, mask, start, geometry = self._segment_crop(ct, point_lps, self.window_mm)
-            if self.window_mm != self.crop_mm and touches_border(mask):
-                probability, mask, start, geometry = self._segment_crop(ct, point_lps, self.crop_mm)
-                grown = True
+        crop_mm = self.crop_mm if crop_mm is None else crop_mm
+        probability, mask, start, geometry = self._segment_crop(ct, point_lps, crop_mm)
         result = SegmentationResult(
             probability=paste_crop(probability, start, ct, np.float32),
             mask=paste_crop(mask.astype(np.uint8), start, ct, np.uint8),
             crop=geometry, crop_probability=_image_like(probability, geometry),
             point_lps=tuple(float(v) for v in point_lps),
-            volume_mm3=float(mask.sum() * np.prod(ct.GetSpacing())), seconds=time.perf_counter() - start_time,
-            grown=grown)
-        logger.debug("segmented at %s: %.0f mm3 in %.2f s%s", result.point_lps, result.volume_mm3, result.seconds,
-                     " (crop grown)" if grown else "")
+            volume_mm3=float(mask.sum() * np.prod(ct.GetSpacing())), seconds=time.perf_counter() - start_time)
+        logger.debug("segmented at %s: %.0f mm3 in %.2f s", result.point_lps, result.volume_mm3, result.seconds)
         return result
 
     def _segment_crop(self, ct: sitk.Image, point_lps: np.ndarray, crop_mm: Sequence[float]):
@@ -214,27 +203,6 @@ class NoduleSegmenter:
 
 def configuration_of(checkpoint: dict) -> str:
     return checkpoint.get("init_args", {}).get("configuration", "3d_fullres")
-
-
-def one_window_mm(plans: dict, configuration: str) -> tuple[float, float, float]:
-    """The crop (x, y, z mm) that the configuration's patch covers in one sliding window.
-
-    2% under the patch's extent, so that rounding to whole voxels of the CT and then of nnU-Net's resampling
-    cannot make it one voxel too large (which would cost a second window per axis).
-    """
-    config = plans.get("configurations", {}).get(configuration, {})
-    try:
-        extent_zyx = [p * s for p, s in zip(config["patch_size"], config["spacing"], strict=True)]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"plans.json: configuration {configuration!r} has no usable patch_size and spacing") from exc
-    return tuple(round(0.98 * e, 2) for e in extent_zyx[::-1])
-
-
-def touches_border(mask_zyx: np.ndarray) -> bool:
-    """True when the mask has a voxel on any face of its array (the nodule may continue beyond the crop)."""
-    if not mask_zyx.any():
-        return False
-    return any(np.take(mask_zyx, index, axis=axis).any() for axis in range(3) for index in (0, -1))
 
 
 def _check_image(ct: sitk.Image) -> None:
