@@ -117,10 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         mean_dice = float(np.mean(list(cv["dice"].values())))
         card += ["", "## Segmentation model",
                  f"nnU-Net v2, small plans, folds present: {', '.join(folds)} (ensembled at analysis time); trained "
-                 f"{_segmentation_schedule(args.segmentation, cv.get('config', {}))}. Out-of-fold Dice recorded "
-                 "during training (connected component at the centre vs the reference mask, the crop of the code "
-                 f"of that time) mean {mean_dice:.4f} over {len(cv['dice'])} "
-                 "nodules; the default inference path's figure is in benchmarks/segmentation_results.md; "
+                 f"{_segmentation_schedule(args.segmentation, cv.get('config', {}))}. Out-of-fold Dice "
+                 "(connected component at the centre vs the reference mask; "
+                 + cv.get("dice_note", "as recorded during training, with the crop of the code of that time")
+                 + f") mean {mean_dice:.4f} over {len(cv['dice'])} nodules; by fold and size with its CI in "
+                 "benchmarks/segmentation_results.md; "
                  + ("at or above the 0.82 target." if mean_dice >= 0.82 else
                     "**below the 0.82 target** (paper 0.818): a CPU budget is a small share of nnU-Net's default "
                     "schedule. Maps, volumes and click-time descriptors in `analyze` inherit this.")]
