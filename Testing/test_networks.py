@@ -84,7 +84,8 @@ def test_aag_sum_mode_is_gated_sum_of_image_and_roi_features() -> None:
     torch.manual_seed(0)
     gate = AnatomicalAttentionGate(4, "sum")
     x, r = torch.randn(2, 4, 3, 3, 3), torch.randn(2, 4, 3, 3, 3)
-    g1, g2 = gate.gates(x, r)
+    with torch.no_grad():
+        g1, g2 = gate.gates(x, r)
     assert float(g1.min()) > 0 and float(g1.max()) < 1 and float(g2.min()) > 0 and float(g2.max()) < 1
     assert torch.allclose(gate(x, r), g1 * x + g2 * r)
 

@@ -76,10 +76,12 @@ def plot_roc(names: list[str], probs: np.ndarray, patches: PatchSet, metrics: di
             ax.plot(fpr, tpr, lw=1.8, label=f"model {m['auc']:.3f} [{m['ci_low']:.2f}-{m['ci_high']:.2f}]")
             fpr, tpr, _ = roc_curve(y[keep], patches.diameters_mm[keep])
             ax.plot(fpr, tpr, lw=1.0, ls="--", color="grey", label=f"diameter {m['size_baseline']['auc']:.3f}")
+            ax.legend(fontsize=7, loc="lower right")
+        else:
+            ax.text(0.5, 0.5, "one class only:\nno ROC", ha="center", va="center", fontsize=8)
         ax.plot([0, 1], [0, 1], color="lightgrey", lw=0.6)
         ax.set(title=f"{name} (n={m['n']}, pos={m['n_positive']})", xlabel="1 - specificity", ylabel="sensitivity")
         ax.title.set_fontsize(9)
-        ax.legend(fontsize=7, loc="lower right")
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.tight_layout()
