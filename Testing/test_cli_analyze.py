@@ -274,9 +274,9 @@ def _nodules(ct_dir: Path) -> dict[str, dict]:
 PARTIAL_SERIES = pytest.mark.xfail(strict=False, reason=(
     "a known failure of the shipped nnU-Net: on LIDC-IDRI-0002 only 7 of the nodule's 28 slices are in the series "
     "and the centroid is at -560 HU (a subtle, part-solid nodule); the mask (about 11 mm) takes a bright neighbouring "
-    "structure instead of the nodule's body. The classifier, fed that mask, sees a calcified structure (calcified "
-    "0.99); since the 48 mm crop its malignancy call happens to be positive (XPASS), which is not counted as a "
-    "success while the mask is wrong. Geometry is right: the mask's centroid is within 10 mm of the click (asserted above)"))
+    "structure instead of the nodule's body. The classifier, fed that mask, sees a calcified structure; since the "
+    "48 mm crop its malignancy call happens to be positive (XPASS), which is not counted as a success while the "
+    "mask is wrong. Geometry is right: the mask's centroid is within 10 mm of the click (asserted above)"))
 
 
 @pytest.fixture(scope="module")

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                          segmentation_dir=args.segmentation, version=args.version)
     size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 2 ** 20
     t = m["training"]
+    reference = m["prior"] == "reference-mask"
     card = [f"# Model card: {m['name']} v{args.version}", "",
             "**Intended use: research only. Not a medical device; not for clinical decisions.** It predicts "
             "radiologists' suspicion ratings from LIDC-IDRI, not pathology.", "",
@@ -82,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
                "is our addition to the paper's network, because its per-patch min-max input hides absolute density. "
                "The activation maps show the image term only."] if source.network.descriptors else []),
             f"- Image input: {', '.join(source.network.inputs)}.",
-            f"- Prior at training time: `{m['prior']}` (reference masks of lidc-voi). At analysis time the prior is "
-            "the bundled nnU-Net model's probability map.",
+            f"- Prior at training time: `{m['prior']}` ("
+            + ("reference masks of lidc-voi" if reference else "out-of-fold nnU-Net probability maps of lidc-voi: each "
+               "nodule segmented by the fold model that never saw its patient, as the paper does; the descriptors "
+               "come from the same maps")
+            + "). At analysis time the prior is the bundled nnU-Net model's probability map.",
             f"- Segmentation: {'nnU-Net v2 model in segmentation/ (see docs/SEGMENTATION.md)' if args.segmentation else 'none'}.",
             f"- Bundle size: {size:.1f} MiB; every file SHA-256-checked at load; weights in safetensors.", "",
             "## Data and split",
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             "`configs/tasks-lidc.json`.",
             f"- Training: {t['epochs_run']} epochs (best {t['best_epoch']}), {t['seconds'] / 60:.0f} min on a 2-core CPU; "
             f"task weights {json.dumps({k: round(v, 3) for k, v in t['task_weights'].items()})}.", "",
-            "## Metrics on the validation patients (reference-mask prior)",
+            f"## Metrics on the validation patients ({'reference-mask' if reference else 'out-of-fold nnU-Net'} prior)",
             "AUC with a 95% bootstrap CI resampled by patient, beside the size-only baseline (diameter_mm as the "
             "score). Thresholds were chosen on these same patients (Youden), so the threshold metrics are "
             "optimistic; the AUCs are not tuned.", "", metrics_table(metrics["validation"])]
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                "out-of-fold nnU-Net maps: each nodule segmented by the fold model that never saw its patient, with "
                "the default crop; descriptors from those maps too")
         card += ["", f"## The same patients with the nnU-Net prior (as at analysis time; {how})", "",
-                 "Thresholds are the bundle's, chosen with the reference-mask prior.", "",
+                 f"Thresholds are the bundle's, chosen with the {'reference-mask' if reference else 'same'} prior.",
+                 "",
                  metrics_table(ev["outputs"])]
         if "segmentation_dice" in ev:
             d = ev["segmentation_dice"]
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
              *(["- The descriptors, like the prior, come from the reference mask in training and evaluation but from "
                 "the bundled nnU-Net map in `analyze`, so the click-time descriptors are rougher than the ones the "
                 "figures above were measured with (see the nnU-Net-prior figures)."]
-               if source.network.descriptors else []),
+               if source.network.descriptors and reference else []),
              "- Against a radiomics-style bar (logistic regression on the same descriptors, same patients): "
              "benchmarks/descriptor_baseline.md.",
              "- LIDC readers' ratings are subjective; 'malignant' means 'rated suspicious' (4-5).", "",
