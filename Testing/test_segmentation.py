@@ -332,12 +332,15 @@ def test_the_default_crop_is_crop_mm_around_the_point_and_an_explicit_crop_is_us
 
 
 def test_onednn_convolutions_give_pytorchs_results_and_keep_loading_weights():
+    import copy
+
     import torch
     from LungNoduleExplainLib.devices import use_onednn_convolutions
 
     torch.manual_seed(0)
     network = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.LeakyReLU(),
                                   torch.nn.Conv3d(8, 8, 3, stride=2, padding=1), torch.nn.ConvTranspose3d(8, 2, 2, 2))
+    reference = copy.deepcopy(network)  # stays on PyTorch's own convolutions
     x = torch.randn(1, 1, 16, 24, 24)
     with torch.inference_mode():
         expected = network(x)
@@ -347,9 +350,6 @@ def test_onednn_convolutions_give_pytorchs_results_and_keep_loading_weights():
     with torch.inference_mode():
         torch.testing.assert_close(network(x), expected, atol=1e-4, rtol=1e-4)
     network.load_state_dict(other)  # nnU-Net loads each fold's weights into the one network
-    reference = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.LeakyReLU(),
-                                    torch.nn.Conv3d(8, 8, 3, stride=2, padding=1),
-                                    torch.nn.ConvTranspose3d(8, 2, 2, 2))
     reference.load_state_dict(other)
     with torch.inference_mode():
         torch.testing.assert_close(network(x), reference(x), atol=1e-4, rtol=1e-4)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from LungNoduleExplainLib.bundle import load_bundle, save_bundle
+from LungNoduleExplainLib.data.patches import PRIOR_REFERENCE_MASK
 
 
 def fmt(m: dict) -> str:
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                          segmentation_dir=args.segmentation, version=args.version)
     size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 2 ** 20
     t = m["training"]
-    reference = m["prior"] == "reference-mask"
+    reference = m["prior"] == PRIOR_REFERENCE_MASK
     card = [f"# Model card: {m['name']} v{args.version}", "",
             "**Intended use: research only. Not a medical device; not for clinical decisions.** It predicts "
             "radiologists' suspicion ratings from LIDC-IDRI, not pathology.", "",
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             "optimistic; the AUCs are not tuned.", "", metrics_table(metrics["validation"])]
     if "validation_with_segmentation_prior" in metrics:
         ev = metrics["validation_with_segmentation_prior"]
-        how = (f"prior `{ev['prior']}`" if ev["prior"] in ("segmentation", "reference-mask") else
+        how = (f"prior `{ev['prior']}`" if ev["prior"] in ("segmentation", PRIOR_REFERENCE_MASK) else
                "out-of-fold nnU-Net maps: each nodule segmented by the fold model that never saw its patient, with "
                "the default crop; descriptors from those maps too")
         card += ["", f"## The same patients with the nnU-Net prior (as at analysis time; {how})", "",

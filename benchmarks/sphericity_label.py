@@ -5,8 +5,8 @@
 
 Our "round" is the readers' sphericity rating (mode 4-5 vs 1-3, configs/tasks-lidc.json). The authors' final code
 (METHOD.md) labels sphericity from the consensus mask instead: shape sphericity >= 0.8. This script computes that
-shape label from each reference mask (sphericity = pi^(1/3) (6 V)^(2/3) / A, surface A from SimpleITK's label
-perimeter; pyradiomics measures A on a marching-cubes mesh, so values differ somewhat, and small voxelised masks can
+shape label from each reference mask (sphericity = pi^(1/3) (6 V)^(2/3) / A, SimpleITK's roundness, surface A
+from its label perimeter; pyradiomics measures A on a marching-cubes mesh, so values differ somewhat, and small voxelised masks can
 exceed 1) and reports how far the two labels agree, how well the mask's sphericity predicts the readers' rating,
 and, given an `evaluate` predictions.csv, the AUC of the model's round output against both labels on its nodules.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from sklearn.metrics import cohen_kappa_score
 
 from LungNoduleExplainLib.data.voi_table import read_image, read_voi_table
 from LungNoduleExplainLib.metrics import auc_with_ci
@@ -29,11 +30,11 @@ THRESHOLD = 0.8
 
 
 def mask_sphericity(mask: sitk.Image) -> float:
+    """pi^(1/3) (6 V)^(2/3) / A: ITK's roundness (equivalent spherical perimeter / perimeter) is exactly this."""
     shape = sitk.LabelShapeStatisticsImageFilter()
     shape.SetComputePerimeter(True)
     shape.Execute(sitk.Cast(mask > 0, sitk.sitkUInt8))
-    volume, area = shape.GetPhysicalSize(1), shape.GetPerimeter(1)
-    return float(np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area)
+    return float(shape.GetRoundness(1))
 
 
 def fmt(m: dict) -> str:
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         f"positive. Mask sphericity: median {np.median(s):.3f}, 10-90% {np.quantile(s, 0.1):.3f}-"
         f"{np.quantile(s, 0.9):.3f}.", "",
         f"- The two labels agree on {np.mean(y_rating == y_shape):.1%} of the nodules "
-        f"(Cohen's kappa {cohen_kappa(y_rating, y_shape):.2f}).",
+        f"(Cohen's kappa {cohen_kappa_score(y_rating, y_shape):.2f}).",
         "- The mask's sphericity as a score for the readers' label: "
         + fmt(auc_with_ci(y_rating, s, groups)) + " (AUC, 95% CI by patient).",
     ]
@@ -84,11 +85,6 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(text)
     print(text)
     return 0
-
-
-def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:
-    from sklearn.metrics import cohen_kappa_score
-    return float(cohen_kappa_score(a, b))
 
 
 if __name__ == "__main__":

@@ -32,12 +32,11 @@ def seed_point(record: NoduleRecord, image: sitk.Image, reference: sitk.Image | 
 
 
 def segmentation_dice(segmenter, records: Sequence[NoduleRecord],
-                      progress: Callable[[int, int, str], None] | None = None,
-                      crop_mm: Sequence[float] | None = None) -> dict[str, float]:
+                      progress: Callable[[int, int, str], None] | None = None) -> dict[str, float]:
     """Per-case Dice of `segmenter.segment(image, seed_point(...))`'s mask against each record's mask.
 
     `segmenter` is a NoduleSegmenter (or anything with that `segment`); records come from read_voi_table.
-    crop_mm: passed to `segment` (default: the segmenter's own crop). Raises DatasetError for a record without a mask.
+    Raises DatasetError for a record without a mask.
     """
     scores: dict[str, float] = {}
     for n, record in enumerate(records):
@@ -45,7 +44,7 @@ def segmentation_dice(segmenter, records: Sequence[NoduleRecord],
             raise DatasetError(f"case {record.case_id} has no mask; Dice needs the table's `mask` column")
         image = read_image(record.image_path)
         reference = read_image(record.mask_path, "mask")
-        result = segmenter.segment(image, seed_point(record, image, reference), crop_mm=crop_mm)
+        result = segmenter.segment(image, seed_point(record, image, reference))
         scores[record.case_id] = dice(result.mask, reference)
         if progress is not None:
             progress(n + 1, len(records), record.case_id)
