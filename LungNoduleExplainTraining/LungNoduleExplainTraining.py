@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tasks", default="lidc", help="built-in task set or task JSON file")
     parser.add_argument("--variant", choices=VARIANTS, default="hesam-mt-aag")
     parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--members", type=int, default=1)
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--out", required=True, help="output bundle folder")
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def train_argv(args: argparse.Namespace) -> list[str]:
     """The `lungnodule-explain` arguments for these CLI parameters."""
     argv = ["train", "--data", args.data, "--tasks", args.tasks, "--variant", args.variant,
-            "--epochs", str(args.epochs), "--device", args.device, "--out", args.out]
+            "--epochs", str(args.epochs), "--members", str(args.members), "--device", args.device, "--out", args.out]
     if args.resume:
         argv.append("--resume")
     return argv
@@ -114,8 +115,8 @@ def main(argv: Sequence[str] | None = None, stream: TextIO | None = None, engine
         root.removeHandler(handler)
     if code == 0:
         write_progress(stream, 1.0)
-    stream.write(f"<filter-end><filter-name>LungNoduleExplainTraining</filter-name>"
-                 f"<filter-time>0</filter-time></filter-end>\n")
+    stream.write("<filter-end><filter-name>LungNoduleExplainTraining</filter-name>"
+                 "<filter-time>0</filter-time></filter-end>\n")
     stream.flush()
     return code
 

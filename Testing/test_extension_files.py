@@ -172,7 +172,7 @@ def test_the_cli_entry_runs_lungnodule_explain_train_and_reports_progress_to_sli
                            "--variant", "hesam-mt", "--resume"], engine)
     assert code == 0
     assert calls == [["train", "--data", str(tmp_path), "--tasks", "lidc", "--variant", "hesam-mt", "--epochs",
-                      "10", "--device", "auto", "--out", str(tmp_path / "b"), "--resume"]]
+                      "10", "--members", "1", "--device", "auto", "--out", str(tmp_path / "b"), "--resume"]]
     progress = [float(v) for v in re.findall(r"<filter-progress>([\d.]+)</filter-progress>", out)]
     assert progress == [0.0, 0.05, 0.1, 0.5, 1.0, 1.0]
     assert "<filter-start>" in out and out.rstrip().endswith("</filter-end>")
@@ -186,10 +186,10 @@ def test_the_engine_train_verb_accepts_every_argument_the_cli_module_passes(tmp_
         pytest.skip("the engine has no train verb yet")
     args = entry.build_parser().parse_args(["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--tasks",
                                             "inhouse-example", "--variant", "densenet", "--epochs", "3",
-                                            "--device", "cpu", "--resume"])
+                                            "--members", "3", "--device", "cpu", "--resume"])
     parsed = cli.build_parser().parse_args(entry.train_argv(args))
-    assert (parsed.verb, parsed.variant, parsed.epochs, parsed.device, parsed.resume) == \
-        ("train", "densenet", 3, "cpu", True)
+    assert (parsed.verb, parsed.variant, parsed.epochs, parsed.members, parsed.device, parsed.resume) == \
+        ("train", "densenet", 3, 3, "cpu", True)
 
 
 def test_a_failed_training_returns_its_exit_code_without_claiming_completion(tmp_path):

@@ -134,3 +134,63 @@ def test_a_short_real_training_run_lowers_the_loss(voi_dir: Path, tmp_path: Path
                      task_set.names, device="cpu", show_progress_bar=False).run()
     losses = [h["train_loss"] for h in result.history]
     assert np.mean(losses[-2:]) < losses[0], losses
+
+
+def test_an_ensemble_averages_its_members_probabilities_and_maps() -> None:
+    from LungNoduleExplainLib.networks import Ensemble, build_network
+
+    torch.manual_seed(0)
+    members = [build_network(TINY, 2).eval() for _ in range(3)]
+    ensemble = Ensemble(members).eval()
+    image, prior = torch.rand(2, 1, 16, 32, 32), torch.rand(2, 1, 16, 32, 32)
+    with torch.no_grad():
+        logits, maps = ensemble.activation_maps(image, prior)
+        expected = torch.stack([torch.sigmoid(m(image, prior)) for m in members]).mean(0)
+        torch.testing.assert_close(torch.sigmoid(ensemble(image, prior)), expected)
+        torch.testing.assert_close(torch.sigmoid(logits), expected)
+        torch.testing.assert_close(maps, torch.stack([m.activation_maps(image, prior)[1] for m in members]).mean(0))
+    assert maps.shape == (2, 3, 16, 32, 32) and 0.0 <= maps.min() and maps.max() <= 1.0
+
+
+def test_an_ensemble_run_keeps_the_validation_patients_out_of_every_member_and_resumes(voi_dir: Path,
+                                                                                      tmp_path: Path) -> None:
+    import json
+
+    from LungNoduleExplainLib.bundle import load_bundle
+    from LungNoduleExplainLib.networks import Ensemble
+    from LungNoduleExplainLib.runs import RunSpec, train_run
+
+    rows = list(csv.DictReader((voi_dir / "nodules.csv").open()))[:40]
+    folder = tmp_path / "voi"
+    folder.mkdir()
+    with (folder / "nodules.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for sub in ("images", "masks"):
+        (folder / sub).symlink_to(voi_dir / sub)
+    config = TrainConfig(network=NetworkConfig("hesam-mt-aag", (2, 4, 4, 8), descriptors=True), max_epochs=2,
+                         phase1_epochs=1, batch_size=6, seed=0, threads=2)
+    spec = RunSpec(folder, tmp_path / "run", val_fraction=0.25, device="cpu", members=2)
+    bundle_dir = train_run(spec, config, show_progress_bar=False)
+
+    bundle = load_bundle(bundle_dir)
+    assert bundle.members == 2 and isinstance(bundle.model, Ensemble)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    val_patients = set(split["val_patients"])
+    member_patients = set()
+    for k in range(2):  # every member's checkpointed data came from the training patients only
+        log = (tmp_path / "run" / f"member{k}" / "history.csv").read_text().splitlines()
+        assert len(log) == 3  # header + 2 epochs
+    training = bundle.manifest["training"]
+    assert training["members"] == 2 and len(training["best_epoch"]) == 2
+    member_patients = set(split["train_patients"])
+    assert not member_patients & val_patients
+    oof = json.loads((tmp_path / "run" / "members_oof_metrics.json").read_text())
+    assert {n: oof[n]["threshold"] for n in bundle.output_names} == bundle.thresholds  # not chosen on validation
+    assert len(training["members_validation_auc"]["malignant"]) == 2
+
+    before = (bundle_dir / "classifier.safetensors").read_bytes()
+    train_run(spec, config, resume=True, show_progress_bar=False)  # finished members load, nothing retrains
+    assert (bundle_dir / "classifier.safetensors").read_bytes() == before
+    assert len((tmp_path / "run" / "member1" / "history.csv").read_text().splitlines()) == 3

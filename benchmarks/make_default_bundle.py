@@ -68,10 +68,20 @@ def main(argv: list[str] | None = None) -> int:
         metrics["validation_with_segmentation_prior"] = json.loads((args.evaluation / "metrics.json").read_text())
     bundle = save_bundle(args.out, source.model, source.task_set, source.network, source.thresholds,
                          name=m["name"], prior=m["prior"], training=m["training"], metrics=metrics,
-                         segmentation_dir=args.segmentation, version=args.version)
+                         segmentation_dir=args.segmentation, version=args.version, members=source.members)
     size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 2 ** 20
     t = m["training"]
     reference = m["prior"] == PRIOR_REFERENCE_MASK
+    ensemble = source.members > 1
+    if ensemble:
+        weights = {k: round(sum(w[k] for w in t["task_weights"]) / len(t["task_weights"]), 3)
+                   for k in t["task_weights"][0]}
+        schedule = (f"{source.members} members, {', '.join(map(str, t['epochs_run']))} epochs (best "
+                    f"{', '.join(map(str, t['best_epoch']))}), {t['seconds'] / 60:.0f} min in all on a 2-core CPU; "
+                    f"task weights (mean over members) {json.dumps(weights)}.")
+    else:
+        schedule = (f"{t['epochs_run']} epochs (best {t['best_epoch']}), {t['seconds'] / 60:.0f} min on a 2-core "
+                    f"CPU; task weights {json.dumps({k: round(v, 3) for k, v in t['task_weights'].items()})}.")
     card = [f"# Model card: {m['name']} v{args.version}", "",
             "**Intended use: research only. Not a medical device; not for clinical decisions.** It predicts "
             "radiologists' suspicion ratings from LIDC-IDRI, not pathology.", "",
@@ -79,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             f"- Classifier: 3D HESAM variant `{source.network.variant}`, widths {list(source.network.features)}, "
             f"stem stride {source.network.stem_stride} (the authors: widths 64-512, stride 1), anatomical attention "
             f"gates fed by the prior. Outputs: {', '.join(source.output_names)}.",
+            *([f"- An ensemble of {source.members} such networks: the training patients were split into "
+               f"{source.members} patient folds, member k trained on all but fold k and picked its epoch on fold k. "
+               "Its probability is the mean of the members' probabilities, its activation map the mean of their "
+               "maps."] if ensemble else []),
             *([f"- Nodule descriptors: on. Each head adds a linear term of {source.network.n_descriptors} "
                "standardised shape and HU statistics of the prior region (descriptors.py) to its SAM logits; this "
                "is our addition to the paper's network, because its per-patch min-max input hides absolute density. "
@@ -93,16 +107,30 @@ def main(argv: list[str] | None = None) -> int:
             f"- Bundle size: {size:.1f} MiB; every file SHA-256-checked at load; weights in safetensors.", "",
             "## Data and split",
             f"- Trained on `{t['data']}` (LIDC-IDRI VOIs, CC BY 3.0): {t['n_train']} nodules of "
-            f"{t['n_train_patients']} patients; validation (model selection, thresholds) {t['n_val']} nodules of "
-            f"{t['n_val_patients']} patients. Split **by patient**, seed {t['seed']}.",
+            f"{t['n_train_patients']} patients; validation "
+            + ("(only to measure the finished ensemble: no epoch, threshold or weight was chosen on it) "
+               if ensemble else "(model selection, thresholds) ")
+            + f"{t['n_val']} nodules of {t['n_val_patients']} patients. Split **by patient**, seed {t['seed']}.",
             "- Labels: per-nodule mode ratings; malignancy 4-5 vs 1-2 (3 left out); manifestation rules in "
             "`configs/tasks-lidc.json`.",
-            f"- Training: {t['epochs_run']} epochs (best {t['best_epoch']}), {t['seconds'] / 60:.0f} min on a 2-core CPU; "
-            f"task weights {json.dumps({k: round(v, 3) for k, v in t['task_weights'].items()})}.", "",
+            f"- Training: {schedule}", "",
             f"## Metrics on the validation patients ({'reference-mask' if reference else 'out-of-fold nnU-Net'} prior)",
             "AUC with a 95% bootstrap CI resampled by patient, beside the size-only baseline (diameter_mm as the "
-            "score). Thresholds were chosen on these same patients (Youden), so the threshold metrics are "
-            "optimistic; the AUCs are not tuned.", "", metrics_table(metrics["validation"])]
+            "score). "
+            + ("Thresholds are Youden's on the members' pooled out-of-fold predictions on the training patients, "
+               "so nothing here was tuned on these patients." if ensemble else
+               "Thresholds were chosen on these same patients (Youden), so the threshold metrics are optimistic; "
+               "the AUCs are not tuned."), "", metrics_table(metrics["validation"])]
+    if ensemble:
+        card += ["", "What the averaging adds, on the same patients: each member alone, and the members' pooled "
+                 "out-of-fold AUC on the training patients (each nodule scored by the member that never trained on "
+                 "its patient).", "",
+                 "| output | ensemble | members alone (min–max) | members out of fold, training patients |",
+                 "|---|---|---|---|"]
+        for name, entry in metrics["validation"].items():
+            alone = t["members_validation_auc"][name]
+            card.append(f"| {name} | {entry['auc']:.3f} | {min(alone):.3f}–{max(alone):.3f} | "
+                        f"{t['members_out_of_fold_auc'][name]:.3f} |")
     if "validation_with_segmentation_prior" in metrics:
         ev = metrics["validation_with_segmentation_prior"]
         how = (f"prior `{ev['prior']}`" if ev["prior"] in ("segmentation", PRIOR_REFERENCE_MASK) else

@@ -1,7 +1,8 @@
 """The model bundle: one folder with a manifest, the classifier weights and (optionally) the nnU-Net model.
 
-manifest.json holds the task set, per-output thresholds, patch spacing and size, the network configuration, the
-prior the classifier was trained with, training facts, metrics, package versions, and the SHA-256 of every file.
+manifest.json holds the task set, per-output thresholds, patch spacing and size, the network configuration (and
+`members`, the number of networks of that configuration averaged as an ensemble; 1 when absent), the prior the
+classifier was trained with, training facts, metrics, package versions, and the SHA-256 of every file.
 Loading verifies every checksum first and reads weights with safetensors: nothing is unpickled from a bundle
 before its checksum has matched.
 """
@@ -77,6 +78,11 @@ class ModelBundle:
         return self.manifest.get("prior", "reference-mask")
 
     @property
+    def members(self) -> int:
+        """How many networks the classifier averages (1: a single network)."""
+        return int(self.manifest.get("members", 1))
+
+    @property
     def spacing(self) -> tuple[float, float, float]:
         return tuple(self.manifest.get("spacing_xyz_mm", SPACING_XYZ_MM))
 
@@ -97,7 +103,7 @@ class ModelBundle:
 
 def save_bundle(path: str | Path, model: nn.Module, task_set: TaskSet, network: NetworkConfig,
                 thresholds: dict[str, float], *, name: str, prior: str, training: dict, metrics: dict,
-                segmentation_dir: str | Path | None = None, version: str = "1") -> Path:
+                segmentation_dir: str | Path | None = None, version: str = "1", members: int = 1) -> Path:
     """Write a bundle folder atomically (built under a temporary name beside `path`, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +118,8 @@ def save_bundle(path: str | Path, model: nn.Module, task_set: TaskSet, network: 
             "format_version": FORMAT_VERSION, "name": name, "version": version,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "intended_use": "research only; not for clinical decisions",
-            "tasks": task_set.to_dict(), "thresholds": thresholds, "network": network.to_dict(), "prior": prior,
+            "tasks": task_set.to_dict(), "thresholds": thresholds, "network": network.to_dict(),
+            "members": members, "prior": prior,
             "spacing_xyz_mm": list(SPACING_XYZ_MM), "patch_size_xyz": list(PATCH_SIZE_XYZ),
             "training": training, "metrics": metrics,
             "versions": {"lungnodule_explain": __version__, "torch": torch.__version__,
@@ -168,10 +175,13 @@ def load_bundle(path: str | Path | None = None, device: str | torch.device = "cp
     try:
         task_set = TaskSet.from_dict(manifest["tasks"], where=f"{path}/{MANIFEST_NAME} tasks")
         network = NetworkConfig(**manifest["network"])
+        members = int(manifest.get("members", 1))
+        if members < 1:
+            raise ValueError(f"members must be >= 1, got {members}")
     except (TypeError, ValueError) as exc:
         raise BundleError(f"model bundle {path}: invalid manifest ({exc})") from exc
     device = torch.device(device)
-    model = build_network(network, len(task_set.manifestations))
+    model = build_network(network, len(task_set.manifestations), members)
     try:
         model.load_state_dict(load_file(str(path / WEIGHTS_NAME), device="cpu"))
     except (RuntimeError, OSError) as exc:

@@ -1,15 +1,21 @@
 """A training run from a dataset folder to a model bundle: split by patient, cut patches, train, pick thresholds,
 measure on the validation patients, write the bundle.
 
-Run folder layout: config.json, split.json, checkpoint.pt (every epoch), history.csv, curves.png,
-validation_metrics.json, bundle/ (the model bundle).
+One network (members = 1): trained on the training patients, its epoch and thresholds chosen on the validation
+patients. An ensemble (members = K): the training patients are split into K patient folds; member k trains on
+the other folds and picks its epoch on fold k; the thresholds come from the members' pooled out-of-fold
+predictions; the validation patients are touched only to measure the finished ensemble.
+
+Run folder layout: config.json, split.json, checkpoint.pt (every epoch), history.csv, curves.png (for an
+ensemble: one memberK/ folder of these per member, and members_oof_metrics.json), validation_metrics.json,
+bundle/ (the model bundle).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,11 +25,13 @@ from . import distributed
 from .atomic import write_json_atomic
 from .bundle import save_bundle
 from .data.patches import PRIOR_REFERENCE_MASK, PatchSet, build_patch_set
-from .data.voi_table import patient_split, read_voi_table
+from .data.voi_table import patient_folds, patient_split, read_voi_table
 from .errors import ConfigError
 from .evaluation import output_metrics
+from .metrics import safe_auc
 from .tasks import TaskSet, load_task_set
-from .training import RESUMABLE_CHANGES, Trainer, TrainConfig
+from .networks import Ensemble
+from .training import RESUMABLE_CHANGES, Trainer, TrainConfig, TrainResult, predict
 
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[float, str], None]
@@ -31,7 +39,8 @@ ProgressCallback = Callable[[float, str], None]
 
 @dataclass
 class RunSpec:
-    """What to train on and where: the data folder, task set, prior, validation share and the run folder."""
+    """What to train on and where: the data folder, task set, prior, validation share, the run folder, and how
+    many networks to train as an ensemble."""
 
     data: Path
     run_dir: Path
@@ -40,9 +49,12 @@ class RunSpec:
     val_fraction: float = 0.2
     device: str = "auto"
     name: str = "lungnodule-explain"
+    members: int = 1
 
     def __post_init__(self) -> None:
         self.data, self.run_dir = Path(self.data), Path(self.run_dir)
+        if not 1 <= self.members <= 10:
+            raise ConfigError(f"members must be between 1 and 10, got {self.members}")
         if not 0.05 <= self.val_fraction <= 0.5:
             raise ConfigError(f"val_fraction must be in [0.05, 0.5], got {self.val_fraction}")
         if self.prior != PRIOR_REFERENCE_MASK and not Path(self.prior).is_dir():
@@ -86,29 +98,80 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
     train_set, val_set = patches.subset(train_idx), patches.subset(val_idx)
     logger.info("%d training nodules (%d patients), %d validation nodules (%d patients)", len(train_set),
                 len(set(train_set.patient_ids)), len(val_set), len(set(val_set.patient_ids)))
-    trainer = Trainer(config, train_set, val_set, spec.run_dir, len(task_set.manifestations), task_set.names,
-                      device=spec.device,
-                      progress=(lambda f, m: progress(0.1 + 0.9 * f, m)) if progress else None,
-                      show_progress_bar=show_progress_bar)
-    result = trainer.run(resume=resume)
-    names = task_set.names[:result.val_probs.shape[1]]
-    metrics = output_metrics(names, result.val_probs, val_set, thresholds=None)
-    thresholds = {name: metrics[name]["threshold"] for name in names}
+    names = task_set.names
+    if spec.members == 1:
+        result = Trainer(config, train_set, val_set, spec.run_dir, len(task_set.manifestations), names,
+                         device=spec.device,
+                         progress=(lambda f, m: progress(0.1 + 0.9 * f, m)) if progress else None,
+                         show_progress_bar=show_progress_bar).run(resume=resume)
+        model, names = result.model, names[:result.val_probs.shape[1]]
+        metrics = output_metrics(names, result.val_probs, val_set, thresholds=None)
+        thresholds = {name: metrics[name]["threshold"] for name in names}
+        facts = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                 "seconds": round(result.seconds, 1), "task_weights": dict(zip(names, result.task_weights))}
+    else:
+        results, oof = _train_members(spec, config, train_set, [records[i] for i in train_idx], task_set,
+                                      resume=resume, progress=progress, show_progress_bar=show_progress_bar)
+        names = names[:oof.shape[1]]
+        oof_metrics = output_metrics(names, oof, train_set, thresholds=None)
+        thresholds = {name: oof_metrics[name]["threshold"] for name in names}
+        model = Ensemble([r.model for r in results])
+        probs = predict(model, val_set, next(model.parameters()).device, config.network.input_indices)
+        metrics = output_metrics(names, probs, val_set, thresholds=thresholds)
+        # Each member alone on the validation patients: what the averaging adds, measured on the same patients.
+        member_aucs = [[safe_auc(val_set.labels[:, j], p[:, j]) for j in range(len(names))]
+                       for p in (predict(r.model, val_set, next(model.parameters()).device,
+                                         config.network.input_indices) for r in results)]
+        if distributed.is_main_process():
+            write_json_atomic(spec.run_dir / "members_oof_metrics.json", oof_metrics)
+        facts = {"members": spec.members, "member_selection": "patient folds of the training patients",
+                 "best_epoch": [r.best_epoch for r in results], "epochs_run": [len(r.history) for r in results],
+                 "seconds": round(sum(r.seconds for r in results), 1),
+                 "task_weights": [dict(zip(names, r.task_weights)) for r in results],
+                 "thresholds_from": "members' pooled out-of-fold predictions on the training patients",
+                 "members_out_of_fold_auc": {n: oof_metrics[n]["auc"] for n in names},
+                 "members_validation_auc": {n: [a[j] for a in member_aucs] for j, n in enumerate(names)}}
     training = {"data": str(spec.data), "n_train": len(train_set), "n_val": len(val_set),
                 "n_train_patients": len(set(train_set.patient_ids)), "n_val_patients": len(set(val_set.patient_ids)),
-                "split": "by patient", "seed": config.seed, "best_epoch": result.best_epoch,
-                "epochs_run": len(result.history), "seconds": round(result.seconds, 1),
-                "task_weights": dict(zip(names, result.task_weights)), "config": config.to_dict()}
+                "split": "by patient", "seed": config.seed, **facts, "config": config.to_dict()}
     bundle_dir = spec.run_dir / "bundle"
     if not distributed.is_main_process():
         distributed.barrier()
         return bundle_dir
     write_json_atomic(spec.run_dir / "validation_metrics.json", metrics)
-    path = save_bundle(spec.run_dir / "bundle", result.model, task_set, config.network, thresholds,
+    path = save_bundle(spec.run_dir / "bundle", model, task_set, config.network, thresholds,
                        name=spec.name, prior="reference-mask" if spec.prior == PRIOR_REFERENCE_MASK else "nnunet-oof",
-                       training=training, metrics={"validation": metrics})
+                       training=training, metrics={"validation": metrics}, members=spec.members)
     distributed.barrier()
     return path
+
+
+def _train_members(spec: RunSpec, config: TrainConfig, train_set: PatchSet, train_records: list, task_set: TaskSet,
+                   *, resume: bool, progress: ProgressCallback | None, show_progress_bar: bool
+                   ) -> tuple[list[TrainResult], np.ndarray]:
+    """Train spec.members networks, member k on all training patients but fold k, its epoch picked on fold k.
+    Returns the results and the pooled out-of-fold probabilities [n_train, n_outputs]."""
+    folds = patient_folds(train_records, spec.members, config.seed)
+    results, oof = [], None
+    for k, fold in enumerate(folds):
+        in_fold = set(fold)
+        member_dir = spec.run_dir / f"member{k}"
+        start, width = 0.1 + 0.9 * k / spec.members, 0.9 / spec.members
+        logger.info("member %d of %d: %d nodules to train, %d to select on", k + 1, spec.members,
+                    len(train_set) - len(fold), len(fold))
+        trainer = Trainer(replace(config, seed=config.seed + k),  # members differ in initialisation too
+                          train_set.subset([i for i in range(len(train_set)) if i not in in_fold]),
+                          train_set.subset(fold), member_dir, len(task_set.manifestations), task_set.names,
+                          device=spec.device,
+                          progress=(lambda f, m, k=k, s=start, w=width:
+                                    progress(s + w * f, f"member {k + 1}/{spec.members}: {m}")) if progress else None,
+                          show_progress_bar=show_progress_bar)
+        result = trainer.run(resume=resume and trainer.checkpoint_path.is_file())
+        if oof is None:
+            oof = np.full((len(train_set), result.val_probs.shape[1]), np.nan, dtype=np.float32)
+        oof[fold] = result.val_probs
+        results.append(result)
+    return results, oof
 
 
 def split_patch_set(patches: PatchSet, val_patients: set[str]) -> tuple[PatchSet, PatchSet]:

@@ -262,6 +262,8 @@ class Trainer:
         bar = tqdm(range(first_epoch, cfg.max_epochs), initial=first_epoch, total=cfg.max_epochs, desc="epochs",
                    disable=not self.show_progress_bar or not distributed.is_main_process(), unit="ep")
         for epoch in bar:
+            if self.state["bad_epochs"] >= cfg.early_stop_patience:
+                break  # resumed after an early stop: the run is complete
             t0 = time.time()
             phase = self._phase(epoch)
             loss = self._train_epoch(epoch, phase)

@@ -54,6 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plateau-patience", type=int, default=15)
     p.add_argument("--early-stop-patience", type=int, default=30)
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of PATIENTS held out for validation")
+    p.add_argument("--members", type=int, default=1,
+                   help="train an ensemble of this many networks (default 1: one network), member k on all "
+                        "training patients but patient fold k, where it picks its epoch; thresholds from their "
+                        "out-of-fold predictions; the validation patients only measure the ensemble")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -75,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
                          max_epochs=args.epochs, phase1_epochs=args.phase1_epochs, batch_size=args.batch_size,
                          lr=args.lr, plateau_patience=args.plateau_patience,
                          early_stop_patience=args.early_stop_patience, seed=args.seed, threads=args.threads)
-    spec = RunSpec(args.data, args.out, args.tasks, args.prior, args.val_fraction, args.device, args.name)
+    spec = RunSpec(args.data, args.out, args.tasks, args.prior, args.val_fraction, args.device, args.name,
+                   args.members)
     # Progress also goes to the log (with the fraction attached) so the Slicer CLI module can show it.
     bundle = train_run(spec, config, resume=args.resume, show_progress_bar=not args.quiet,
                        progress=lambda fraction, message: logger.info(message, extra={"progress": fraction}))
