@@ -101,6 +101,17 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path: Path) ->
         other.run(resume=True)
 
 
+def test_a_run_that_stopped_early_stays_stopped_when_resumed(tmp_path: Path) -> None:
+    first = _trainer(tmp_path, 12)
+    first.config.early_stop_patience = 1
+    result = first.run()
+    assert len(result.history) < 12  # stopped early (the validation AUCs reach 1.0 within 7 epochs)
+    again = _trainer(tmp_path, 12)
+    again.config.early_stop_patience = 1
+    resumed = again.run(resume=True)
+    assert len(resumed.history) == len(result.history) and resumed.best_epoch == result.best_epoch
+
+
 def test_descriptor_standardisation_comes_from_the_training_set_and_travels_in_the_weights(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path, 2, NetworkConfig("hesam-mt-aag", (2, 4, 4, 8), descriptors=True))
     train = trainer.train_set.descriptors.astype(np.float64)
