@@ -59,6 +59,17 @@ def test_a_saved_bundle_loads_with_the_same_weights_and_its_manifest(bundle_dir:
     assert not bundle.model.training
 
 
+def test_a_bundle_loaded_on_cpu_runs_its_convolutions_through_onednn_with_the_same_outputs(bundle_dir: Path) -> None:
+    bundle = load_bundle(bundle_dir, device="cpu")
+    convolutions = {type(m).__name__ for m in bundle.model.modules() if isinstance(m, torch.nn.Conv3d)}
+    assert convolutions == {"OneDnnConv3d"}  # a click classifies a batch of one
+    plain = build_network(bundle.network, len(bundle.task_set.manifestations)).eval()
+    plain.load_state_dict(bundle.model.state_dict())
+    image, prior = torch.rand(1, 1, 32, 64, 64), torch.rand(1, 1, 32, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(bundle.model(image, prior), plain(image, prior), atol=1e-5, rtol=1e-4)
+
+
 def test_a_bundle_with_a_wrong_checksum_is_refused_naming_the_file(bundle_dir: Path) -> None:
     weights = bundle_dir / WEIGHTS_NAME
     data = bytearray(weights.read_bytes())

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from .devices import use_onednn_convolutions
 from .errors import BundleError
 from .networks import NetworkConfig, build_network
 from .patch import PATCH_SIZE_XYZ, SPACING_XYZ_MM
@@ -187,5 +188,7 @@ def load_bundle(path: str | Path | None = None, device: str | torch.device = "cp
     except (RuntimeError, OSError) as exc:
         raise BundleError(f"model bundle {path}: weights do not fit the network in the manifest ({exc})") from exc
     model.to(device).eval()
+    if device.type == "cpu":  # a click classifies one nodule: keep its thin 3D convolutions off the im2col kernel
+        use_onednn_convolutions(model)
     thresholds = {k: float(v) for k, v in manifest["thresholds"].items()}
     return ModelBundle(path, manifest, task_set, network, thresholds, model, device)
