@@ -188,15 +188,18 @@ def test_an_ensemble_run_keeps_the_validation_patients_out_of_every_member_and_r
     bundle = load_bundle(bundle_dir)
     assert bundle.members == 2 and isinstance(bundle.model, Ensemble)
     split = json.loads((tmp_path / "run" / "split.json").read_text())
-    val_patients = set(split["val_patients"])
-    member_patients = set()
-    for k in range(2):  # every member's checkpointed data came from the training patients only
-        log = (tmp_path / "run" / f"member{k}" / "history.csv").read_text().splitlines()
-        assert len(log) == 3  # header + 2 epochs
+    train_patients, val_patients = set(split["train_patients"]), set(split["val_patients"])
+    selection = []
+    for k in range(2):  # each member trained and chose its epoch on training patients only, on disjoint parts
+        member = json.loads((tmp_path / "run" / f"member{k}" / "split.json").read_text())
+        assert set(member["train_patients"]) | set(member["selection_patients"]) == train_patients
+        assert not set(member["train_patients"]) & set(member["selection_patients"])
+        selection.append(set(member["selection_patients"]))
+        assert len((tmp_path / "run" / f"member{k}" / "history.csv").read_text().splitlines()) == 3  # 2 epochs
+    assert not selection[0] & selection[1] and selection[0] | selection[1] == train_patients
+    assert not train_patients & val_patients
     training = bundle.manifest["training"]
     assert training["members"] == 2 and len(training["best_epoch"]) == 2
-    member_patients = set(split["train_patients"])
-    assert not member_patients & val_patients
     oof = json.loads((tmp_path / "run" / "members_oof_metrics.json").read_text())
     assert {n: oof[n]["threshold"] for n in bundle.output_names} == bundle.thresholds  # not chosen on validation
     assert len(training["members_validation_auc"]["malignant"]) == 2

@@ -7,7 +7,8 @@ the other folds and picks its epoch on fold k; the thresholds come from the memb
 predictions; the validation patients are touched only to measure the finished ensemble.
 
 Run folder layout: config.json, split.json, checkpoint.pt (every epoch), history.csv, curves.png (for an
-ensemble: one memberK/ folder of these per member, and members_oof_metrics.json), validation_metrics.json,
+ensemble: one memberK/ folder of these per member, its split.json naming its training and selection patients,
+and members_oof_metrics.json), validation_metrics.json,
 bundle/ (the model bundle).
 """
 
@@ -116,12 +117,11 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
         oof_metrics = output_metrics(names, oof, train_set, thresholds=None)
         thresholds = {name: oof_metrics[name]["threshold"] for name in names}
         model = Ensemble([r.model for r in results])
-        probs = predict(model, val_set, next(model.parameters()).device, config.network.input_indices)
-        metrics = output_metrics(names, probs, val_set, thresholds=thresholds)
+        device, channels = next(model.parameters()).device, config.network.input_indices
+        metrics = output_metrics(names, predict(model, val_set, device, channels), val_set, thresholds=thresholds)
         # Each member alone on the validation patients: what the averaging adds, measured on the same patients.
         member_aucs = [[safe_auc(val_set.labels[:, j], p[:, j]) for j in range(len(names))]
-                       for p in (predict(r.model, val_set, next(model.parameters()).device,
-                                         config.network.input_indices) for r in results)]
+                       for p in (predict(r.model, val_set, device, channels) for r in results)]
         if distributed.is_main_process():
             write_json_atomic(spec.run_dir / "members_oof_metrics.json", oof_metrics)
         facts = {"members": spec.members, "member_selection": "patient folds of the training patients",
@@ -156,6 +156,12 @@ def _train_members(spec: RunSpec, config: TrainConfig, train_set: PatchSet, trai
     for k, fold in enumerate(folds):
         in_fold = set(fold)
         member_dir = spec.run_dir / f"member{k}"
+        if distributed.is_main_process():
+            member_dir.mkdir(parents=True, exist_ok=True)
+            fold_patients = {train_records[i].patient_id for i in fold}
+            write_json_atomic(member_dir / "split.json", {
+                "train_patients": sorted({r.patient_id for r in train_records} - fold_patients),
+                "selection_patients": sorted(fold_patients)})
         start, width = 0.1 + 0.9 * k / spec.members, 0.9 / spec.members
         logger.info("member %d of %d: %d nodules to train, %d to select on", k + 1, spec.members,
                     len(train_set) - len(fold), len(fold))
