@@ -8,8 +8,7 @@ predictions; the validation patients are touched only to measure the finished en
 
 Run folder layout: config.json, split.json, checkpoint.pt (every epoch), history.csv, curves.png (for an
 ensemble: one memberK/ folder of these per member, its split.json naming its training and selection patients,
-and members_oof_metrics.json), validation_metrics.json,
-bundle/ (the model bundle).
+and members_oof_metrics.json), validation_metrics.json, bundle/ (the model bundle).
 """
 
 from __future__ import annotations
