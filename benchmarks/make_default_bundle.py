@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics["validation_with_segmentation_prior"] = json.loads((args.evaluation / "metrics.json").read_text())
     bundle = save_bundle(args.out, source.model, source.task_set, source.network, source.thresholds,
                          name=m["name"], prior=m["prior"], training=m["training"], metrics=metrics,
-                         segmentation_dir=args.segmentation, version=args.version, members=source.members)
+                         segmentation_dir=args.segmentation, version=args.version)
     size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 2 ** 20
     t = m["training"]
     reference = m["prior"] == PRIOR_REFERENCE_MASK

@@ -6,8 +6,8 @@
 Our "round" is the readers' sphericity rating (mode 4-5 vs 1-3, configs/tasks-lidc.json). The authors' final code
 (METHOD.md) labels sphericity from the consensus mask instead: shape sphericity >= 0.8. This script computes that
 shape label from each reference mask (sphericity = pi^(1/3) (6 V)^(2/3) / A, SimpleITK's roundness, surface A
-from its label perimeter; pyradiomics measures A on a marching-cubes mesh, so values differ somewhat, and small voxelised masks can
-exceed 1) and reports how far the two labels agree, how well the mask's sphericity predicts the readers' rating,
+from its label perimeter; pyradiomics measures A on a marching-cubes mesh, so values differ somewhat, and small
+voxelised masks can exceed 1) and reports how far the two labels agree, how well the mask's sphericity predicts the readers' rating,
 and, given an `evaluate` predictions.csv, the AUC of the model's round output against both labels on its nodules.
 """
 

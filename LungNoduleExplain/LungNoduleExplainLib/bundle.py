@@ -28,7 +28,7 @@ from torch import nn
 from . import __version__
 from .devices import use_onednn_convolutions
 from .errors import BundleError
-from .networks import NetworkConfig, build_network
+from .networks import Ensemble, NetworkConfig, build_network
 from .patch import PATCH_SIZE_XYZ, SPACING_XYZ_MM
 from .tasks import TaskSet
 
@@ -104,8 +104,9 @@ class ModelBundle:
 
 def save_bundle(path: str | Path, model: nn.Module, task_set: TaskSet, network: NetworkConfig,
                 thresholds: dict[str, float], *, name: str, prior: str, training: dict, metrics: dict,
-                segmentation_dir: str | Path | None = None, version: str = "1", members: int = 1) -> Path:
-    """Write a bundle folder atomically (built under a temporary name beside `path`, then renamed)."""
+                segmentation_dir: str | Path | None = None, version: str = "1") -> Path:
+    """Write a bundle folder atomically (built under a temporary name beside `path`, then renamed). An `Ensemble`
+    model is recorded with its number of members."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -120,7 +121,7 @@ def save_bundle(path: str | Path, model: nn.Module, task_set: TaskSet, network: 
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "intended_use": "research only; not for clinical decisions",
             "tasks": task_set.to_dict(), "thresholds": thresholds, "network": network.to_dict(),
-            "members": members, "prior": prior,
+            "members": len(model.members) if isinstance(model, Ensemble) else 1, "prior": prior,
             "spacing_xyz_mm": list(SPACING_XYZ_MM), "patch_size_xyz": list(PATCH_SIZE_XYZ),
             "training": training, "metrics": metrics,
             "versions": {"lungnodule_explain": __version__, "torch": torch.__version__,

@@ -26,8 +26,8 @@ def use_onednn_convolutions(network) -> int:
 
     Why: for a batch of one, PyTorch sends a 3D convolution with few channels (N*C*D*H <= 20480; its rule ignores W)
     to its im2col kernel, 4-5x slower on a 2-core CPU than oneDNN on the same weights. nnU-Net predicts one tile at
-    a time and a click classifies one nodule, so every click paid that (classifier: 2.6x). Weights stay ordinary parameters (load_state_dict works as before); the
-    results agree to float rounding. CUDA, other dtypes and string paddings take the usual path.
+    a time and a click classifies one nodule, so every click paid that (classifier: 2.6x). Weights stay ordinary
+    parameters (load_state_dict works as before); the results agree to float rounding. CUDA, other dtypes and string paddings take the usual path.
     """
     import torch
 

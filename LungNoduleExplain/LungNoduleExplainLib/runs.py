@@ -140,7 +140,7 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
     write_json_atomic(spec.run_dir / "validation_metrics.json", metrics)
     path = save_bundle(spec.run_dir / "bundle", model, task_set, config.network, thresholds,
                        name=spec.name, prior="reference-mask" if spec.prior == PRIOR_REFERENCE_MASK else "nnunet-oof",
-                       training=training, metrics={"validation": metrics}, members=spec.members)
+                       training=training, metrics={"validation": metrics})
     distributed.barrier()
     return path
 

@@ -1,8 +1,8 @@
 """An ensemble of networks of one configuration, used as one network.
 
-Each member was trained on a different part of the training patients (`runs.train_ensemble_run`). The ensemble's
-probability is the mean of the members' probabilities (returned as its logit, so callers apply the sigmoid as for
-one network); its activation map is the mean of the members' maps, still in [0, 1].
+Each member was trained on a different part of the training patients (`runs.train_run` with members > 1). The
+ensemble's probability is the mean of the members' probabilities (returned as its logit, so callers apply the
+sigmoid as for one network); its activation map is the mean of the members' maps, still in [0, 1].
 """
 
 from __future__ import annotations
