@@ -37,6 +37,22 @@ def test_a_hospital_task_set_is_just_another_configuration(tmp_path: Path) -> No
     assert load_task_set(path) == ts
 
 
+def test_readers_share_is_the_training_target_and_the_label_stays_the_mode() -> None:
+    task = Task("malignant", "malignancy", (4, 5), (1, 2), readers_column="malignancy_reader_ratings")
+    # mode 2 under the ties-to-lower rule, though two of three committed readers said 4-5 (the reader at 3 is out)
+    row = {"malignancy": 2, "malignancy_reader_ratings": "4;5;3;2"}
+    assert task.label(row["malignancy"]) == 0 and task.target(row) == pytest.approx(2 / 3)
+    # a mode of 3 is left out of the label, but the readers who committed still make a target
+    assert task.target({"malignancy": 3, "malignancy_reader_ratings": "4;4;3;3"}) == 1.0
+    assert task.target({"malignancy": 3, "malignancy_reader_ratings": "3;3;3"}) is None
+    # no readers' cell (or no readers column): the target is the label
+    assert task.target({"malignancy": 5, "malignancy_reader_ratings": ""}) == 1.0
+    assert Task("m", "malignancy", (4, 5), (1, 2)).target(row) == 0.0
+    with pytest.raises(ValueError, match="malignancy_reader_ratings"):
+        task.target({"malignancy": 2, "malignancy_reader_ratings": "4;five"})
+    assert Task.from_dict(task.to_dict()) == task and "readers_column" not in Task("m", "c", (1,), (0,)).to_dict()
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"name": "x", "column": "c", "positive": [1], "negative": [1]}, "both positive and negative"),
     ({"name": "x", "column": "c", "positive": [], "negative": [0]}, "at least one value"),
@@ -109,6 +125,27 @@ def test_a_table_missing_a_label_column_is_an_error_naming_the_column(voi_dir: P
     folder = _copy_table(voi_dir, tmp_path / "d", 3, drop_column="spiculation")
     with pytest.raises(DatasetError, match="spiculation"):
         read_voi_table(folder, load_task_set("lidc"))
+
+
+def test_real_readers_ratings_become_targets_and_a_bad_cell_names_line_and_case(voi_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    folder = _copy_table(voi_dir, tmp_path / "d", 4)
+    lidc = load_task_set("lidc")
+    task_set = TaskSet.from_dict({**lidc.to_dict(), "diagnosis": {
+        **lidc.diagnosis.to_dict(), "readers_column": "malignancy_reader_ratings"}})
+    records = read_voi_table(folder, task_set)
+    # LIDC-IDRI-0001_R_1 and 0003_R_2 have no readers' cell (mode 5); 0003_R_3 and _R_4 have 4;4;3;2 (mode 4)
+    # and 4;5;3;2 (mode 2): different labels, the same readers' share
+    assert [r.labels(task_set)[0] for r in records] == [1, 1, 1, 0]
+    assert [r.targets(task_set)[0] for r in records] == pytest.approx([1.0, 1.0, 2 / 3, 2 / 3])
+    rows = [r.row for r in records]
+    rows[1]["malignancy_reader_ratings"] = "4;?;2"
+    with (folder / "nodules.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(DatasetError, match=r"line 3 \(case LIDC-IDRI-0003_R_2\).*malignancy_reader_ratings"):
+        read_voi_table(folder, task_set)
 
 
 def test_a_missing_image_is_an_error_naming_the_file(voi_dir: Path, tmp_path: Path) -> None:

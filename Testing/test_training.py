@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from LungNoduleExplainLib.data.patches import PatchSet, augment
+from LungNoduleExplainLib.data.patches import PatchDataset, PatchSet, augment
 from LungNoduleExplainLib.descriptors import nodule_descriptors
 from LungNoduleExplainLib.networks import NetworkConfig
 from LungNoduleExplainLib.training import (TrainConfig, Trainer, masked_bce, positive_weights, selection_metric,
@@ -56,6 +56,20 @@ def test_masked_bce_ignores_left_out_labels_and_positive_weights_balance_classes
     assert torch.isfinite(loss).all() and loss[1] == pytest.approx(float(expected_second))
     weights = positive_weights(np.array([[1, 0], [0, 0], [0, np.nan], [0, 1]], dtype=float))
     assert weights.tolist() == pytest.approx([3.0, 2.0])
+
+
+def test_the_loss_fits_the_readers_share_where_there_is_one_and_metrics_keep_the_labels() -> None:
+    patches = synthetic_patches()
+    assert patches.targets is patches.labels  # no readers' shares: the targets are the labels
+    targets = patches.labels.copy()
+    targets[1, 0] = 2 / 3  # e.g. readers 4;5;3;2, mode 2
+    soft = PatchSet(*(getattr(patches, f) for f in ("images", "priors", "labels", "case_ids", "patient_ids",
+                                                     "diameters_mm", "descriptors")), targets=targets)
+    part = soft.subset([0, 1])
+    assert part.labels[1, 0] == 0 and part.targets[1, 0] == pytest.approx(2 / 3)
+    assert PatchDataset(part)[1][3][0].item() == pytest.approx(2 / 3)  # the loss sees the share
+    # a share t counts as t of a positive and 1 - t of a negative in the class balance
+    assert positive_weights(np.array([[2 / 3], [0.0], [1.0], [np.nan]])).tolist() == pytest.approx([0.8])
 
 
 def test_augmentation_keeps_shape_and_applies_the_same_spatial_transform_to_the_prior() -> None:

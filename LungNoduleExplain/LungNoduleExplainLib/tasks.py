@@ -42,6 +42,9 @@ class Task:
 
     name: the finding a radiologist reads, e.g. "spiculated". column: the table column holding the rating.
     positive / negative: the cell values meaning present / absent; any other value is left out.
+    readers_column (optional): a column holding each reader's rating, ';'-separated (LIDC's
+    `malignancy_reader_ratings`). Where a row has it, the training target is the share of readers whose rating is
+    positive among those whose rating is positive or negative (see `target`); metrics stay on `column`'s label.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Task:
     positive: tuple[str, ...]
     negative: tuple[str, ...]
     description: str = ""
+    readers_column: str = ""
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
@@ -73,12 +77,33 @@ class Task:
             return 0
         return None
 
+    def target(self, row: Mapping[str, Any]) -> float | None:
+        """The training target of one row: the readers' share in [0, 1] where `readers_column` has ratings, else
+        the label. Why: a per-nodule mode hides disagreement (ratings 4;5;3;2 have mode 2, "benign", under the
+        ties-to-lower rule); the share keeps it, and a nodule whose mode is left out (3) still teaches through the
+        readers who committed. A reader who chose a left-out value is left out, as the rule leaves out such a
+        nodule. Raises ValueError naming the cell when a rating is not a number."""
+        cell = str(row.get(self.readers_column) or "").strip() if self.readers_column else ""
+        if not cell:
+            y = self.label(row.get(self.column))
+            return None if y is None else float(y)
+        ratings = cell.split(";")
+        try:
+            [float(r) for r in ratings]
+        except ValueError:
+            raise ValueError(f"column {self.readers_column!r}: {cell!r} is not ';'-separated ratings") from None
+        committed = [y for y in (self.label(r) for r in ratings) if y is not None]
+        return sum(committed) / len(committed) if committed else None
+
     def allowed_values(self) -> set[str]:
         return set(self.positive) | set(self.negative)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "column": self.column, "positive": list(self.positive),
+        data = {"name": self.name, "column": self.column, "positive": list(self.positive),
                 "negative": list(self.negative), "description": self.description}
+        if self.readers_column:
+            data["readers_column"] = self.readers_column
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "task") -> "Task":
@@ -87,7 +112,8 @@ class Task:
             raise ConfigError(f"{where}: missing field(s) {missing}; expected name, column, positive, negative")
         return cls(name=str(data["name"]), column=str(data["column"]),
                    positive=tuple(data["positive"]), negative=tuple(data["negative"]),
-                   description=str(data.get("description", "")))
+                   description=str(data.get("description", "")),
+                   readers_column=str(data.get("readers_column", "")))
 
 
 @dataclass(frozen=True)
@@ -118,6 +144,10 @@ class TaskSet:
     def labels(self, row: Mapping[str, Any]) -> list[int | None]:
         """Labels of one table row for every output, diagnosis first."""
         return [t.label(row.get(t.column)) for t in self.all_tasks]
+
+    def targets(self, row: Mapping[str, Any]) -> list[float | None]:
+        """Training targets of one row for every output (Task.target), diagnosis first."""
+        return [t.target(row) for t in self.all_tasks]
 
     def to_dict(self) -> dict:
         return {"name": self.name, "diagnosis": self.diagnosis.to_dict(),

@@ -74,19 +74,21 @@ class TrainConfig:
         return data
 
 
-def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
-    """Per-output BCE [n_outputs] averaged over the labelled entries of the batch (NaN labels left out)."""
-    known = ~torch.isnan(labels)
-    target = torch.nan_to_num(labels, nan=0.0)
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
+    """Per-output BCE [n_outputs] averaged over the labelled entries of the batch (NaN targets left out); targets
+    are 0/1 labels or readers' shares in [0, 1]."""
+    known = ~torch.isnan(targets)
+    target = torch.nan_to_num(targets, nan=0.0)
     loss = nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none")
     loss = loss * known
     return loss.sum(0) / known.sum(0).clamp_min(1)
 
 
-def positive_weights(labels: np.ndarray) -> torch.Tensor:
-    """Per-output pos_weight = negatives / positives on the training labels (as the authors), capped at 20."""
-    pos = np.nansum(labels == 1, axis=0).astype(float)
-    neg = np.nansum(labels == 0, axis=0).astype(float)
+def positive_weights(targets: np.ndarray) -> torch.Tensor:
+    """Per-output pos_weight = negatives / positives on the training targets (as the authors), capped at 20; a
+    readers' share t counts as t of a positive and 1 - t of a negative."""
+    pos = np.nansum(targets, axis=0).astype(float)
+    neg = np.nansum(1.0 - targets, axis=0).astype(float)
     return torch.tensor(np.clip(neg / np.maximum(pos, 1), 0.05, 20.0), dtype=torch.float32)
 
 
@@ -156,7 +158,6 @@ class Trainer:
         self.multitask = config.network.multitask
         n_outputs = 1 + n_manifestations if self.multitask else 1
         self.n_outputs = n_outputs
-        self.train_labels = train_set.labels[:, :n_outputs]
         self.val_labels = val_set.labels[:, :n_outputs]
         torch.manual_seed(config.seed)
         # channels-last 3D memory is about 1.6x faster for these small-channel 3D convolutions on CPU (oneDNN).
@@ -170,7 +171,7 @@ class Trainer:
         if distributed.is_distributed():
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.pos_weight = positive_weights(self.train_labels).to(self.device)
+        self.pos_weight = positive_weights(train_set.targets[:, :n_outputs]).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=0.1,
@@ -237,10 +238,10 @@ class Trainer:
             if len(batch) < 2 * world:
                 continue  # BatchNorm needs more than one sample per process
             items = [dataset[int(i)] for i in batch[rank::world]]
-            image, prior, descriptors, labels = (torch.stack(t).to(self.device) for t in zip(*items))
+            image, prior, descriptors, targets = (torch.stack(t).to(self.device) for t in zip(*items))
             image, prior = (t.contiguous(memory_format=torch.channels_last_3d) for t in (image, prior))
-            labels = labels[:, :self.n_outputs]
-            per_task = masked_bce(self.net(image, prior, descriptors), labels, self.pos_weight)
+            targets = targets[:, :self.n_outputs]
+            per_task = masked_bce(self.net(image, prior, descriptors), targets, self.pos_weight)
             loss = (weights * per_task).sum()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

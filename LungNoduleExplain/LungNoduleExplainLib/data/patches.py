@@ -30,7 +30,10 @@ PRIOR_REFERENCE_MASK = "reference-mask"
 @dataclass
 class PatchSet:
     """images: [N, C, D, H, W] (channels patch.INPUT_CHANNELS), priors: [N, D, H, W], float16 in [0, 1];
-    labels: [N, 1 + K] float32 with NaN where left out; descriptors: [N, len(DESCRIPTOR_NAMES)] float32."""
+    labels: [N, 1 + K] float32 with NaN where left out; descriptors: [N, len(DESCRIPTOR_NAMES)] float32.
+    targets: what the training loss fits, [N, 1 + K] in [0, 1] with NaN where left out (Task.target: the readers'
+    share where the table has each reader's rating, else the label); None means the labels. Metrics, model
+    selection and thresholds use `labels`."""
 
     images: np.ndarray
     priors: np.ndarray
@@ -39,11 +42,17 @@ class PatchSet:
     patient_ids: list[str]
     diameters_mm: np.ndarray
     descriptors: np.ndarray
+    targets: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.targets is None:
+            self.targets = self.labels
 
     def subset(self, index: Sequence[int]) -> "PatchSet":
         idx = np.asarray(index, dtype=int)
         return PatchSet(self.images[idx], self.priors[idx], self.labels[idx], [self.case_ids[i] for i in idx],
-                        [self.patient_ids[i] for i in idx], self.diameters_mm[idx], self.descriptors[idx])
+                        [self.patient_ids[i] for i in idx], self.diameters_mm[idx], self.descriptors[idx],
+                        self.targets[idx])
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -70,6 +79,7 @@ def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: s
     images = np.empty((n, len(INPUT_CHANNELS), *shape), dtype=np.float16)
     priors = np.empty((n, *shape), dtype=np.float16)
     labels = np.full((n, len(task_set.all_tasks)), np.nan, dtype=np.float32)
+    targets = np.full_like(labels, np.nan)
     descriptors = np.empty((n, len(DESCRIPTOR_NAMES)), dtype=np.float32)
     for i, record in enumerate(records):
         ct = read_image(record.image_path, f"image of case {record.case_id}")
@@ -83,10 +93,11 @@ def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: s
         patch = extract_patch(ct, record.center_lps, prior_image, spacing=spacing, size=size)
         images[i], priors[i], descriptors[i] = patch.image, patch.prior, patch.descriptors
         labels[i] = [np.nan if y is None else y for y in record.labels(task_set)]
+        targets[i] = [np.nan if t is None else t for t in record.targets(task_set)]
         if progress is not None and (i % 16 == 0 or i == n - 1):
             progress((i + 1) / n, f"patches {i + 1}/{n}")
     return PatchSet(images, priors, labels, [r.case_id for r in records], [r.patient_id for r in records],
-                    np.array([r.diameter_mm for r in records], dtype=np.float32), descriptors)
+                    np.array([r.diameter_mm for r in records], dtype=np.float32), descriptors, targets)
 
 
 def augment(image: np.ndarray, prior: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -108,8 +119,8 @@ def augment(image: np.ndarray, prior: np.ndarray, rng: np.random.Generator) -> t
 
 
 class PatchDataset(Dataset):
-    """Torch view of a PatchSet: (image [C, D, H, W], prior [1, D, H, W], descriptors [n], labels [1 + K]) float32
-    tensors. Flips and in-plane rot90 leave the descriptors unchanged, so they are not recomputed.
+    """Torch view of a PatchSet: (image [C, D, H, W], prior [1, D, H, W], descriptors [n], targets [1 + K]) float32
+    tensors (targets: what the loss fits, PatchSet.targets). Flips and in-plane rot90 leave the descriptors unchanged, so they are not recomputed.
 
     channels: which image channels the network takes (indices into patch.INPUT_CHANNELS).
 
@@ -133,4 +144,4 @@ class PatchDataset(Dataset):
         if self.augment_seed is not None:
             image, prior = augment(image, prior, np.random.default_rng([self.augment_seed, self.epoch, i]))
         return (torch.from_numpy(image), torch.from_numpy(prior)[None],
-                torch.from_numpy(self.patches.descriptors[i]), torch.from_numpy(self.patches.labels[i]))
+                torch.from_numpy(self.patches.descriptors[i]), torch.from_numpy(self.patches.targets[i]))

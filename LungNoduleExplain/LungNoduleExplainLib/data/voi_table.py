@@ -41,6 +41,9 @@ class NoduleRecord:
     def labels(self, task_set: TaskSet) -> list[int | None]:
         return task_set.labels(self.row)
 
+    def targets(self, task_set: TaskSet) -> list[float | None]:
+        return task_set.targets(self.row)
+
 
 def read_voi_table(folder: str | Path, task_set: TaskSet | None = None, *, require_masks: bool = True,
                    check_files: bool = True) -> list[NoduleRecord]:
@@ -94,6 +97,11 @@ def read_voi_table(folder: str | Path, task_set: TaskSet | None = None, *, requi
         records.append(NoduleRecord(case_id, row["patient_id"].strip(), image, mask, center, diameter, dict(row)))
     if task_set is not None:
         _check_label_values(records, task_set, table)
+        for line, record in enumerate(records, start=2):
+            try:
+                record.targets(task_set)
+            except ValueError as exc:
+                raise DatasetError(f"{table} line {line} (case {record.case_id}): {exc}") from exc
     return records
 
 
