@@ -160,7 +160,8 @@ def test_table_keeps_the_lidc_voi_columns_with_modes_and_adds_means(prepared, vo
     assert list(rows[0])[:len(voi_columns)] == voi_columns
     first = [r for r in rows if r["patient_id"] == "LIDC-IDRI-0001"][0]
     assert (first["margin"], first["margin_mean"]) == ("4", "3.25")  # readers 3, 4, 2, 4: mode 4, mean 3.25
-    assert first["malignancy_reader_ratings"] == "5 5 5 4"
+    assert first["malignancy_reader_ratings"] == "5;5;5;4"  # ';'-separated, as in lidc-voi
+    assert sorted(first["margin_reader_ratings"].split(";")) == ["2", "3", "4", "4"]
 
 
 def test_rerun_skips_finished_series(prepared, ct_dir):

@@ -111,7 +111,9 @@ class LidcNodule:
                                "series_uid": self.series_uid, "diameter_mm": self.diameter_mm,
                                "n_readers": self.n_readers}
         row.update({column: self.mode(column) for column in RATING_COLUMNS.values()})
-        row["malignancy_reader_ratings"] = " ".join(str(r) for r in self.ratings["malignancy"])
+        # each reader's rating, ';'-separated as in `lidc-voi` (a task's `readers_column` trains on their share)
+        row.update({f"{column}_reader_ratings": ";".join(str(r) for r in self.ratings[column])
+                    for column in RATING_COLUMNS.values()})
         row.update({f"{column}_mean": round(self.mean(column), 4) for column in RATING_COLUMNS.values()})
         row["paper_malignant"] = self.label
         for name, (column, rule) in PAPER_LABEL_RULES.items():
@@ -122,6 +124,7 @@ class LidcNodule:
 # The table's rating columns after the `lidc-voi` ones.
 EXTRA_COLUMNS: tuple[str, ...] = (
     *(f"{c}_mean" for c in RATING_COLUMNS.values() if c != "malignancy"),
+    *(f"{c}_reader_ratings" for c in RATING_COLUMNS.values() if c != "malignancy"),
     "paper_malignant", *PAPER_LABEL_RULES, "sphericity_shape", "paper_sphericity_ge08",
     "contour_slices", "contour_slices_in_image",
 )

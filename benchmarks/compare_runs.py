@@ -1,0 +1,128 @@
+"""Two ensemble training runs (`train --members K`) on the same split, compared nodule by nodule.
+
+    python benchmarks/compare_runs.py --baseline runs/ens5 --candidate runs/ens5_readers \
+        [--out benchmarks/readers_targets.md]
+
+Both runs must share data, prior, seed and split (checked). Two paired estimates, each on patients that no choice
+of the run it scores was made on:
+  1. the validation patients, scored by each run's bundle (the ensemble);
+  2. the training patients, scored out of fold: each nodule by the member that picked its epoch on it, with that
+     member's best weights read from its checkpoint (weights_only), as `train` pooled them for the thresholds.
+Labels are the table's (the mode rule of the baseline's task set) whatever the runs trained on. The difference
+candidate - baseline carries a 95% bootstrap CI that resamples patients and scores both runs on the same draw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from LungNoduleExplainLib.bundle import load_bundle
+from LungNoduleExplainLib.data.patches import build_patch_set
+from LungNoduleExplainLib.data.voi_table import patient_folds, patient_split, read_voi_table
+from LungNoduleExplainLib.metrics import auc_with_ci, safe_auc
+from LungNoduleExplainLib.network_config import NetworkConfig
+from LungNoduleExplainLib.networks import build_network
+from LungNoduleExplainLib.tasks import TaskSet
+from LungNoduleExplainLib.training import predict
+
+SAME = ("data", "prior", "val_fraction", "members")
+
+
+def paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, groups: list[str], n_boot: int = 1000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """AUC(b) - AUC(a) and its 95% percentile CI, resampling patients; both scored on every draw."""
+    keep = ~np.isnan(y)
+    y, a, b, groups = y[keep], a[keep], b[keep], np.asarray(groups)[keep]
+    unique, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    rng, diffs = np.random.default_rng(seed), []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
+        if len(np.unique(y[idx])) == 2:
+            diffs.append(safe_auc(y[idx], b[idx]) - safe_auc(y[idx], a[idx]))
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return safe_auc(y, b) - safe_auc(y, a), float(low), float(high)
+
+
+def run_predictions(run: Path, records: list, patches) -> tuple[np.ndarray, np.ndarray]:
+    """(validation probabilities of the bundle, out-of-fold probabilities of the members on the training
+    patients), each [N, outputs] over all patches, NaN where the estimate does not score a nodule."""
+    config = json.loads((run / "config.json").read_text())
+    patient_ids = patches.patient_ids
+    network = NetworkConfig(**config["training"]["network"])
+    n_manifestations = len(config["tasks"]["manifestations"])
+    split = json.loads((run / "split.json").read_text())
+    val = [i for i, p in enumerate(patient_ids) if p in set(split["val_patients"])]
+    n_out = 1 + n_manifestations
+    validation = np.full((len(patient_ids), n_out), np.nan)
+    validation[val] = predict(load_bundle(run / "bundle").model, patches.subset(val), torch.device("cpu"),
+                              network.input_indices)
+    oof = np.full_like(validation, np.nan)
+    # the members' folds as runs._train_members cut them (runs older than member split.json files have none)
+    train_idx, _ = patient_split(records, config["spec"]["val_fraction"], config["training"]["seed"])
+    folds = patient_folds([records[i] for i in train_idx], config["spec"]["members"], config["training"]["seed"])
+    for k, fold_idx in enumerate(folds):
+        member = run / f"member{k}"
+        chosen_on = {records[train_idx[j]].patient_id for j in fold_idx}
+        if (member / "split.json").is_file():
+            assert chosen_on == set(json.loads((member / "split.json").read_text())["selection_patients"])
+        fold = [i for i, p in enumerate(patient_ids) if p in chosen_on]
+        model = build_network(network, n_manifestations)
+        state = torch.load(member / "checkpoint.pt", map_location="cpu", weights_only=True)["best_model"]
+        model.load_state_dict(state)
+        oof[fold] = predict(model, patches.subset(fold), torch.device("cpu"), network.input_indices)
+    return validation, oof
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", type=Path, required=True)
+    p.add_argument("--candidate", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=None, help="write the markdown here too (and .json beside it)")
+    args = p.parse_args(argv)
+    configs = [json.loads((r / "config.json").read_text()) for r in (args.baseline, args.candidate)]
+    differ = [k for k in SAME if configs[0]["spec"][k] != configs[1]["spec"][k]]
+    differ += ["seed"] * (configs[0]["training"]["seed"] != configs[1]["training"]["seed"])
+    splits = [json.loads((r / "split.json").read_text()) for r in (args.baseline, args.candidate)]
+    if differ or splits[0]["val_patients"] != splits[1]["val_patients"]:
+        sys.exit(f"the runs differ in {differ or ['validation patients']}: not a paired comparison")
+    spec = configs[0]["spec"]
+    task_set = TaskSet.from_dict(configs[0]["tasks"])
+    records = read_voi_table(spec["data"], task_set, require_masks=spec["prior"] == "reference-mask")
+    patches = build_patch_set(records, task_set, spec["prior"])
+    groups = patches.patient_ids
+    base, cand = (run_predictions(r, records, patches) for r in (args.baseline, args.candidate))
+    lines = [f"Baseline `{args.baseline}`, candidate `{args.candidate}`; data {spec['data']}, prior {spec['prior']}. "
+             "AUC (95% patient-bootstrap CI); difference candidate - baseline with a paired 95% CI.", "",
+             "| output | validation: baseline | candidate | difference | training patients out of fold: baseline "
+             "| candidate | difference |", "|---|---|---|---|---|---|---|"]
+    results = {}
+    for k, name in enumerate(task_set.names):
+        y, cells, results[name] = patches.labels[:, k], [], {}
+        for estimate, column in (("validation", 0), ("out_of_fold", 1)):
+            scored = ~np.isnan(base[column][:, k])
+            yy, a, b = y[scored], base[column][scored, k], cand[column][scored, k]
+            gg = [g for g, s in zip(groups, scored) if s]
+            ca, cb = auc_with_ci(yy, a, gg), auc_with_ci(yy, b, gg)
+            d = paired_difference(yy, a, b, gg)
+            results[name][estimate] = {"baseline": ca, "candidate": cb, "difference": d}
+            cells += [f"{ca['auc']:.3f} ({ca['ci_low']:.3f}–{ca['ci_high']:.3f})",
+                      f"{cb['auc']:.3f} ({cb['ci_low']:.3f}–{cb['ci_high']:.3f})",
+                      f"{d[0]:+.3f} ({d[1]:+.3f} to {d[2]:+.3f})"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + f"\n\nCommand: `python {' '.join(sys.argv)}`\n"
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text)
+        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
