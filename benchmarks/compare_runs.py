@@ -3,7 +3,8 @@
     python benchmarks/compare_runs.py --baseline runs/ens5 --candidate runs/ens5_readers \
         [--out benchmarks/readers_targets.md]
 
-Both runs must share data, prior, seed and split (checked). Two paired estimates, each on patients that no choice
+Both runs must share the nodules (case ids), prior, seed and split (checked); their tables may differ in the
+columns they train on (e.g. readers' ratings, benchmarks/lidc_reader_ratings.py). Two paired estimates, each on patients that no choice
 of the run it scores was made on:
   1. the validation patients, scored by each run's bundle (the ensemble);
   2. the training patients, scored out of fold: each nodule by the member that picked its epoch on it, with that
@@ -31,7 +32,7 @@ from LungNoduleExplainLib.networks import build_network
 from LungNoduleExplainLib.tasks import TaskSet
 from LungNoduleExplainLib.training import predict
 
-SAME = ("data", "prior", "val_fraction", "members")
+SAME = ("prior", "val_fraction", "members")  # the data folders may differ (e.g. a table with readers' ratings)
 
 
 def paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, groups: list[str], n_boot: int = 1000,
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = configs[0]["spec"]
     task_set = TaskSet.from_dict(configs[0]["tasks"])
     records = read_voi_table(spec["data"], task_set, require_masks=spec["prior"] == "reference-mask")
+    other = read_voi_table(configs[1]["spec"]["data"], require_masks=False, check_files=False)
+    if [r.case_id for r in other] != [r.case_id for r in records]:
+        sys.exit("the runs' tables hold different nodules: not a paired comparison")
     patches = build_patch_set(records, task_set, spec["prior"])
     groups = patches.patient_ids
     base, cand = (run_predictions(r, records, patches) for r in (args.baseline, args.candidate))
