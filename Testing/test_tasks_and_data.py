@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from LungNoduleExplainLib.data.patches import build_patch_set
 from LungNoduleExplainLib.data.voi_table import patient_folds, patient_split, read_voi_table
 from LungNoduleExplainLib.errors import ConfigError, DatasetError
 from LungNoduleExplainLib.tasks import Task, TaskSet, load_task_set
@@ -127,8 +128,8 @@ def test_a_table_missing_a_label_column_is_an_error_naming_the_column(voi_dir: P
         read_voi_table(folder, load_task_set("lidc"))
 
 
-def test_real_readers_ratings_become_targets_and_a_bad_cell_names_line_and_case(voi_dir: Path,
-                                                                               tmp_path: Path) -> None:
+def test_real_readers_ratings_become_targets_and_a_bad_cell_stops_training_naming_the_case(
+        voi_dir: Path, tmp_path: Path) -> None:
     folder = _copy_table(voi_dir, tmp_path / "d", 4)
     lidc = load_task_set("lidc")
     task_set = TaskSet.from_dict({**lidc.to_dict(), "diagnosis": {
@@ -144,8 +145,11 @@ def test_real_readers_ratings_become_targets_and_a_bad_cell_names_line_and_case(
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    with pytest.raises(DatasetError, match=r"line 3 \(case LIDC-IDRI-0003_R_2\).*malignancy_reader_ratings"):
-        read_voi_table(folder, task_set)
+    records = read_voi_table(folder, task_set)
+    with pytest.raises(DatasetError, match=r"case LIDC-IDRI-0003_R_2: .*malignancy_reader_ratings.*4;\?;2"):
+        build_patch_set(records, task_set, training_targets=True)  # training stops before cutting patches
+    evaluated = build_patch_set(records, task_set)  # evaluation never reads the readers' cells
+    assert evaluated.targets is evaluated.labels and evaluated.labels[:, 0].tolist() == [1, 1, 1, 0]
 
 
 def test_a_missing_image_is_an_error_naming_the_file(voi_dir: Path, tmp_path: Path) -> None:

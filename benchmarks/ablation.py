@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     task_set = load_task_set(args.tasks)
     records = read_voi_table(args.data, task_set)
-    patches = build_patch_set(records, task_set)
+    patches = build_patch_set(records, task_set, training_targets=True)
     folds = patient_folds(records, args.folds, args.seed)
     for variant in args.variants:
         for fold in (args.only_folds if args.only_folds is not None else range(args.folds)):

@@ -94,7 +94,7 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
             progress(0.1 * fraction, message)
 
     logger.info("cutting %d patches from %s", len(records), spec.data)
-    patches = build_patch_set(records, task_set, spec.prior, progress=patch_progress)
+    patches = build_patch_set(records, task_set, spec.prior, progress=patch_progress, training_targets=True)
     train_set, val_set = patches.subset(train_idx), patches.subset(val_idx)
     logger.info("%d training nodules (%d patients), %d validation nodules (%d patients)", len(train_set),
                 len(set(train_set.patient_ids)), len(val_set), len(set(val_set.patient_ids)))

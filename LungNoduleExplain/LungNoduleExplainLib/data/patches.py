@@ -68,18 +68,24 @@ def prior_path(record: NoduleRecord, prior: str) -> Path | None:
 def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: str = PRIOR_REFERENCE_MASK, *,
                     spacing: Sequence[float] = SPACING_XYZ_MM, size: Sequence[int] = PATCH_SIZE_XYZ,
                     prior_maps: Callable[[NoduleRecord, sitk.Image], sitk.Image] | None = None,
-                    progress: ProgressCallback | None = None) -> PatchSet:
+                    progress: ProgressCallback | None = None, training_targets: bool = False) -> PatchSet:
     """Cut the patch of every record, centred on its `center_*_mm`, with its prior map.
 
     prior: "reference-mask" (the table's masks) or a folder of probability maps named `<case_id>.nii.gz` on the
     image grid (e.g. out-of-fold nnU-Net probabilities). `prior_maps(record, ct)`, when given, computes the prior
     instead (e.g. nnU-Net run on the image at evaluation time). Raises InputImageError naming a corrupt file.
+    training_targets: also read each output's training target (readers' shares, Task.target), before any patch is
+    cut, so a bad readers' cell stops a training at once; without it (evaluation) the targets are the labels and
+    those columns are not read.
     """
     n, shape = len(records), tuple(reversed([int(s) for s in size]))
     images = np.empty((n, len(INPUT_CHANNELS), *shape), dtype=np.float16)
     priors = np.empty((n, *shape), dtype=np.float16)
     labels = np.full((n, len(task_set.all_tasks)), np.nan, dtype=np.float32)
-    targets = np.full_like(labels, np.nan)
+    targets = None
+    if training_targets:
+        targets = np.array([[np.nan if t is None else t for t in r.targets(task_set)] for r in records],
+                           dtype=np.float32).reshape(labels.shape)
     descriptors = np.empty((n, len(DESCRIPTOR_NAMES)), dtype=np.float32)
     for i, record in enumerate(records):
         ct = read_image(record.image_path, f"image of case {record.case_id}")
@@ -93,7 +99,6 @@ def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: s
         patch = extract_patch(ct, record.center_lps, prior_image, spacing=spacing, size=size)
         images[i], priors[i], descriptors[i] = patch.image, patch.prior, patch.descriptors
         labels[i] = [np.nan if y is None else y for y in record.labels(task_set)]
-        targets[i] = [np.nan if t is None else t for t in record.targets(task_set)]
         if progress is not None and (i % 16 == 0 or i == n - 1):
             progress((i + 1) / n, f"patches {i + 1}/{n}")
     return PatchSet(images, priors, labels, [r.case_id for r in records], [r.patient_id for r in records],

@@ -42,7 +42,11 @@ class NoduleRecord:
         return task_set.labels(self.row)
 
     def targets(self, task_set: TaskSet) -> list[float | None]:
-        return task_set.targets(self.row)
+        """Training targets (Task.target); raises DatasetError naming the case and column on a bad readers' cell."""
+        try:
+            return task_set.targets(self.row)
+        except ValueError as exc:
+            raise DatasetError(f"case {self.case_id}: {exc}") from exc
 
 
 def read_voi_table(folder: str | Path, task_set: TaskSet | None = None, *, require_masks: bool = True,
@@ -97,11 +101,6 @@ def read_voi_table(folder: str | Path, task_set: TaskSet | None = None, *, requi
         records.append(NoduleRecord(case_id, row["patient_id"].strip(), image, mask, center, diameter, dict(row)))
     if task_set is not None:
         _check_label_values(records, task_set, table)
-        for line, record in enumerate(records, start=2):
-            try:
-                record.targets(task_set)
-            except ValueError as exc:
-                raise DatasetError(f"{table} line {line} (case {record.case_id}): {exc}") from exc
     return records
 
 
