@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         schedule = (f"{t['epochs_run']} epochs (best {t['best_epoch']}), {t['seconds'] / 60:.0f} min on a 2-core "
                     f"CPU; task weights {json.dumps({k: round(v, 3) for k, v in t['task_weights'].items()})}.")
+    readers = [task.name for task in source.task_set.all_tasks if task.readers_column]
     card = [f"# Model card: {m['name']} v{args.version}", "",
             "**Intended use: research only. Not a medical device; not for clinical decisions.** It predicts "
             "radiologists' suspicion ratings from LIDC-IDRI, not pathology.", "",
@@ -113,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
             + f"{t['n_val']} nodules of {t['n_val_patients']} patients. Split **by patient**, seed {t['seed']}.",
             "- Labels: per-nodule mode ratings; malignancy 4-5 vs 1-2 (3 left out); manifestation rules in "
             "`configs/tasks-lidc.json`.",
+            *([f"- Training targets: the readers' share (each output's `readers_column`: of the readers whose rating "
+               "the rule counts, the fraction that rated the finding present; docs/DATA.md) for "
+               f"{', '.join(readers)}, where the table has each reader's rating "
+               "(`benchmarks/lidc_reader_ratings.py`); else the label. Metrics, epochs and thresholds: the labels."]
+              if readers else []),
             f"- Training: {schedule}", "",
             f"## Metrics on the validation patients ({'reference-mask' if reference else 'out-of-fold nnU-Net'} prior)",
             "AUC with a 95% bootstrap CI resampled by patient, beside the size-only baseline (diameter_mm as the "
