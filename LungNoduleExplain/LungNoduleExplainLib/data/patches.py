@@ -125,7 +125,8 @@ def augment(image: np.ndarray, prior: np.ndarray, rng: np.random.Generator) -> t
 
 class PatchDataset(Dataset):
     """Torch view of a PatchSet: (image [C, D, H, W], prior [1, D, H, W], descriptors [n], targets [1 + K]) float32
-    tensors (targets: what the loss fits, PatchSet.targets). Flips and in-plane rot90 leave the descriptors unchanged, so they are not recomputed.
+    tensors (targets: what the loss fits, PatchSet.targets). Flips and in-plane rot90 leave the descriptors
+    unchanged, so they are not recomputed.
 
     channels: which image channels the network takes (indices into patch.INPUT_CHANNELS).
 
