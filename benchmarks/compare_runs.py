@@ -26,7 +26,7 @@ import torch
 from LungNoduleExplainLib.bundle import load_bundle
 from LungNoduleExplainLib.data.patches import build_patch_set
 from LungNoduleExplainLib.data.voi_table import patient_folds, patient_split, read_voi_table
-from LungNoduleExplainLib.metrics import auc_with_ci, safe_auc
+from LungNoduleExplainLib.metrics import auc_with_ci, patient_resamples, safe_auc
 from LungNoduleExplainLib.network_config import NetworkConfig
 from LungNoduleExplainLib.networks import build_network
 from LungNoduleExplainLib.tasks import TaskSet
@@ -40,11 +40,8 @@ def paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, groups: list[
     """AUC(b) - AUC(a) and its 95% percentile CI, resampling patients; both scored on every draw."""
     keep = ~np.isnan(y)
     y, a, b, groups = y[keep], a[keep], b[keep], np.asarray(groups)[keep]
-    unique, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
-    rng, diffs = np.random.default_rng(seed), []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
+    diffs = []
+    for idx in patient_resamples(groups, n_boot, seed):
         if len(np.unique(y[idx])) == 2:
             diffs.append(safe_auc(y[idx], b[idx]) - safe_auc(y[idx], a[idx]))
     low, high = np.percentile(diffs, [2.5, 97.5])

