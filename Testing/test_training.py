@@ -177,6 +177,19 @@ def test_an_ensemble_averages_its_members_probabilities_and_maps() -> None:
     assert maps.shape == (2, 3, 16, 32, 32) and 0.0 <= maps.min() and maps.max() <= 1.0
 
 
+def _first_rows(voi_dir: Path, folder: Path, n: int) -> tuple[Path, list[dict]]:
+    """A lidc-voi-format folder holding the first n rows of voi_dir's table (images and masks linked)."""
+    rows = list(csv.DictReader((voi_dir / "nodules.csv").open()))[:n]
+    folder.mkdir()
+    with (folder / "nodules.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for sub in ("images", "masks"):
+        (folder / sub).symlink_to(voi_dir / sub)
+    return folder, rows
+
+
 def test_an_ensemble_run_keeps_the_validation_patients_out_of_every_member_and_resumes(voi_dir: Path,
                                                                                       tmp_path: Path) -> None:
     import json
@@ -185,15 +198,7 @@ def test_an_ensemble_run_keeps_the_validation_patients_out_of_every_member_and_r
     from LungNoduleExplainLib.networks import Ensemble
     from LungNoduleExplainLib.runs import RunSpec, train_run
 
-    rows = list(csv.DictReader((voi_dir / "nodules.csv").open()))[:40]
-    folder = tmp_path / "voi"
-    folder.mkdir()
-    with (folder / "nodules.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    for sub in ("images", "masks"):
-        (folder / sub).symlink_to(voi_dir / sub)
+    folder, rows = _first_rows(voi_dir, tmp_path / "voi", 40)
     config = TrainConfig(network=NetworkConfig("hesam-mt-aag", (2, 4, 4, 8), descriptors=True), max_epochs=2,
                          phase1_epochs=1, batch_size=6, seed=0, threads=2)
     spec = RunSpec(folder, tmp_path / "run", val_fraction=0.25, device="cpu", members=2)
@@ -222,3 +227,31 @@ def test_an_ensemble_run_keeps_the_validation_patients_out_of_every_member_and_r
     train_run(spec, config, resume=True, show_progress_bar=False)  # finished members load, nothing retrains
     assert (bundle_dir / "classifier.safetensors").read_bytes() == before
     assert len((tmp_path / "run" / "member1" / "history.csv").read_text().splitlines()) == 3
+
+
+def test_an_ensemble_run_without_validation_patients_trains_on_every_patient_and_reports_out_of_fold(
+        voi_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    from LungNoduleExplainLib.bundle import load_bundle
+    from LungNoduleExplainLib.errors import ConfigError
+    from LungNoduleExplainLib.runs import RunSpec, train_run
+
+    with pytest.raises(ConfigError, match="members >= 2"):
+        RunSpec(voi_dir, tmp_path / "one", val_fraction=0.0, members=1)
+    folder, rows = _first_rows(voi_dir, tmp_path / "voi", 30)
+    config = TrainConfig(network=NetworkConfig("hesam-mt-aag", (2, 4, 4, 8), descriptors=True), max_epochs=2,
+                         phase1_epochs=1, batch_size=6, seed=0, threads=2)
+    bundle = load_bundle(train_run(RunSpec(folder, tmp_path / "run", val_fraction=0.0, device="cpu", members=2),
+                                   config, show_progress_bar=False))
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["val_patients"] == [] and set(split["train_patients"]) == {r["patient_id"] for r in rows}
+    selection = [set(json.loads((tmp_path / "run" / f"member{k}" / "split.json").read_text())["selection_patients"])
+                 for k in range(2)]
+    assert selection[0] | selection[1] == set(split["train_patients"]) and not selection[0] & selection[1]
+    # the bundle's figures are the members' pooled out-of-fold ones, named as such; nothing claims validation
+    assert set(bundle.manifest["metrics"]) == {"out_of_fold"}
+    oof = json.loads((tmp_path / "run" / "members_oof_metrics.json").read_text())
+    assert bundle.manifest["metrics"]["out_of_fold"]["malignant"]["n"] == oof["malignant"]["n"] > 0
+    assert not (tmp_path / "run" / "validation_metrics.json").exists()
+    assert bundle.manifest["training"]["n_val"] == 0

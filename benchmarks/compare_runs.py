@@ -3,12 +3,14 @@
     python benchmarks/compare_runs.py --baseline runs/ens5 --candidate runs/ens5_readers \
         [--out benchmarks/readers_targets.md]
 
-Both runs must share the nodules (case ids), prior, seed and split (checked); their tables may differ in the
-columns they train on (e.g. readers' ratings, benchmarks/lidc_reader_ratings.py). Two paired estimates, each on
-patients that no choice of the run it scores was made on:
-  1. the validation patients, scored by each run's bundle (the ensemble);
-  2. the training patients, scored out of fold: each nodule by the member that picked its epoch on it, with that
-     member's best weights read from its checkpoint (weights_only), as `train` pooled them for the thresholds.
+Both runs must share the nodules (case ids) and prior (checked); their tables may differ in the columns they train
+on (e.g. readers' ratings, benchmarks/lidc_reader_ratings.py). Two paired estimates:
+  1. the validation patients, scored by each run's bundle (the ensemble), where both runs held out the same ones;
+  2. out of fold: each nodule by the member that picked its epoch on it, with that member's best weights read from
+     its checkpoint (weights_only), as `train` pooled them for the thresholds; on the nodules both runs score so.
+Where the candidate held out no patients (`train --val-fraction 0`: its members' folds cover every patient), the
+baseline's validation patients are shown with the candidate's out-of-fold figure beside the baseline's bundle, and
+no difference is taken: the candidate picked epochs on them, the baseline did not.
 Labels are the table's (the mode rule of the baseline's task set) whatever the runs trained on. The difference
 candidate - baseline carries a 95% bootstrap CI that resamples patients and scores both runs on the same draw.
 """
@@ -25,14 +27,13 @@ import torch
 
 from LungNoduleExplainLib.bundle import load_bundle
 from LungNoduleExplainLib.data.patches import build_patch_set
-from LungNoduleExplainLib.data.voi_table import patient_folds, patient_split, read_voi_table
+from LungNoduleExplainLib.data.voi_table import patient_folds, read_voi_table
 from LungNoduleExplainLib.metrics import auc_with_ci, patient_resamples, safe_auc
 from LungNoduleExplainLib.network_config import NetworkConfig
 from LungNoduleExplainLib.networks import build_network
 from LungNoduleExplainLib.tasks import TaskSet
 from LungNoduleExplainLib.training import predict
 
-SAME = ("prior", "val_fraction", "members")  # the data folders may differ (e.g. a table with readers' ratings)
 
 
 def paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, groups: list[str], n_boot: int = 1000,
@@ -48,6 +49,11 @@ def paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, groups: list[
     return safe_auc(y, b) - safe_auc(y, a), float(low), float(high)
 
 
+def _mean_difference(results: dict, estimate: str) -> str:
+    differences = [r[estimate]["difference"] for r in results.values()]
+    return "" if None in differences else f"{np.mean([d[0] for d in differences]):+.3f}"
+
+
 def run_predictions(run: Path, records: list, patches) -> tuple[np.ndarray, np.ndarray]:
     """(validation probabilities of the bundle, out-of-fold probabilities of the members on the training
     patients), each [N, outputs] over all patches, NaN where the estimate does not score a nodule."""
@@ -59,11 +65,12 @@ def run_predictions(run: Path, records: list, patches) -> tuple[np.ndarray, np.n
     val = [i for i, p in enumerate(patient_ids) if p in set(split["val_patients"])]
     n_out = 1 + n_manifestations
     validation = np.full((len(patient_ids), n_out), np.nan)
-    validation[val] = predict(load_bundle(run / "bundle").model, patches.subset(val), torch.device("cpu"),
-                              network.input_indices)
+    if val:
+        validation[val] = predict(load_bundle(run / "bundle").model, patches.subset(val), torch.device("cpu"),
+                                  network.input_indices)
     oof = np.full_like(validation, np.nan)
     # the members' folds as runs._train_members cut them (runs older than member split.json files have none)
-    train_idx, _ = patient_split(records, config["spec"]["val_fraction"], config["training"]["seed"])
+    train_idx = [i for i, r in enumerate(records) if r.patient_id in set(split["train_patients"])]
     folds = patient_folds([records[i] for i in train_idx], config["spec"]["members"], config["training"]["seed"])
     for k, fold_idx in enumerate(folds):
         member = run / f"member{k}"
@@ -85,11 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write the markdown here too (and .json beside it)")
     args = p.parse_args(argv)
     configs = [json.loads((r / "config.json").read_text()) for r in (args.baseline, args.candidate)]
-    differ = [k for k in SAME if configs[0]["spec"][k] != configs[1]["spec"][k]]
-    differ += ["seed"] * (configs[0]["training"]["seed"] != configs[1]["training"]["seed"])
+    if configs[0]["spec"]["prior"] != configs[1]["spec"]["prior"]:
+        sys.exit("the runs were trained with different priors: not a paired comparison")
     splits = [json.loads((r / "split.json").read_text()) for r in (args.baseline, args.candidate)]
-    if differ or splits[0]["val_patients"] != splits[1]["val_patients"]:
-        sys.exit(f"the runs differ in {differ or ['validation patients']}: not a paired comparison")
+    same_validation = splits[0]["val_patients"] == splits[1]["val_patients"]
+    if not same_validation and splits[1]["val_patients"]:
+        sys.exit("the runs held out different validation patients: not a paired comparison")
     spec = configs[0]["spec"]
     task_set = TaskSet.from_dict(configs[0]["tasks"])
     records = read_voi_table(spec["data"], task_set, require_masks=spec["prior"] == "reference-mask")
@@ -99,25 +107,33 @@ def main(argv: list[str] | None = None) -> int:
     patches = build_patch_set(records, task_set, spec["prior"])
     groups = patches.patient_ids
     base, cand = (run_predictions(r, records, patches) for r in (args.baseline, args.candidate))
+    if not same_validation:  # the candidate scores the baseline's validation patients out of fold
+        cand = (np.where(np.isnan(base[0]), np.nan, cand[1]), cand[1])
+    candidate_validation = "candidate (bundle)" if same_validation else "candidate out of fold (epochs picked on them)"
     lines = [f"Baseline `{args.baseline}`, candidate `{args.candidate}`; data {spec['data']}, prior {spec['prior']}. "
              "AUC (95% patient-bootstrap CI); difference candidate - baseline with a paired 95% CI.", "",
-             "| output | validation: baseline | candidate | difference | training patients out of fold: baseline "
-             "| candidate | difference |", "|---|---|---|---|---|---|---|"]
+             f"| output | baseline's validation patients: baseline (bundle) | {candidate_validation} | difference | "
+             "out of fold, both runs: baseline | candidate | difference |", "|---|---|---|---|---|---|---|"]
     results = {}
     for k, name in enumerate(task_set.names):
         y, cells, results[name] = patches.labels[:, k], [], {}
         for estimate, column in (("validation", 0), ("out_of_fold", 1)):
-            scored = ~np.isnan(base[column][:, k])
+            scored = ~np.isnan(base[column][:, k]) & ~np.isnan(cand[column][:, k])
             yy, a, b = y[scored], base[column][scored, k], cand[column][scored, k]
             gg = [g for g, s in zip(groups, scored) if s]
             ca, cb = auc_with_ci(yy, a, gg), auc_with_ci(yy, b, gg)
-            d = paired_difference(yy, a, b, gg)
-            results[name][estimate] = {"baseline": ca, "candidate": cb, "difference": d}
+            d = paired_difference(yy, a, b, gg) if same_validation or estimate == "out_of_fold" else None
+            results[name][estimate] = {"baseline": ca, "candidate": cb, "difference": d,
+                                       "n_patients": len(set(gg))}
             cells += [f"{ca['auc']:.3f} ({ca['ci_low']:.3f}–{ca['ci_high']:.3f})",
                       f"{cb['auc']:.3f} ({cb['ci_low']:.3f}–{cb['ci_high']:.3f})",
-                      f"{d[0]:+.3f} ({d[1]:+.3f} to {d[2]:+.3f})"]
+                      "not paired" if d is None else f"{d[0]:+.3f} ({d[1]:+.3f} to {d[2]:+.3f})"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + f"\n\nCommand: `python {' '.join(sys.argv)}`\n"
+    n_val, n_oof = (results[task_set.names[0]][e]["n_patients"] for e in ("validation", "out_of_fold"))
+    lines.append(f"| mean difference | | | {_mean_difference(results, 'validation')} | | | "
+                 f"{_mean_difference(results, 'out_of_fold')} |")
+    text = ("\n".join(lines) + f"\n\nPatients (malignancy): {n_val} validation, {n_oof} scored out of fold by both."
+            f"\n\nCommand: `python {' '.join(sys.argv)}`\n")
     print(text)
     if args.out is not None:
         args.out.write_text(text)

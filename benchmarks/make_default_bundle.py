@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         schedule = (f"{t['epochs_run']} epochs (best {t['best_epoch']}), {t['seconds'] / 60:.0f} min on a 2-core "
                     f"CPU; task weights {json.dumps({k: round(v, 3) for k, v in t['task_weights'].items()})}.")
     readers = [task.name for task in source.task_set.all_tasks if task.readers_column]
+    held_out = "validation" in metrics  # else `train --val-fraction 0`: every patient trained members
+    figures = metrics["validation" if held_out else "out_of_fold"]
     card = [f"# Model card: {m['name']} v{args.version}", "",
             "**Intended use: research only. Not a medical device; not for clinical decisions.** It predicts "
             "radiologists' suspicion ratings from LIDC-IDRI, not pathology.", "",
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- Classifier: 3D HESAM variant `{source.network.variant}`, widths {list(source.network.features)}, "
             f"stem stride {source.network.stem_stride} (the authors: widths 64-512, stride 1), anatomical attention "
             f"gates fed by the prior. Outputs: {', '.join(source.output_names)}.",
-            *([f"- An ensemble of {source.members} such networks: the training patients were split into "
+            *([f"- An ensemble of {source.members} such networks: the {'training ' if held_out else ''}patients were split into "
                f"{source.members} patient folds, member k trained on all but fold k and picked its epoch on fold k. "
                "Its probability is the mean of the members' probabilities, its activation map the mean of their "
                "maps."] if ensemble else []),
@@ -108,10 +110,13 @@ def main(argv: list[str] | None = None) -> int:
             f"- Bundle size: {size:.1f} MiB; every file SHA-256-checked at load; weights in safetensors.", "",
             "## Data and split",
             f"- Trained on `{t['data']}` (LIDC-IDRI VOIs, CC BY 3.0): {t['n_train']} nodules of "
-            f"{t['n_train_patients']} patients; validation "
-            + ("(only to measure the finished ensemble: no epoch, threshold or weight was chosen on it) "
-               if ensemble else "(model selection, thresholds) ")
-            + f"{t['n_val']} nodules of {t['n_val_patients']} patients. Split **by patient**, seed {t['seed']}.",
+            f"{t['n_train_patients']} patients; "
+            + ((("validation (only to measure the finished ensemble: no epoch, threshold or weight was chosen on it) "
+                 if ensemble else "validation (model selection, thresholds) ")
+                + f"{t['n_val']} nodules of {t['n_val_patients']} patients. Split **by patient**, seed {t['seed']}.")
+               if held_out else
+               f"**every patient of the set**, no validation hold-out: the recipe was fixed beforehand on held-out "
+               f"patients (docs/RESULTS.md), so this model only adds their data. Folds **by patient**, seed {t['seed']}."),
             "- Labels: per-nodule mode ratings; malignancy 4-5 vs 1-2 (3 left out); manifestation rules in "
             "`configs/tasks-lidc.json`.",
             *([f"- Training targets: the readers' share (each output's `readers_column`: of the readers whose rating "
@@ -120,14 +125,20 @@ def main(argv: list[str] | None = None) -> int:
                "(`benchmarks/lidc_reader_ratings.py`); else the label. Metrics, epochs and thresholds: the labels."]
               if readers else []),
             f"- Training: {schedule}", "",
-            f"## Metrics on the validation patients ({'reference-mask' if reference else 'out-of-fold nnU-Net'} prior)",
+            (f"## Metrics on the validation patients ({'reference-mask' if reference else 'out-of-fold nnU-Net'} "
+             "prior)" if held_out else "## Metrics out of fold on every patient (out-of-fold nnU-Net prior)"),
             "AUC with a 95% bootstrap CI resampled by patient, beside the size-only baseline (diameter_mm as the "
             "score). "
-            + ("Thresholds are Youden's on the members' pooled out-of-fold predictions on the training patients, "
+            + ("Each nodule is scored by the member that never trained on its patient, but that member picked its "
+               "epoch on it, and the thresholds are Youden's on these same predictions: the AUCs are slightly "
+               "optimistic, the threshold metrics more so. Each member alone is also not the ensemble; "
+               "docs/RESULTS.md gives the recipe's figures on patients it never chose anything on."
+               if not held_out else
+               "Thresholds are Youden's on the members' pooled out-of-fold predictions on the training patients, "
                "so nothing here was tuned on these patients." if ensemble else
                "Thresholds were chosen on these same patients (Youden), so the threshold metrics are optimistic; "
-               "the AUCs are not tuned."), "", metrics_table(metrics["validation"])]
-    if ensemble:
+               "the AUCs are not tuned."), "", metrics_table(figures)]
+    if ensemble and held_out:
         card += ["", "What the averaging adds, on the same patients: each member alone, and the members' pooled "
                  "out-of-fold AUC on the training patients (each nodule scored by the member that never trained on "
                  "its patient).", "",

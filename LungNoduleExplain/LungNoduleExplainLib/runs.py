@@ -55,8 +55,11 @@ class RunSpec:
         self.data, self.run_dir = Path(self.data), Path(self.run_dir)
         if not 1 <= self.members <= 10:
             raise ConfigError(f"members must be between 1 and 10, got {self.members}")
-        if not 0.05 <= self.val_fraction <= 0.5:
-            raise ConfigError(f"val_fraction must be in [0.05, 0.5], got {self.val_fraction}")
+        if self.val_fraction == 0 and self.members < 2:
+            raise ConfigError("val_fraction 0 (no validation patients) needs members >= 2: the members' patient "
+                              "folds are then where epochs are picked and the figures come from")
+        if self.val_fraction != 0 and not 0.05 <= self.val_fraction <= 0.5:
+            raise ConfigError(f"val_fraction must be 0 or in [0.05, 0.5], got {self.val_fraction}")
         if self.prior != PRIOR_REFERENCE_MASK and not Path(self.prior).is_dir():
             raise ConfigError(f"prior must be {PRIOR_REFERENCE_MASK!r} or a folder of probability maps; "
                               f"{self.prior} is not a folder")
@@ -82,7 +85,9 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
     if distributed.is_main_process():
         write_json_atomic(config_path, run_config)
     records = read_voi_table(spec.data, task_set, require_masks=spec.prior == PRIOR_REFERENCE_MASK)
-    train_idx, val_idx = patient_split(records, spec.val_fraction, config.seed)
+    # val_fraction 0: every patient trains members; the members' pooled out-of-fold predictions are the figures
+    train_idx, val_idx = (patient_split(records, spec.val_fraction, config.seed) if spec.val_fraction
+                          else (list(range(len(records))), []))
     if distributed.is_main_process():
         write_json_atomic(spec.run_dir / "split.json", {
             "seed": config.seed, "val_fraction": spec.val_fraction,
@@ -117,10 +122,11 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
         thresholds = {name: oof_metrics[name]["threshold"] for name in names}
         model = Ensemble([r.model for r in results])
         device, channels = next(model.parameters()).device, config.network.input_indices
-        metrics = output_metrics(names, predict(model, val_set, device, channels), val_set, thresholds=thresholds)
+        if len(val_set):
+            metrics = output_metrics(names, predict(model, val_set, device, channels), val_set, thresholds=thresholds)
         # Each member alone on the validation patients: what the averaging adds, measured on the same patients.
         member_aucs = [[safe_auc(val_set.labels[:, j], p[:, j]) for j in range(len(names))]
-                       for p in (predict(r.model, val_set, device, channels) for r in results)]
+                       for p in (predict(r.model, val_set, device, channels) for r in results)] if len(val_set) else []
         if distributed.is_main_process():
             write_json_atomic(spec.run_dir / "members_oof_metrics.json", oof_metrics)
         facts = {"members": spec.members, "member_selection": "patient folds of the training patients",
@@ -130,6 +136,8 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
                  "thresholds_from": "members' pooled out-of-fold predictions on the training patients",
                  "members_out_of_fold_auc": {n: oof_metrics[n]["auc"] for n in names},
                  "members_validation_auc": {n: [a[j] for a in member_aucs] for j, n in enumerate(names)}}
+        if not len(val_set):
+            metrics = oof_metrics
     training = {"data": str(spec.data), "n_train": len(train_set), "n_val": len(val_set),
                 "n_train_patients": len(set(train_set.patient_ids)), "n_val_patients": len(set(val_set.patient_ids)),
                 "split": "by patient", "seed": config.seed, **facts, "config": config.to_dict()}
@@ -137,10 +145,12 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
     if not distributed.is_main_process():
         distributed.barrier()
         return bundle_dir
-    write_json_atomic(spec.run_dir / "validation_metrics.json", metrics)
+    # Without validation patients the bundle's figures are the members' out-of-fold ones, and say so.
+    estimate = "validation" if len(val_set) else "out_of_fold"
+    write_json_atomic(spec.run_dir / f"{estimate}_metrics.json", metrics)
     path = save_bundle(spec.run_dir / "bundle", model, task_set, config.network, thresholds,
                        name=spec.name, prior="reference-mask" if spec.prior == PRIOR_REFERENCE_MASK else "nnunet-oof",
-                       training=training, metrics={"validation": metrics})
+                       training=training, metrics={estimate: metrics})
     distributed.barrier()
     return path
 
