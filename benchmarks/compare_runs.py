@@ -34,6 +34,8 @@ from LungNoduleExplainLib.networks import build_network
 from LungNoduleExplainLib.tasks import TaskSet
 from LungNoduleExplainLib.training import predict
 
+from report_output import write_report
+
 
 
 def paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, groups: list[str], n_boot: int = 1000,
@@ -132,12 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     n_val, n_oof = (results[task_set.names[0]][e]["n_patients"] for e in ("validation", "out_of_fold"))
     lines.append(f"| mean difference | | | {_mean_difference(results, 'validation')} | | | "
                  f"{_mean_difference(results, 'out_of_fold')} |")
-    text = ("\n".join(lines) + f"\n\nPatients (malignancy): {n_val} validation, {n_oof} scored out of fold by both."
-            f"\n\nCommand: `python {' '.join(sys.argv)}`\n")
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=float))
+    write_report("\n".join(lines) + f"\n\nPatients (malignancy): {n_val} validation, {n_oof} scored out of fold by "
+                 "both.", results, args.out)
     return 0
 
 

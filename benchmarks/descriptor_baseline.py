@@ -28,6 +28,8 @@ from LungNoduleExplainLib.data.voi_table import patient_folds, patient_split, re
 from LungNoduleExplainLib.metrics import auc_with_ci
 from LungNoduleExplainLib.tasks import load_task_set
 
+from report_output import write_report
+
 
 def fit_predict(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
     """Probabilities on `test` of a standardised logistic regression fit on the labelled part of `train`."""
@@ -91,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                          "descriptors_lr_validation": lr_val, "size_validation": size_val,
                          "descriptors_lr_cv": lr_cv, "size_cv": size_cv}
         lines.append(f"| {name} | {fmt(net)} | {fmt(lr_val)} | {fmt(size_val)} | {fmt(lr_cv)} | {fmt(size_cv)} |")
-    text = "\n".join(lines) + f"\n\nCommand: `python {' '.join(sys.argv)}`\n"
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=float))
+    write_report("\n".join(lines), results, args.out)
     return 0
 
 

@@ -6,7 +6,9 @@
 RUN is a training run folder (its `bundle/` is used) or a bundle folder itself, e.g. the shipped bundle when only
 its segmentation model is replaced. Copies the classifier into a new bundle together with the nnU-Net model folder (SEG_MODEL_DIR: plans.json,
 dataset.json, fold_k/checkpoint_final.pth), re-computes every checksum, and writes MODEL_CARD.md from the run's
-validation metrics (and, when given, an `evaluate` output on the validation patients with the segmentation prior).
+validation metrics (and, when given, an `evaluate` output on the validation patients with the segmentation prior;
+for a run without validation patients, `train --val-fraction 0`, its members' out-of-fold metrics and the validation
+figures of --recipe, a held-out run of the same recipe).
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evaluation", type=Path, default=None, help="an `evaluate` output folder to quote")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--version", default="1")
+    p.add_argument("--recipe", type=Path, default=None,
+                   help="for a run without validation patients (train --val-fraction 0): a held-out run of the "
+                        "same recipe whose validation figures the card quotes")
     p.add_argument("--note", default="", help="a line for the card's provenance (e.g. where RUN came from)")
     args = p.parse_args(argv)
 
@@ -138,6 +143,14 @@ def main(argv: list[str] | None = None) -> int:
                "so nothing here was tuned on these patients." if ensemble else
                "Thresholds were chosen on these same patients (Youden), so the threshold metrics are optimistic; "
                "the AUCs are not tuned."), "", metrics_table(figures)]
+    if args.recipe is not None:
+        recipe = load_bundle(args.recipe / "bundle" if (args.recipe / "bundle").is_dir() else args.recipe).manifest
+        rt = recipe["training"]
+        card += ["", f"## The same recipe on patients it never chose anything on (`{recipe['name']}` trained on "
+                 f"{rt['n_train_patients']} patients, measured on its {rt['n_val_patients']} validation patients)",
+                 "", "The recipe's estimate: its members held those patients out entirely (no epoch, threshold or "
+                 "weight chosen on them). This model adds their data to the training.", "",
+                 metrics_table(recipe["metrics"]["validation"])]
     if ensemble and held_out:
         card += ["", "What the averaging adds, on the same patients: each member alone, and the members' pooled "
                  "out-of-fold AUC on the training patients (each nodule scored by the member that never trained on "
@@ -183,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                 "the bundled nnU-Net map in `analyze`, so the click-time descriptors are rougher than the ones the "
                 "figures above were measured with (see the nnU-Net-prior figures)."]
                if source.network.descriptors and reference else []),
-             "- Against a radiomics-style bar (logistic regression on the same descriptors, same patients): "
-             "benchmarks/descriptor_baseline.md.",
+             "- Against a radiomics-style bar (logistic regression on the same descriptors, same patients and "
+             "folds): benchmarks/descriptor_baseline.md, benchmarks/network_vs_descriptors_v8.md, "
+             "benchmarks/network_vs_descriptors_v9.md.",
              "- LIDC readers' ratings are subjective; 'malignant' means 'rated suspicious' (4-5).", "",
              f"Made with: `python {' '.join(a for a in sys.argv if a not in ('--note', args.note))}`"
              + (f" ({args.note})" if args.note else "")]

@@ -1,0 +1,101 @@
+"""Does the network beat a regression on its own descriptors? An ensemble run's network against a logistic
+regression on the very numbers its descriptor term sees (descriptors.py, from the run's prior), same nodules, same
+folds, paired.
+
+    python benchmarks/network_vs_descriptors.py --run runs/ens5_readers_all [--out benchmarks/network_vs_descriptors.md]
+
+Two estimates, as benchmarks/compare_runs.py makes them: (1) the run's validation patients, the bundle against a
+regression fit on all its training patients; (2) out of fold: each nodule scored by the member that picked its epoch
+on it, against a regression fit on the same member's training patients. The regression fits the labels (modes).
+A third row per estimate averages the two (mean of logits): what a late fusion would add. Differences carry a
+paired 95% bootstrap CI that resamples patients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from LungNoduleExplainLib.data.patches import build_patch_set
+from LungNoduleExplainLib.data.voi_table import patient_folds, read_voi_table
+from LungNoduleExplainLib.metrics import auc_with_ci
+from LungNoduleExplainLib.tasks import TaskSet
+
+from compare_runs import paired_difference, run_predictions
+from descriptor_baseline import fit_predict, fmt
+from report_output import write_report
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def regression_predictions(run: Path, records: list, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(validation, out-of-fold) regression probabilities [N, outputs], NaN where the estimate scores no nodule;
+    the folds are the run's members' (split.json, patient_folds with the run's seed)."""
+    config = json.loads((run / "config.json").read_text())
+    split = json.loads((run / "split.json").read_text())
+    train = np.array([i for i, r in enumerate(records) if r.patient_id in set(split["train_patients"])])
+    val = np.array([i for i, r in enumerate(records) if r.patient_id in set(split["val_patients"])], dtype=int)
+    folds = patient_folds([records[i] for i in train], config["spec"]["members"], config["training"]["seed"])
+    validation, oof = np.full(labels.shape, np.nan), np.full(labels.shape, np.nan)
+    for k in range(labels.shape[1]):
+        if len(val):
+            validation[val, k] = fit_predict(x, labels[:, k], train, val)
+        for fold in folds:
+            test = train[fold]
+            oof[test, k] = fit_predict(x, labels[:, k], np.setdiff1d(train, test), test)
+    return validation, oof
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=None, help="write the markdown here too (and .json beside it)")
+    args = p.parse_args(argv)
+    config = json.loads((args.run / "config.json").read_text())
+    spec, task_set = config["spec"], TaskSet.from_dict(config["tasks"])
+    records = read_voi_table(spec["data"], task_set, require_masks=False)
+    patches = build_patch_set(records, task_set, spec["prior"])
+    network = run_predictions(args.run, records, patches)
+    regression = regression_predictions(args.run, records, patches.descriptors, patches.labels)
+    lines = [f"Run `{args.run}` (data {spec['data']}, prior {spec['prior']}): the network against a logistic "
+             "regression on its own descriptors, same nodules and folds. AUC (95% patient-bootstrap CI); "
+             "differences with a paired 95% CI.", "",
+             "| output | estimate | network | regression | network - regression | fusion (mean logit) - network |",
+             "|---|---|---|---|---|---|"]
+    results = {}
+    for k, name in enumerate(task_set.names):
+        results[name] = {}
+        for e, estimate in enumerate(("validation", "out_of_fold")):
+            scored = ~np.isnan(network[e][:, k])
+            if not scored.any():
+                continue
+            y, a, b = patches.labels[scored, k], network[e][scored, k], regression[e][scored, k]
+            fused = 1 / (1 + np.exp(-(logit(a) + logit(b)) / 2))
+            groups = [g for g, s in zip(patches.patient_ids, scored) if s]
+            entry = {"network": auc_with_ci(y, a, groups), "regression": auc_with_ci(y, b, groups),
+                     "network_minus_regression": paired_difference(y, b, a, groups),
+                     "fusion_minus_network": paired_difference(y, a, fused, groups), "n_patients": len(set(groups))}
+            results[name][estimate] = entry
+            d, f = entry["network_minus_regression"], entry["fusion_minus_network"]
+            lines.append(f"| {name} | {estimate.replace('_', ' ')} ({entry['n_patients']} patients) | "
+                         f"{fmt(entry['network'])} | {fmt(entry['regression'])} | "
+                         f"{d[0]:+.3f} ({d[1]:+.3f} to {d[2]:+.3f}) | {f[0]:+.3f} ({f[1]:+.3f} to {f[2]:+.3f}) |")
+    for estimate in ("validation", "out_of_fold"):
+        rows = [r[estimate] for r in results.values() if estimate in r]
+        if rows:
+            lines.append(f"| mean of the {len(rows)} | {estimate.replace('_', ' ')} | | | "
+                         f"{np.mean([r['network_minus_regression'][0] for r in rows]):+.3f} | "
+                         f"{np.mean([r['fusion_minus_network'][0] for r in rows]):+.3f} |")
+    write_report("\n".join(lines), results, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
