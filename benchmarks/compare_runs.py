@@ -37,7 +37,6 @@ from LungNoduleExplainLib.training import predict
 from report_output import write_report
 
 
-
 def paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, groups: list[str], n_boot: int = 1000,
                       seed: int = 0) -> tuple[float, float, float]:
     """AUC(b) - AUC(a) and its 95% percentile CI, resampling patients; both scored on every draw."""

@@ -122,11 +122,12 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
         thresholds = {name: oof_metrics[name]["threshold"] for name in names}
         model = Ensemble([r.model for r in results])
         device, channels = next(model.parameters()).device, config.network.input_indices
+        metrics, member_aucs = oof_metrics, []  # without validation patients the figures are out of fold
         if len(val_set):
             metrics = output_metrics(names, predict(model, val_set, device, channels), val_set, thresholds=thresholds)
-        # Each member alone on the validation patients: what the averaging adds, measured on the same patients.
-        member_aucs = [[safe_auc(val_set.labels[:, j], p[:, j]) for j in range(len(names))]
-                       for p in (predict(r.model, val_set, device, channels) for r in results)] if len(val_set) else []
+            # Each member alone on the validation patients: what the averaging adds, measured on the same patients.
+            member_aucs = [[safe_auc(val_set.labels[:, j], p[:, j]) for j in range(len(names))]
+                           for p in (predict(r.model, val_set, device, channels) for r in results)]
         if distributed.is_main_process():
             write_json_atomic(spec.run_dir / "members_oof_metrics.json", oof_metrics)
         facts = {"members": spec.members, "member_selection": "patient folds of the training patients",
@@ -136,8 +137,6 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
                  "thresholds_from": "members' pooled out-of-fold predictions on the training patients",
                  "members_out_of_fold_auc": {n: oof_metrics[n]["auc"] for n in names},
                  "members_validation_auc": {n: [a[j] for a in member_aucs] for j, n in enumerate(names)}}
-        if not len(val_set):
-            metrics = oof_metrics
     training = {"data": str(spec.data), "n_train": len(train_set), "n_val": len(val_set),
                 "n_train_patients": len(set(train_set.patient_ids)), "n_val_patients": len(set(val_set.patient_ids)),
                 "split": "by patient", "seed": config.seed, **facts, "config": config.to_dict()}
