@@ -88,6 +88,7 @@ def test_patient_split_puts_no_patient_on_both_sides() -> None:
     assert sorted(train + held) == list(range(len(records)))
     assert not {records[i].patient_id for i in train} & {records[i].patient_id for i in held}
     assert len({records[i].patient_id for i in held}) == 10
+    assert patient_split(records, 0.0, seed=1) == (list(range(len(records))), [])  # fraction 0: nobody held out
 
 
 def test_patient_folds_partition_the_nodules_and_keep_each_patient_in_one_fold() -> None:

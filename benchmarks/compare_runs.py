@@ -55,32 +55,38 @@ def _mean_difference(results: dict, estimate: str) -> str:
     return "" if None in differences else f"{np.mean([d[0] for d in differences]):+.3f}"
 
 
+def run_folds(run: Path, records: list) -> tuple[list[int], list[int], list[list[int]]]:
+    """(validation, training, each member's selection fold) as indices into `records`: the run's split.json, and
+    the members' folds as runs._train_members cut them (checked against each member's split.json; runs older than
+    those files have none)."""
+    config = json.loads((run / "config.json").read_text())
+    split = json.loads((run / "split.json").read_text())
+    val = [i for i, r in enumerate(records) if r.patient_id in set(split["val_patients"])]
+    train = [i for i, r in enumerate(records) if r.patient_id in set(split["train_patients"])]
+    folds = [[train[j] for j in fold] for fold in
+             patient_folds([records[i] for i in train], config["spec"]["members"], config["training"]["seed"])]
+    for k, fold in enumerate(folds):
+        selection = run / f"member{k}" / "split.json"
+        if selection.is_file():
+            assert {records[i].patient_id for i in fold} == set(json.loads(selection.read_text())["selection_patients"])
+    return val, train, folds
+
+
 def run_predictions(run: Path, records: list, patches) -> tuple[np.ndarray, np.ndarray]:
     """(validation probabilities of the bundle, out-of-fold probabilities of the members on the training
     patients), each [N, outputs] over all patches, NaN where the estimate does not score a nodule."""
     config = json.loads((run / "config.json").read_text())
-    patient_ids = patches.patient_ids
     network = NetworkConfig(**config["training"]["network"])
     n_manifestations = len(config["tasks"]["manifestations"])
-    split = json.loads((run / "split.json").read_text())
-    val = [i for i, p in enumerate(patient_ids) if p in set(split["val_patients"])]
-    n_out = 1 + n_manifestations
-    validation = np.full((len(patient_ids), n_out), np.nan)
+    val, _, folds = run_folds(run, records)
+    validation = np.full((len(patches), 1 + n_manifestations), np.nan)
     if val:
         validation[val] = predict(load_bundle(run / "bundle").model, patches.subset(val), torch.device("cpu"),
                                   network.input_indices)
     oof = np.full_like(validation, np.nan)
-    # the members' folds as runs._train_members cut them (runs older than member split.json files have none)
-    train_idx = [i for i, r in enumerate(records) if r.patient_id in set(split["train_patients"])]
-    folds = patient_folds([records[i] for i in train_idx], config["spec"]["members"], config["training"]["seed"])
-    for k, fold_idx in enumerate(folds):
-        member = run / f"member{k}"
-        chosen_on = {records[train_idx[j]].patient_id for j in fold_idx}
-        if (member / "split.json").is_file():
-            assert chosen_on == set(json.loads((member / "split.json").read_text())["selection_patients"])
-        fold = [i for i, p in enumerate(patient_ids) if p in chosen_on]
+    for k, fold in enumerate(folds):
         model = build_network(network, n_manifestations)
-        state = torch.load(member / "checkpoint.pt", map_location="cpu", weights_only=True)["best_model"]
+        state = torch.load(run / f"member{k}" / "checkpoint.pt", map_location="cpu", weights_only=True)["best_model"]
         model.load_state_dict(state)
         oof[fold] = predict(model, patches.subset(fold), torch.device("cpu"), network.input_indices)
     return validation, oof

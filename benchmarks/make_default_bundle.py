@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             f"- Classifier: 3D HESAM variant `{source.network.variant}`, widths {list(source.network.features)}, "
             f"stem stride {source.network.stem_stride} (the authors: widths 64-512, stride 1), anatomical attention "
             f"gates fed by the prior. Outputs: {', '.join(source.output_names)}.",
-            *([f"- An ensemble of {source.members} such networks: the {'training ' if held_out else ''}patients were split into "
+            *([f"- An ensemble of {source.members} such networks: the {'training ' if held_out else ''}patients "
+               "were split into "
                f"{source.members} patient folds, member k trained on all but fold k and picked its epoch on fold k. "
                "Its probability is the mean of the members' probabilities, its activation map the mean of their "
                "maps."] if ensemble else []),
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                 + f"{t['n_val']} nodules of {t['n_val_patients']} patients. Split **by patient**, seed {t['seed']}.")
                if held_out else
                f"**every patient of the set**, no validation hold-out: the recipe was fixed beforehand on held-out "
-               f"patients (docs/RESULTS.md), so this model only adds their data. Folds **by patient**, seed {t['seed']}."),
+               "patients (docs/RESULTS.md), so this model only adds their data. Folds **by patient**, seed "
+               f"{t['seed']}."),
             "- Labels: per-nodule mode ratings; malignancy 4-5 vs 1-2 (3 left out); manifestation rules in "
             "`configs/tasks-lidc.json`.",
             *([f"- Training targets: the readers' share (each output's `readers_column`: of the readers whose rating "

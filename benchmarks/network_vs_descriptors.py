@@ -19,37 +19,29 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit, logit
 
 from LungNoduleExplainLib.data.patches import build_patch_set
-from LungNoduleExplainLib.data.voi_table import patient_folds, read_voi_table
+from LungNoduleExplainLib.data.voi_table import read_voi_table
 from LungNoduleExplainLib.metrics import auc_with_ci
 from LungNoduleExplainLib.tasks import TaskSet
 
-from compare_runs import paired_difference, run_predictions
+from compare_runs import paired_difference, run_folds, run_predictions
 from descriptor_baseline import fit_predict, fmt
 from report_output import write_report
 
 
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
 def regression_predictions(run: Path, records: list, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
     """(validation, out-of-fold) regression probabilities [N, outputs], NaN where the estimate scores no nodule;
-    the folds are the run's members' (split.json, patient_folds with the run's seed)."""
-    config = json.loads((run / "config.json").read_text())
-    split = json.loads((run / "split.json").read_text())
-    train = np.array([i for i, r in enumerate(records) if r.patient_id in set(split["train_patients"])])
-    val = np.array([i for i, r in enumerate(records) if r.patient_id in set(split["val_patients"])], dtype=int)
-    folds = patient_folds([records[i] for i in train], config["spec"]["members"], config["training"]["seed"])
+    the folds are the run's members' (compare_runs.run_folds)."""
+    val, train, folds = run_folds(run, records)
+    val, train = np.asarray(val, dtype=int), np.asarray(train)
     validation, oof = np.full(labels.shape, np.nan), np.full(labels.shape, np.nan)
     for k in range(labels.shape[1]):
         if len(val):
             validation[val, k] = fit_predict(x, labels[:, k], train, val)
-        for fold in folds:
-            test = train[fold]
-            oof[test, k] = fit_predict(x, labels[:, k], np.setdiff1d(train, test), test)
+        for test in folds:
+            oof[test, k] = fit_predict(x, labels[:, k], np.setdiff1d(train, test), np.asarray(test))
     return validation, oof
 
 
@@ -77,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             if not scored.any():
                 continue
             y, a, b = patches.labels[scored, k], network[e][scored, k], regression[e][scored, k]
-            fused = 1 / (1 + np.exp(-(logit(a) + logit(b)) / 2))
+            fused = expit((logit(np.clip(a, 1e-6, 1 - 1e-6)) + logit(np.clip(b, 1e-6, 1 - 1e-6))) / 2)
             groups = [g for g, s in zip(patches.patient_ids, scored) if s]
             entry = {"network": auc_with_ci(y, a, groups), "regression": auc_with_ci(y, b, groups),
                      "network_minus_regression": paired_difference(y, b, a, groups),

@@ -85,9 +85,7 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
     if distributed.is_main_process():
         write_json_atomic(config_path, run_config)
     records = read_voi_table(spec.data, task_set, require_masks=spec.prior == PRIOR_REFERENCE_MASK)
-    # val_fraction 0: every patient trains members; the members' pooled out-of-fold predictions are the figures
-    train_idx, val_idx = (patient_split(records, spec.val_fraction, config.seed) if spec.val_fraction
-                          else (list(range(len(records))), []))
+    train_idx, val_idx = patient_split(records, spec.val_fraction, config.seed)  # fraction 0: no validation patients
     if distributed.is_main_process():
         write_json_atomic(spec.run_dir / "split.json", {
             "seed": config.seed, "val_fraction": spec.val_fraction,

@@ -53,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--plateau-patience", type=int, default=15)
     p.add_argument("--early-stop-patience", type=int, default=30)
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of PATIENTS held out for validation; 0 (with --members >= 2): none, "
-                        "every patient trains members and the figures are their pooled out-of-fold predictions")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of PATIENTS held out for validation; 0 (with --members >= 2): none, every patient "
+                        "trains members and the figures are their pooled out-of-fold predictions")
     p.add_argument("--members", type=int, default=1,
                    help="train an ensemble of this many networks (default 1: one network), member k on all "
                         "training patients but patient fold k, where it picks its epoch; thresholds from their "

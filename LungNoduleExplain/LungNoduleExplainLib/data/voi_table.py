@@ -124,7 +124,10 @@ def read_image(path: Path, what: str = "image") -> sitk.Image:
 
 
 def patient_split(records: list[NoduleRecord], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (train, held_out) with about `fraction` of the PATIENTS held out; no patient on both sides."""
+    """Indices (train, held_out) with about `fraction` of the PATIENTS held out (at least one; none for fraction 0);
+    no patient on both sides."""
+    if fraction == 0:
+        return list(range(len(records))), []
     patients = sorted({r.patient_id for r in records})
     rng = np.random.default_rng(seed)
     rng.shuffle(patients)
