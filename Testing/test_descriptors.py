@@ -55,3 +55,21 @@ def test_a_soft_prior_is_cut_at_half_and_an_empty_one_falls_back_to_the_centre()
     empty = nodule_descriptors(hu, np.zeros(SHAPE, np.float32), SPACING)
     assert np.isfinite(empty).all()
     assert dict(zip(DESCRIPTOR_NAMES, empty))["hu_mean"] == pytest.approx(40.0)  # the centre voxel
+
+
+def test_lobes_lower_solidity_and_raise_radial_variation() -> None:
+    sphere = ellipsoid((5.0, 5.0, 5.0))
+    z, y, x = np.indices(SHAPE).astype(float)
+    c = [(s - 1) / 2 for s in SHAPE]
+    lobed = sphere.copy()
+    for dx, dy in ((6.0, 0.0), (-6.0, 0.0), (0.0, 6.0), (0.0, -6.0)):  # four 3 mm lobes on the equator
+        lobed |= (((x - c[2]) * SPACING[0] - dx) ** 2 + ((y - c[1]) * SPACING[1] - dy) ** 2
+                  + ((z - c[0]) * SPACING[2]) ** 2) <= 3.0 ** 2
+    round_, lobulated = describe(sphere, 40.0), describe(lobed, 40.0)
+    assert round_["solidity"] == pytest.approx(1.0, abs=0.15) and round_["radial_cv"] < 0.1
+    assert lobulated["solidity"] < round_["solidity"] - 0.1
+    assert lobulated["radial_cv"] > 2.0 * round_["radial_cv"]
+    one_voxel = np.zeros(SHAPE, dtype=bool)
+    one_voxel[16, 32, 32] = True
+    single = describe(one_voxel, 40.0)  # no hull: the convex values
+    assert single["solidity"] == 1.0 and single["radial_cv"] == 0.0

@@ -38,11 +38,11 @@ def test_two_input_channels_feed_every_variant() -> None:
 
 
 def test_descriptors_add_a_global_term_to_the_logits_but_leave_the_maps_alone() -> None:
-    from LungNoduleExplainLib.descriptors import DESCRIPTOR_NAMES
+    from LungNoduleExplainLib.descriptors import DESCRIPTOR_SETS
     torch.manual_seed(0)
     config = NetworkConfig("hesam-mt-aag", (4, 4, 8, 8), descriptors=True)
     net = build_network(config, K).eval()
-    n = len(DESCRIPTOR_NAMES)
+    n = len(DESCRIPTOR_SETS["shape-density"])
     assert config.n_descriptors == n and {"descriptor_mean", "descriptor_std"} <= set(net.state_dict())
     image, prior = torch.rand(SHAPE), torch.rand(SHAPE)
     net.set_descriptor_statistics(torch.full((n,), 2.0), torch.zeros(n))  # a constant descriptor gets std 1
@@ -52,8 +52,28 @@ def test_descriptors_add_a_global_term_to_the_logits_but_leave_the_maps_alone() 
         b_logits, b_maps = net.activation_maps(image, prior, torch.ones(2, n))
         with pytest.raises(ValueError, match="needs nodule descriptors"):
             net(image, prior)
+        with pytest.raises(ValueError, match="needs nodule descriptors"):
+            net(image, prior, torch.zeros(2, n - 1))
     assert not torch.allclose(a_logits, b_logits)
     assert torch.allclose(a_maps, b_maps)
+
+
+def test_a_network_reads_the_first_descriptors_of_its_set_only() -> None:
+    from LungNoduleExplainLib.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_SETS
+    for name, names in DESCRIPTOR_SETS.items():  # sets grow by appending, so old bundles keep their columns
+        assert DESCRIPTOR_NAMES[:len(names)] == names, name
+    torch.manual_seed(0)
+    image, prior = torch.rand(SHAPE), torch.rand(SHAPE)
+    everything = torch.rand(2, len(DESCRIPTOR_NAMES))
+    changed = everything.clone()
+    changed[:, -1] += 5.0  # the last outline descriptor
+    for name, sees_it in (("shape-density", False), ("shape-density-outline", True)):
+        config = NetworkConfig("hesam-mt-aag", (4, 4, 8, 8), descriptors=True, descriptor_set=name)
+        net = build_network(config, K).eval()
+        net.set_descriptor_statistics(everything.mean(0), everything.std(0))
+        assert net.descriptor_mean.shape == (len(DESCRIPTOR_SETS[name]),)
+        with torch.no_grad():
+            assert torch.allclose(net(image, prior, everything), net(image, prior, changed)) != sees_it, name
 
 
 def test_descriptors_need_a_variant_with_a_prior() -> None:

@@ -10,7 +10,8 @@ on (e.g. readers' ratings, benchmarks/lidc_reader_ratings.py). Two paired estima
      its checkpoint (weights_only), as `train` pooled them for the thresholds; on the nodules both runs score so.
 Where the candidate held out no patients (`train --val-fraction 0`: its members' folds cover every patient), the
 baseline's validation patients are shown with the candidate's out-of-fold figure beside the baseline's bundle, and
-no difference is taken: the candidate picked epochs on them, the baseline did not.
+no difference is taken: the candidate picked epochs on them, the baseline did not. Where neither held out patients
+(two `--val-fraction 0` runs with the same members and seed: the same folds), the estimate is out of fold only.
 Labels are the table's (the mode rule of the baseline's task set) whatever the runs trained on. The difference
 candidate - baseline carries a 95% bootstrap CI that resamples patients and scores both runs on the same draw.
 """
@@ -117,14 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     if not same_validation:  # the candidate scores the baseline's validation patients out of fold
         cand = (np.where(np.isnan(base[0]), np.nan, cand[1]), cand[1])
     candidate_validation = "candidate (bundle)" if same_validation else "candidate out of fold (epochs picked on them)"
+    # two --val-fraction 0 runs have no validation patients: out of fold only
+    estimates = (("validation", 0), ("out_of_fold", 1)) if splits[0]["val_patients"] else (("out_of_fold", 1),)
+    header = "| output | " + (f"baseline's validation patients: baseline (bundle) | {candidate_validation} | "
+                               "difference | " if len(estimates) == 2 else "")
     lines = [f"Baseline `{args.baseline}`, candidate `{args.candidate}`; data {spec['data']}, prior {spec['prior']}. "
              "AUC (95% patient-bootstrap CI); difference candidate - baseline with a paired 95% CI.", "",
-             f"| output | baseline's validation patients: baseline (bundle) | {candidate_validation} | difference | "
-             "out of fold, both runs: baseline | candidate | difference |", "|---|---|---|---|---|---|---|"]
+             header + "out of fold, both runs: baseline | candidate | difference |",
+             "|---" * (1 + 3 * len(estimates)) + "|"]
     results = {}
     for k, name in enumerate(task_set.names):
         y, cells, results[name] = patches.labels[:, k], [], {}
-        for estimate, column in (("validation", 0), ("out_of_fold", 1)):
+        for estimate, column in estimates:
             scored = ~np.isnan(base[column][:, k]) & ~np.isnan(cand[column][:, k])
             yy, a, b = y[scored], base[column][scored, k], cand[column][scored, k]
             gg = [g for g, s in zip(groups, scored) if s]
@@ -136,11 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{cb['auc']:.3f} ({cb['ci_low']:.3f}–{cb['ci_high']:.3f})",
                       "not paired" if d is None else f"{d[0]:+.3f} ({d[1]:+.3f} to {d[2]:+.3f})"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    n_val, n_oof = (results[task_set.names[0]][e]["n_patients"] for e in ("validation", "out_of_fold"))
-    lines.append(f"| mean difference | | | {_mean_difference(results, 'validation')} | | | "
-                 f"{_mean_difference(results, 'out_of_fold')} |")
-    write_report("\n".join(lines) + f"\n\nPatients (malignancy): {n_val} validation, {n_oof} scored out of fold by "
-                 "both.", results, args.out)
+    n_patients = {e: results[task_set.names[0]][e]["n_patients"] for e, _ in estimates}
+    lines.append("| mean difference |" + "".join(f" | | {_mean_difference(results, e)} |" for e, _ in estimates))
+    write_report("\n".join(lines) + f"\n\nPatients (malignancy): {n_patients.get('validation', 0)} validation, "
+                 f"{n_patients['out_of_fold']} scored out of fold by both.", results, args.out)
     return 0
 
 

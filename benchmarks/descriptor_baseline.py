@@ -25,6 +25,7 @@ from sklearn.preprocessing import StandardScaler
 
 from LungNoduleExplainLib.data.patches import build_patch_set
 from LungNoduleExplainLib.data.voi_table import patient_folds, patient_split, read_voi_table
+from LungNoduleExplainLib.descriptors import DESCRIPTOR_SETS
 from LungNoduleExplainLib.metrics import auc_with_ci
 from LungNoduleExplainLib.tasks import load_task_set
 
@@ -61,13 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--descriptor-set", default="shape-density", choices=list(DESCRIPTOR_SETS))
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here too")
     args = p.parse_args(argv)
 
     task_set = load_task_set(args.tasks)
     records = read_voi_table(args.data, task_set)
     patches = build_patch_set(records, task_set)
-    x, labels, groups = patches.descriptors.astype(np.float64), patches.labels, patches.patient_ids
+    x = patches.descriptors[:, :len(DESCRIPTOR_SETS[args.descriptor_set])].astype(np.float64)
+    labels, groups = patches.labels, patches.patient_ids
     train_idx, val_idx = (np.asarray(i) for i in patient_split(records, args.val_fraction, args.seed))
     folds = [np.asarray(f) for f in patient_folds(records, args.folds, args.seed)]
     network = None

@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", type=Path, default=None,
                    help="for a run without validation patients (train --val-fraction 0): a held-out run of the "
                         "same recipe whose validation figures the card quotes")
+    p.add_argument("--recipe-differs", default="",
+                   help="where --recipe is the nearest held-out run rather than the same recipe: how it differs")
     p.add_argument("--note", default="", help="a line for the card's provenance (e.g. where RUN came from)")
     args = p.parse_args(argv)
 
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                "Its probability is the mean of the members' probabilities, its activation map the mean of their "
                "maps."] if ensemble else []),
             *([f"- Nodule descriptors: on. Each head adds a linear term of {source.network.n_descriptors} "
-               "standardised shape and HU statistics of the prior region (descriptors.py) to its SAM logits; this "
+               f"standardised shape and HU statistics of the prior region (descriptors.py, set "
+               f"`{source.network.descriptor_set}`) to its SAM logits; this "
                "is our addition to the paper's network, because its per-patch min-max input hides absolute density. "
                "The activation maps show the image term only."] if source.network.descriptors else []),
             f"- Image input: {', '.join(source.network.inputs)}.",
@@ -148,10 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.recipe is not None:
         recipe = load_bundle(args.recipe / "bundle" if (args.recipe / "bundle").is_dir() else args.recipe).manifest
         rt = recipe["training"]
-        card += ["", f"## The same recipe on patients it never chose anything on (`{recipe['name']}` trained on "
-                 f"{rt['n_train_patients']} patients, measured on its {rt['n_val_patients']} validation patients)",
+        card += ["", f"## The {'nearest' if args.recipe_differs else 'same'} recipe on patients it never chose "
+                 f"anything on (`{recipe['name']}` trained on {rt['n_train_patients']} patients, measured on its "
+                 f"{rt['n_val_patients']} validation patients)",
                  "", "The recipe's estimate: its members held those patients out entirely (no epoch, threshold or "
-                 "weight chosen on them). This model adds their data to the training.", "",
+                 "weight chosen on them). This model adds their data to the training."
+                 + (f" It differs from this model's recipe: {args.recipe_differs}." if args.recipe_differs else ""), "",
                  metrics_table(recipe["metrics"]["validation"])]
     if ensemble and held_out:
         card += ["", "What the averaging adds, on the same patients: each member alone, and the members' pooled "
@@ -200,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                if source.network.descriptors and reference else []),
              "- Against a radiomics-style bar (logistic regression on the same descriptors, same patients and "
              "folds): benchmarks/descriptor_baseline.md, benchmarks/network_vs_descriptors_v8.md, "
-             "benchmarks/network_vs_descriptors_v9.md.",
+             "benchmarks/network_vs_descriptors_v9.md, "
+             "benchmarks/network_vs_descriptors_v10.md.",
              "- LIDC readers' ratings are subjective; 'malignant' means 'rated suspicious' (4-5).", "",
              f"Made with: `python {' '.join(a for a in sys.argv if a not in ('--note', args.note))}`"
              + (f" ({args.note})" if args.note else "")]

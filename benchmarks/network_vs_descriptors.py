@@ -24,6 +24,7 @@ from scipy.special import expit, logit
 from LungNoduleExplainLib.data.patches import build_patch_set
 from LungNoduleExplainLib.data.voi_table import read_voi_table
 from LungNoduleExplainLib.metrics import auc_with_ci
+from LungNoduleExplainLib.network_config import NetworkConfig
 from LungNoduleExplainLib.tasks import TaskSet
 
 from compare_runs import paired_difference, run_folds, run_predictions
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     records = read_voi_table(spec["data"], task_set, require_masks=False)
     patches = build_patch_set(records, task_set, spec["prior"])
     network = run_predictions(args.run, records, patches)
-    regression = regression_predictions(args.run, records, patches.descriptors, patches.labels)
+    n_descriptors = NetworkConfig(**config["training"]["network"]).n_descriptors  # the network's own set
+    regression = regression_predictions(args.run, records, patches.descriptors[:, :n_descriptors], patches.labels)
     lines = [f"Run `{args.run}` (data {spec['data']}, prior {spec['prior']}): the network against a logistic "
              "regression on its own descriptors, same nodules and folds. AUC (95% patient-bootstrap CI); "
              "differences with a paired 95% CI.", "",

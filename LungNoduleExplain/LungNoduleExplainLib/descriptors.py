@@ -7,7 +7,12 @@ network feeds these numbers, standardised, to a linear term beside each head's S
 not rediscover HU from a normalised image. They are computed from the same HU patch and prior the network sees,
 so training (reference mask or out-of-fold nnU-Net map) and a click in Slicer (nnU-Net map) agree.
 
-Shape comes from SimpleITK's label shape statistics; density from numpy percentiles of the HU inside the region.
+Shape comes from SimpleITK's label shape statistics; density from numpy percentiles of the HU inside the region;
+the outline (solidity, radial variation: what makes a margin lobulated) from scipy's convex hull and the distances
+of SimpleITK's contour voxels to the centroid.
+
+Every call computes every descriptor. A network takes a named set (DESCRIPTOR_SETS, recorded in its bundle); sets
+only ever grow by appending, so a set is a prefix of DESCRIPTOR_NAMES and older bundles keep reading their columns.
 """
 
 from __future__ import annotations
@@ -16,12 +21,21 @@ from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.spatial import ConvexHull, QhullError
 
-DESCRIPTOR_NAMES: tuple[str, ...] = (
+SHAPE_DENSITY: tuple[str, ...] = (
     "log_volume_mm3", "feret_diameter_mm", "elongation", "flatness", "roundness",
     "hu_mean", "hu_std", "hu_p10", "hu_p50", "hu_p90", "hu_p98",
     "fraction_above_200hu", "fraction_below_minus400hu", "shell_hu_mean", "shell_hu_p90",
 )
+OUTLINE: tuple[str, ...] = ("solidity", "radial_cv")
+DESCRIPTOR_NAMES: tuple[str, ...] = SHAPE_DENSITY + OUTLINE
+# name -> the first n of DESCRIPTOR_NAMES; "shape-density" is what bundles up to v9 were trained with.
+DESCRIPTOR_SETS: dict[str, tuple[str, ...]] = {
+    "shape-density": SHAPE_DENSITY,
+    "shape-density-outline": SHAPE_DENSITY + OUTLINE,
+}
+DEFAULT_DESCRIPTOR_SET = "shape-density"
 REGION_THRESHOLD = 0.5
 SHELL_VOXELS = (2, 2, 1)  # x, y, z: about 1.4 mm around the region on the 0.7 x 0.7 x 1.25 mm grid
 
@@ -37,6 +51,25 @@ def nodule_region(prior: np.ndarray) -> np.ndarray:
     return region
 
 
+def outline_descriptors(region: np.ndarray, contour: np.ndarray, spacing_xyz: Sequence[float]) -> list[float]:
+    """Solidity (region voxels / voxels of its convex hull, as scikit-image's regionprops) and radial_cv (std / mean
+    of the distances from the centroid to the contour voxels): 1 and about 0 for a round region, solidity lower and
+    radial_cv higher for lobes and spicules."""
+    spacing_zyx = np.asarray(spacing_xyz, dtype=float)[::-1]
+    centres = np.argwhere(contour)
+    try:
+        hull = ConvexHull(centres)
+        low, high = centres.min(axis=0), centres.max(axis=0) + 1
+        grid = np.indices(high - low).reshape(3, -1).T + low  # voxel centres of the bounding box
+        inside = (grid @ hull.equations[:, :3].T + hull.equations[:, 3] <= 1e-6).all(axis=1)
+        solidity = float(region.sum() / inside.sum())
+    except (QhullError, ValueError):  # flat or too few voxels for a 3D hull
+        solidity = 1.0
+    distances = np.linalg.norm((centres - np.argwhere(region).mean(axis=0)) * spacing_zyx, axis=1)
+    radial_cv = float(distances.std() / distances.mean()) if distances.mean() > 0 else 0.0
+    return [solidity, radial_cv]
+
+
 def nodule_descriptors(hu: np.ndarray, prior: np.ndarray, spacing_xyz: Sequence[float]) -> np.ndarray:
     """float32 vector in DESCRIPTOR_NAMES order from HU [z, y, x] and prior [z, y, x] on one grid."""
     region = nodule_region(prior)
@@ -49,6 +82,7 @@ def nodule_descriptors(hu: np.ndarray, prior: np.ndarray, spacing_xyz: Sequence[
     inside = hu[region]
     shell = sitk.GetArrayFromImage(sitk.BinaryDilate(label, SHELL_VOXELS)).astype(bool) & ~region
     around = hu[shell] if shell.any() else inside
+    contour = sitk.GetArrayFromImage(sitk.BinaryContour(label)).astype(bool)
     p10, p50, p90, p98 = np.percentile(inside, (10, 50, 90, 98))
     values = [
         np.log(shape.GetPhysicalSize(1)), shape.GetFeretDiameter(1),
@@ -56,6 +90,7 @@ def nodule_descriptors(hu: np.ndarray, prior: np.ndarray, spacing_xyz: Sequence[
         1.0 if single_voxel else shape.GetRoundness(1),
         inside.mean(), inside.std(), p10, p50, p90, p98,
         np.mean(inside > 200.0), np.mean(inside < -400.0), around.mean(), np.percentile(around, 90),
+        *outline_descriptors(region, contour, spacing_xyz),
     ]
     out = np.asarray(values, dtype=np.float32)
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)

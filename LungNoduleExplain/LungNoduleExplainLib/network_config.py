@@ -35,6 +35,8 @@ class NetworkConfig:
     inputs: tuple[str, ...] = ("percentile",)
     # Nodule descriptors (descriptors.py) beside each head; off in the authors' network, on in the shipped model.
     descriptors: bool = False
+    # Which descriptors (descriptors.DESCRIPTOR_SETS); bundles without the field were trained with the default.
+    descriptor_set: str = "shape-density"
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -48,11 +50,15 @@ class NetworkConfig:
         if self.descriptors and not self.uses_prior:
             raise ConfigError(f"nodule descriptors describe the prior region; variant {self.variant!r} takes no "
                               "prior (use hesam-mt-aag or hesam-mt-cbam, or turn descriptors off)")
+        from .descriptors import DESCRIPTOR_SETS
+        if self.descriptor_set not in DESCRIPTOR_SETS:
+            raise ConfigError(f"unknown descriptor set {self.descriptor_set!r}; expected one of "
+                              f"{list(DESCRIPTOR_SETS)}")
 
     @property
     def n_descriptors(self) -> int:
-        from .descriptors import DESCRIPTOR_NAMES
-        return len(DESCRIPTOR_NAMES) if self.descriptors else 0
+        from .descriptors import DESCRIPTOR_SETS
+        return len(DESCRIPTOR_SETS[self.descriptor_set]) if self.descriptors else 0
 
     @property
     def input_indices(self) -> list[int]:

@@ -45,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="feed each head the nodule descriptors (shape and HU of the prior region, see "
                         "descriptors.py) beside its SAM term (default on; --no-descriptors gives the authors' "
                         "network). Only for variants with a prior")
+    p.add_argument("--descriptor-set", default="shape-density",
+                   help="which descriptors (descriptors.DESCRIPTOR_SETS): shape-density (default: volume, diameter, "
+                        "shape ratios, HU percentiles inside and around the region) or shape-density-outline "
+                        "(adds the outline's solidity and radial variation)")
     p.add_argument("--prior", default="reference-mask",
                    help="AAG prior: 'reference-mask' or a folder of out-of-fold probability maps <case_id>.nii.gz")
     p.add_argument("--epochs", type=int, default=60, help="maximum epochs (default 60)")
@@ -76,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     init_from_env(args.device)  # under torchrun: one process per GPU (NCCL) or CPU worker (gloo)
 
     network = NetworkConfig(args.variant, args.features, stem_stride=args.stem_stride, inputs=args.inputs,
-                            descriptors=args.descriptors and args.variant in PRIOR_VARIANTS)
+                            descriptors=args.descriptors and args.variant in PRIOR_VARIANTS,
+                            descriptor_set=args.descriptor_set)
     config = TrainConfig(network=network,
                          max_epochs=args.epochs, phase1_epochs=args.phase1_epochs, batch_size=args.batch_size,
                          lr=args.lr, plateau_patience=args.plateau_patience,

@@ -72,10 +72,11 @@ class HESAM(nn.Module):
             which is what lets the network train on 2 CPU cores. Maps are still upsampled to the patch size.
 
         in_channels: image channels (1 as the authors; 2 with the HU-window channel).
-        n_descriptors: length of the nodule descriptor vector (0: the authors' network, image and prior only).
-            Their standardisation (training mean and std) lives in buffers, so it travels with the weights.
+        n_descriptors: how many nodule descriptors it reads, the first n of descriptors.DESCRIPTOR_NAMES (0: the
+            authors' network, image and prior only). Their standardisation (training mean and std) lives in
+            buffers, so it travels with the weights.
 
-    forward(image [B, C, D, H, W], prior [B, 1, D, H, W], descriptors [B, n_descriptors]) -> logits [B, 1 + K]
+    forward(image [B, C, D, H, W], prior [B, 1, D, H, W], descriptors [B, >= n_descriptors]) -> logits [B, 1 + K]
     (diagnosis first).
     """
 
@@ -114,17 +115,20 @@ class HESAM(nn.Module):
                                    if n_manifestations > 0 else None)
 
     def set_descriptor_statistics(self, mean: Tensor, std: Tensor) -> None:
-        """Standardise descriptors with the training set's mean and std (constant ones get std 1)."""
+        """Standardise descriptors with the training set's mean and std (constant ones get std 1); given for every
+        descriptor, the network keeps its first n_descriptors (descriptors.py: a set is a prefix)."""
+        mean, std = mean[..., :self.n_descriptors], std[..., :self.n_descriptors]
         self.descriptor_mean.copy_(mean)
         self.descriptor_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     def _standardised(self, descriptors: Tensor | None) -> Tensor | None:
+        """descriptors [B, >= n_descriptors] in descriptors.DESCRIPTOR_NAMES order; the first n_descriptors are used."""
         if not self.n_descriptors:
             return None
-        if descriptors is None or descriptors.shape[-1] != self.n_descriptors:
+        if descriptors is None or descriptors.shape[-1] < self.n_descriptors:
             got = None if descriptors is None else tuple(descriptors.shape)
             raise ValueError(f"this network needs nodule descriptors [B, {self.n_descriptors}], got {got}")
-        return (descriptors - self.descriptor_mean) / self.descriptor_std
+        return (descriptors[..., :self.n_descriptors] - self.descriptor_mean) / self.descriptor_std
 
     def _backbone(self, image: Tensor, prior: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.prior_mode != "none" and prior is None:
