@@ -35,7 +35,6 @@ DESCRIPTOR_SETS: dict[str, tuple[str, ...]] = {
     "shape-density": SHAPE_DENSITY,
     "shape-density-outline": SHAPE_DENSITY + OUTLINE,
 }
-DEFAULT_DESCRIPTOR_SET = "shape-density"
 REGION_THRESHOLD = 0.5
 SHELL_VOXELS = (2, 2, 1)  # x, y, z: about 1.4 mm around the region on the 0.7 x 0.7 x 1.25 mm grid
 
