@@ -73,3 +73,19 @@ def test_lobes_lower_solidity_and_raise_radial_variation() -> None:
     one_voxel[16, 32, 32] = True
     single = describe(one_voxel, 40.0)  # no hull: the convex values
     assert single["solidity"] == 1.0 and single["radial_cv"] == 0.0
+
+
+def test_the_hull_voxel_count_equals_testing_every_voxel_against_every_facet() -> None:
+    from scipy.spatial import ConvexHull
+    from LungNoduleExplainLib.descriptors import hull_voxel_count
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        points = rng.integers(0, 12, size=(int(rng.integers(5, 40)), 3))
+        try:
+            hull = ConvexHull(points)
+        except Exception:  # coplanar draw
+            continue
+        low, high = points.min(axis=0), points.max(axis=0) + 1
+        grid = np.indices(high - low).reshape(3, -1).T + low
+        every = int((grid @ hull.equations[:, :3].T + hull.equations[:, 3] <= 1e-6).all(axis=1).sum())
+        assert hull_voxel_count(hull, low, high) == every >= len(np.unique(points, axis=0))
