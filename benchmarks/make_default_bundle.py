@@ -124,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
                  if ensemble else "validation (model selection, thresholds) ")
                 + f"{t['n_val']} nodules of {t['n_val_patients']} patients. Split **by patient**, seed {t['seed']}.")
                if held_out else
-               f"**every patient of the set**, no validation hold-out: the recipe was fixed beforehand on held-out "
-               "patients (docs/RESULTS.md), so this model only adds their data. Folds **by patient**, seed "
-               f"{t['seed']}."),
+               "**every patient of the set**, no validation hold-out: "
+               + ("the nearest recipe was measured on held-out patients (below) and this model's difference from it "
+                  "shipped under a criterion written before the run (docs/RESULTS.md)." if args.recipe_differs else
+                  "the recipe was fixed beforehand on held-out patients (docs/RESULTS.md), so this model only adds "
+                  "their data.")
+               + f" Folds **by patient**, seed {t['seed']}."),
             "- Labels: per-nodule mode ratings; malignancy 4-5 vs 1-2 (3 left out); manifestation rules in "
             "`configs/tasks-lidc.json`.",
             *([f"- Training targets: the readers' share (each output's `readers_column`: of the readers whose rating "
