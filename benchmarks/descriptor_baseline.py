@@ -27,6 +27,7 @@ from LungNoduleExplainLib.data.patches import build_patch_set
 from LungNoduleExplainLib.data.voi_table import patient_folds, patient_split, read_voi_table
 from LungNoduleExplainLib.descriptors import DESCRIPTOR_SETS
 from LungNoduleExplainLib.metrics import auc_with_ci
+from LungNoduleExplainLib.network_config import DEFAULT_DESCRIPTOR_SET
 from LungNoduleExplainLib.tasks import load_task_set
 
 from report_output import write_report
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--descriptor-set", default="shape-density", choices=list(DESCRIPTOR_SETS))
+    p.add_argument("--descriptor-set", default=DEFAULT_DESCRIPTOR_SET, choices=list(DESCRIPTOR_SETS))
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here too")
     args = p.parse_args(argv)
 

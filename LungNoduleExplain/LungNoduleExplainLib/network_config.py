@@ -21,6 +21,8 @@ DEFAULT_VARIANT = "hesam-mt-aag"
 # Width that trains on 2 CPU cores in reasonable time; the authors use (64, 128, 256, 512).
 DEFAULT_FEATURES: tuple[int, int, int, int] = (8, 16, 32, 64)
 AUTHORS_FEATURES: tuple[int, int, int, int] = (64, 128, 256, 512)
+# descriptors.DESCRIPTOR_SETS name; also what bundles without the field (up to v9) were trained with.
+DEFAULT_DESCRIPTOR_SET = "shape-density"
 
 
 @dataclass
@@ -36,7 +38,7 @@ class NetworkConfig:
     # Nodule descriptors (descriptors.py) beside each head; off in the authors' network, on in the shipped model.
     descriptors: bool = False
     # Which descriptors (descriptors.DESCRIPTOR_SETS); bundles without the field were trained with the default.
-    descriptor_set: str = "shape-density"
+    descriptor_set: str = DEFAULT_DESCRIPTOR_SET
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:

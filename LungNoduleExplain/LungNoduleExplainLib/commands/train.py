@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..network_config import DEFAULT_FEATURES, DEFAULT_VARIANT, PRIOR_VARIANTS, VARIANTS, NetworkConfig
+from ..network_config import (DEFAULT_DESCRIPTOR_SET, DEFAULT_FEATURES, DEFAULT_VARIANT, PRIOR_VARIANTS, VARIANTS,
+                              NetworkConfig)
 from ..tasks import BUILTIN_TASK_SETS
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="feed each head the nodule descriptors (shape and HU of the prior region, see "
                         "descriptors.py) beside its SAM term (default on; --no-descriptors gives the authors' "
                         "network). Only for variants with a prior")
-    p.add_argument("--descriptor-set", default="shape-density",
+    p.add_argument("--descriptor-set", default=DEFAULT_DESCRIPTOR_SET,
                    help="which descriptors (descriptors.DESCRIPTOR_SETS): shape-density (default: volume, diameter, "
                         "shape ratios, HU percentiles inside and around the region) or shape-density-outline "
                         "(adds the outline's solidity and radial variation)")
