@@ -25,7 +25,7 @@ from .bundle import ModelBundle, load_bundle
 from .descriptors import nodule_descriptors
 from .errors import BundleError, PointError
 from .finding import Finding, OutputResult, mask_size
-from .patch import PatchGeometry, image_channels, resample_to_grid
+from .patch import PatchGeometry, image_channels, resample_to_grid, resample_with_voi
 from .devices import resolve_device
 from .volume import PointSpace, point_to_lps, validate_ct
 
@@ -49,11 +49,13 @@ def mask_box_lps(mask: sitk.Image) -> tuple[np.ndarray, np.ndarray] | None:
     return corners.min(axis=0), corners.max(axis=0)
 
 
-def voi_like_patch(ct: sitk.Image, geometry: PatchGeometry, box: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-    """HU on the patch grid with everything outside the VOI-like box around `box` set to air ([z, y, x])."""
-    hu = resample_to_grid(ct, geometry)
+def voi_like_patch(ct: sitk.Image, geometry: PatchGeometry,
+                   box: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    """HU on the patch grid with everything outside the VOI-like box around `box` set to air ([z, y, x]), and the
+    mask of the voxels that are CT inside that box (the VOI whose percentiles normalise "percentile-voi")."""
+    hu, inside_ct = resample_with_voi(ct, geometry)
     if box is None:
-        return hu
+        return hu, inside_ct
     low, high = box
     half = (high - low) / 2.0
     half[:2] = np.maximum(half[:2] + VOI_MARGIN_INPLANE_MM, VOI_MIN_INPLANE_MM / 2.0)
@@ -62,7 +64,7 @@ def voi_like_patch(ct: sitk.Image, geometry: PatchGeometry, box: tuple[np.ndarra
     axes = [geometry.origin[a] + np.arange(geometry.size[a]) * geometry.spacing[a] for a in range(3)]
     inside = [np.abs(axes[a] - centre[a]) <= half[a] for a in range(3)]  # x, y, z
     keep = inside[2][:, None, None] & inside[1][None, :, None] & inside[0][None, None, :]
-    return np.where(keep, hu, -1000.0).astype(np.float32)
+    return np.where(keep, hu, -1000.0).astype(np.float32), keep & inside_ct
 
 
 def check_tissue_near(ct: sitk.Image, point_lps: np.ndarray, radius_mm: float = AIR_SEARCH_RADIUS_MM) -> None:
@@ -135,8 +137,8 @@ class Analyzer:
         def to_tensor(a: np.ndarray) -> torch.Tensor:  # [C, D, H, W] -> [1, C, D, H, W]
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(self.device)
 
-        hu = voi_like_patch(ct, geometry, box)
-        image = image_channels(hu)[self.bundle.network.input_indices]
+        hu, voi = voi_like_patch(ct, geometry, box)
+        image = image_channels(hu, voi)[self.bundle.network.input_indices]
         prior = np.clip(resample_to_grid(seg.probability, geometry, default_value=0.0), 0.0, 1.0)
         # Descriptors only for a network that takes them (the Feret diameter costs up to 0.2 s on large nodules).
         descriptors = (to_tensor(nodule_descriptors(hu, prior, geometry.spacing))

@@ -1,7 +1,9 @@
 """The classifier's input patch: resample, clip, normalise, centre-crop/pad, and the way back to the CT grid.
 
 METHOD.md: 0.7 x 0.7 x 1.25 mm (x, y, z), clip to the [0.5, 99.5] percentiles, min-max to [0, 1],
-64 x 64 x 32 voxels (x, y, z) centred on the nodule, padded with air (-1000 HU). The patch grid is axis-aligned
+64 x 64 x 32 voxels (x, y, z) centred on the nodule, padded with air (-1000 HU). Channel "percentile-voi" does it in
+that order (percentiles of the VOI's own voxels, padding is air, 0); channel "percentile", what bundles up to v10
+read, takes the percentiles of the padded patch, so the padding (most of a tight VOI's patch) sets the scale. The patch grid is axis-aligned
 in LPS (identity direction) whatever the CT's direction, so the network always sees the same anatomical
 orientation. Arrays are numpy [z, y, x] (SimpleITK order); torch tensors [C, D=z, H=y, W=x].
 """
@@ -23,7 +25,8 @@ CLIP_PERCENTILES = (0.5, 99.5)
 # A second input channel keeps absolute density, which percentile min-max removes: calcium (> 200 HU) and ground
 # glass (-700..-300 HU) look alike after per-patch min-max but not in Hounsfield units.
 HU_WINDOW = (-1000.0, 1000.0)
-INPUT_CHANNELS: tuple[str, ...] = ("percentile", "hu-window")
+# Channels only grow by appending: bundles name the channels they read.
+INPUT_CHANNELS: tuple[str, ...] = ("percentile", "hu-window", "percentile-voi")
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
@@ -72,9 +75,14 @@ def resample_to_grid(image: sitk.Image, geometry: PatchGeometry, *, interpolator
     return sitk.GetArrayFromImage(resampled)
 
 
-def normalise_intensity(hu: np.ndarray, percentiles: tuple[float, float] = CLIP_PERCENTILES) -> np.ndarray:
-    """Clip to the patch's own [0.5, 99.5] percentiles and min-max to [0, 1] (float32)."""
-    lo, hi = np.percentile(hu, percentiles)
+def normalise_intensity(hu: np.ndarray, percentiles: tuple[float, float] = CLIP_PERCENTILES,
+                        voi: np.ndarray | None = None) -> np.ndarray:
+    """Clip to the [0.5, 99.5] percentiles of the voxels in `voi` (default: all of `hu`) and min-max to [0, 1]
+    (float32). Voxels outside the VOI are air, below the lower percentile, so they become 0."""
+    values = hu if voi is None else hu[voi]
+    if values.size == 0:
+        return np.zeros_like(hu, dtype=np.float32)
+    lo, hi = np.percentile(values, percentiles)
     if hi <= lo:
         return np.zeros_like(hu, dtype=np.float32)
     return ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
@@ -86,9 +94,18 @@ def hu_window(hu: np.ndarray, window: tuple[float, float] = HU_WINDOW) -> np.nda
     return ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
 
 
-def image_channels(hu: np.ndarray) -> np.ndarray:
-    """[len(INPUT_CHANNELS), z, y, x]: the METHOD.md percentile-normalised image, then the fixed HU window."""
-    return np.stack([normalise_intensity(hu), hu_window(hu)])
+def image_channels(hu: np.ndarray, voi: np.ndarray | None = None) -> np.ndarray:
+    """[len(INPUT_CHANNELS), z, y, x] from HU padded with air; `voi` marks the voxels that are image, not padding
+    (default: all). Channels: percentile of the padded patch, fixed HU window, percentile of the VOI (METHOD.md)."""
+    return np.stack([normalise_intensity(hu), hu_window(hu), normalise_intensity(hu, voi=voi)])
+
+
+def resample_with_voi(image: sitk.Image, geometry: PatchGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """HU on the patch grid padded with air, and the mask [z, y, x] of the voxels that lie inside `image`."""
+    hu = resample_to_grid(image, geometry, default_value=np.nan)
+    voi = np.isfinite(hu)
+    hu[~voi] = AIR_HU
+    return hu, voi
 
 
 @dataclass
@@ -113,13 +130,13 @@ def extract_patch(ct: sitk.Image, center_lps: Sequence[float], prior: sitk.Image
     The prior (probability in [0, 1] or binary mask) is resampled linearly onto the same grid.
     """
     geometry = PatchGeometry.centred_at(center_lps, spacing, size)
-    hu = resample_to_grid(ct, geometry)
+    hu, voi = resample_with_voi(ct, geometry)
     if prior is None:
         prior_array = np.zeros_like(hu)
     else:
         prior_array = np.clip(resample_to_grid(prior, geometry, default_value=0.0), 0.0, 1.0)
     prior_array = prior_array.astype(np.float32)
-    return Patch(image=image_channels(hu), prior=prior_array, geometry=geometry,
+    return Patch(image=image_channels(hu, voi), prior=prior_array, geometry=geometry,
                  descriptors=nodule_descriptors(hu, prior_array, geometry.spacing))
 
 
