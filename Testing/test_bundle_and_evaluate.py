@@ -166,3 +166,75 @@ def test_metrics_bootstrap_ci_resamples_patients() -> None:
     assert r["n_patients"] == 50 and r["ci_low"] < r["auc"] < r["ci_high"]
     t = threshold_metrics(np.array([1, 1, 0, 0, np.nan]), np.array([0.9, 0.2, 0.6, 0.1, 0.9]), 0.5)
     assert (t["tp"], t["fn"], t["fp"], t["tn"]) == (1, 1, 1, 1) and t["accuracy"] == 0.5
+
+
+def test_a_nifti_cut_short_is_refused_naming_it_and_no_metrics_are_written(bundle_dir: Path, fixture_folder: Path,
+                                                                          tmp_path: Path) -> None:
+    """ITK reads a truncated .nii.gz without a word (the missing voxels as 0 HU); the evaluation must not."""
+    from LungNoduleExplainLib.evaluation import evaluate_folder
+    victim = sorted((fixture_folder / "images").iterdir())[5]
+    data = victim.read_bytes()
+    victim.write_bytes(data[:len(data) // 2])
+    out = tmp_path / "eval"
+    with pytest.raises(InputImageError, match=f"{victim.name}.*(ends early|cut short)"):
+        evaluate_folder(fixture_folder, bundle_dir, out, prior="reference-mask", device="cpu", n_boot=10)
+    assert not (out / "metrics.json").exists()
+
+
+def test_a_mask_off_its_image_grid_or_missing_is_refused_naming_the_mask(bundle_dir: Path, fixture_folder: Path,
+                                                                        tmp_path: Path) -> None:
+    import SimpleITK as sitk
+    from LungNoduleExplainLib.evaluation import evaluate_folder
+    rows = list(csv.DictReader((fixture_folder / "nodules.csv").open()))
+    mask_path = fixture_folder / rows[1]["mask"]
+    mask = sitk.ReadImage(str(mask_path))
+    mask.SetOrigin([v + 15.0 for v in mask.GetOrigin()])  # same size, 15 mm away: voxel-wise it would pass
+    sitk.WriteImage(mask, str(mask_path))
+    with pytest.raises(DatasetError, match=f"mask of case {rows[1]['case_id']}.*not on the grid of its image"):
+        evaluate_folder(fixture_folder, bundle_dir, tmp_path / "eval", prior="reference-mask", device="cpu", n_boot=10)
+    mask_path.unlink()  # a mask the table names but that is not there: an error even where masks are optional
+    from LungNoduleExplainLib.data.voi_table import read_voi_table
+    with pytest.raises(DatasetError, match=f"mask file .*{mask_path.name} not found"):
+        read_voi_table(fixture_folder, require_masks=False)
+
+
+def test_metrics_json_is_strict_json_with_null_for_an_output_of_one_class(bundle_dir: Path, fixture_folder: Path,
+                                                                         tmp_path: Path) -> None:
+    table = fixture_folder / "nodules.csv"
+    text = table.read_text(encoding="utf-8")
+    rows = list(csv.DictReader(text.splitlines()))
+    for row in rows:
+        row["texture"] = "5"  # every nodule solid: non_solid has one class
+    with table.open("w", newline="", encoding="utf-8-sig") as fh:  # with a byte-order mark, as spreadsheets save
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "eval"
+    assert main(["--quiet", "evaluate", "--data", str(fixture_folder), "--model", str(bundle_dir), "--out", str(out),
+                 "--bootstrap", "20", "--prior", "reference-mask", "--device", "cpu"]) == 0
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    metrics = json.loads((out / "metrics.json").read_text(), parse_constant=refuse)
+    assert metrics["outputs"]["non_solid"]["auc"] is None and metrics["outputs"]["non_solid"]["n_positive"] == 0
+    assert 0.0 <= metrics["outputs"]["malignant"]["auc"] <= 1.0
+
+
+def test_f1_is_zero_when_positives_exist_and_none_is_found() -> None:
+    from LungNoduleExplainLib.metrics import threshold_metrics
+    t = threshold_metrics(np.array([1, 1, 0, 0, 0]), np.array([0.1, 0.2, 0.3, 0.9, 0.4]), 0.5)
+    assert t["sensitivity"] == 0.0 and t["f1"] == 0.0
+    t = threshold_metrics(np.array([0, 0]), np.array([0.1, 0.2]), 0.5)
+    assert np.isnan(t["f1"]) and np.isnan(t["sensitivity"])  # no positive at all: undefined
+
+
+def test_a_file_the_manifest_does_not_list_is_refused(bundle_dir: Path) -> None:
+    (bundle_dir / "segmentation" / "fold_5").mkdir(parents=True)
+    (bundle_dir / "segmentation" / "fold_5" / "checkpoint_final.pth").write_bytes(b"unverified")
+    with pytest.raises(BundleError, match="fold_5/checkpoint_final.pth.*not listed"):
+        load_bundle(bundle_dir)
+    (bundle_dir / "segmentation" / "fold_5" / "checkpoint_final.pth").unlink()
+    (bundle_dir / "MODEL_CARD.md").write_text("read by people\n")
+    (bundle_dir / ".DS_Store").write_bytes(b"")
+    load_bundle(bundle_dir)

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "classifier.safetensors"
+UNCHECKED_NAMES = (MANIFEST_NAME, "MODEL_CARD.md")  # read by people, never loaded
 SEGMENTATION_DIR = "segmentation"
 FORMAT_VERSION = 1
 
@@ -167,6 +168,13 @@ def read_manifest(path: str | Path) -> dict:
             raise BundleError(f"model bundle {path}: checksum mismatch for {name} "
                               f"(expected sha256 {expected[:12]}..., got {actual[:12]}...); the file is corrupt "
                               "or was modified")
+    # nnU-Net loads whatever fold_* folders and plans it finds: a file no checksum covers must not be there
+    unlisted = sorted(name for name in (str(p.relative_to(path).as_posix()) for p in path.rglob("*") if p.is_file())
+                      if name not in manifest["files"] and name not in UNCHECKED_NAMES
+                      and not any(part.startswith(".") or part == "__pycache__" for part in Path(name).parts))
+    if unlisted:
+        raise BundleError(f"model bundle {path}: file(s) {unlisted} are not listed in {MANIFEST_NAME}, so no checksum "
+                          "vouches for them; remove them or rebuild the bundle")
     return manifest
 
 

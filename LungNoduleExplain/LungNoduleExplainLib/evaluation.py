@@ -95,13 +95,25 @@ def write_evaluation(out: Path, metrics: dict, predictions: str, plot: Callable[
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".evaluation.", dir=out))
     try:
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+        # strict JSON: an undefined figure (e.g. the AUC of an output with one class only) is null, not NaN
+        (tmp / "metrics.json").write_text(json.dumps(_nan_to_none(metrics), indent=2, default=float,
+                                                     allow_nan=False) + "\n")
         (tmp / "predictions.csv").write_text(predictions)
         plot(tmp / "roc_curves.png")
         for name in ("predictions.csv", "roc_curves.png", "metrics.json"):
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _nan_to_none(value):  # noqa: ANN001, ANN202 - any JSON-like value
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
 
 
 PriorCallback = Callable[[NoduleRecord, sitk.Image], sitk.Image]
@@ -118,7 +130,7 @@ def _segmentation_prior(bundle, dice_by_case: dict[str, tuple[float, str]]) -> P
 
     def prior_maps(record: NoduleRecord, ct: sitk.Image) -> sitk.Image:
         has_mask = record.mask_path is not None and record.mask_path.is_file()
-        reference = read_image(record.mask_path, f"mask of {record.case_id}") if has_mask else None
+        reference = read_image(record.mask_path, f"mask of case {record.case_id}", on_grid_of=ct) if has_mask else None
         # seed_point: a few table centres lie outside their own VOI; segment from the mask centroid there
         result = segmenter.segment(ct, seed_point(record, ct, reference))
         if reference is not None:
@@ -137,9 +149,9 @@ def _saved_maps_prior(folder: Path, dice_by_case: dict[str, tuple[float, str]]) 
         path = prior_path(record, str(folder))
         if not path.is_file():
             raise DatasetError(f"prior map for case {record.case_id} not found: {path}")
-        probability = read_image(path, f"prior of case {record.case_id}")
+        probability = read_image(path, f"prior of case {record.case_id}", on_grid_of=ct)
         if record.mask_path is not None and record.mask_path.is_file():
-            reference = read_image(record.mask_path, f"mask of {record.case_id}")
+            reference = read_image(record.mask_path, f"mask of case {record.case_id}", on_grid_of=ct)
             # the point the map was segmented from (as in _segmentation_prior and train-segmentation's OOF maps)
             point = seed_point(record, ct, reference)
             dice_by_case[record.case_id] = (dice_at_point(probability, reference, point), record.patient_id)

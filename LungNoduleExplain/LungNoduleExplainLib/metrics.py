@@ -65,7 +65,7 @@ def threshold_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict
         return a / b if b else math.nan
 
     sen, prec = ratio(tp, tp + fn), ratio(tp, tp + fp)
-    f1 = 2 * sen * prec / (sen + prec) if sen + prec > 0 else math.nan
+    f1 = ratio(2 * tp, 2 * tp + fp + fn)  # 0 when positives exist and none is found (precision is then undefined)
     return {"threshold": float(threshold), "accuracy": ratio(tp + tn, len(y)), "sensitivity": sen,
             "specificity": ratio(tn, tn + fp), "precision": prec, "f1": f1, "tp": tp, "fp": fp, "tn": tn, "fn": fn}
 

@@ -3,9 +3,9 @@
 METHOD.md: 0.7 x 0.7 x 1.25 mm (x, y, z), clip to the [0.5, 99.5] percentiles, min-max to [0, 1],
 64 x 64 x 32 voxels (x, y, z) centred on the nodule, padded with air (-1000 HU). Channel "percentile-voi" does it in
 that order (percentiles of the VOI's own voxels, padding is air, 0); channel "percentile", what bundles up to v10
-read, takes the percentiles of the padded patch, so the padding (most of a tight VOI's patch) sets the scale. The patch grid is axis-aligned
-in LPS (identity direction) whatever the CT's direction, so the network always sees the same anatomical
-orientation. Arrays are numpy [z, y, x] (SimpleITK order); torch tensors [C, D=z, H=y, W=x].
+read, takes the percentiles of the padded patch, so the padding (most of a tight VOI's patch) sets the scale.
+The patch grid is axis-aligned in LPS (identity direction) whatever the CT's direction, so the network always sees
+the same anatomical orientation. Arrays are numpy [z, y, x] (SimpleITK order); torch tensors [C, D=z, H=y, W=x].
 """
 
 from __future__ import annotations

@@ -7,7 +7,10 @@ indexed [k, j, i] = [z, y, x].
 
 from __future__ import annotations
 
+import gzip
 import logging
+import struct
+import zlib
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -39,12 +42,51 @@ def read_ct(path: str | Path) -> sitk.Image:
         image = _read_dicom_folder(path)
     else:
         _check_file_spacing(path)
+        check_nifti_complete(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise InputImageError(f"cannot read CT file {path}: {_first_line(exc)}") from exc
     validate_ct(image, source=str(path))
     return image
+
+
+def check_nifti_complete(path: Path) -> None:
+    """ITK reads a NIfTI file that was cut short without a word, the missing voxels as 0 HU (soft tissue): refuse
+    it, naming the file. A .nii.gz is decompressed to its end (gzip checks its length and CRC); NRRD and MetaImage
+    readers already fail on short data."""
+    name = Path(path).name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    try:
+        with (gzip.open if name.endswith(".gz") else open)(path, "rb") as f:
+            header = f.read(540)
+            n_bytes = len(header) + sum(len(chunk) for chunk in iter(lambda: f.read(1 << 22), b""))
+    except (EOFError, OSError, zlib.error) as exc:
+        raise InputImageError(f"{path}: the compressed data is damaged or ends early ({exc})") from exc
+    expected = _nifti_expected_bytes(header)
+    if expected is not None and n_bytes < expected:
+        raise InputImageError(f"{path}: the file holds {n_bytes} bytes but its NIfTI header promises {expected} "
+                              "(header plus voxels): it was cut short")
+
+
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """vox_offset + voxels x bytes per voxel from a NIfTI-1 or -2 header; None when it is neither."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack_from(order + "i", header)[0] == 348:
+            dims = struct.unpack_from(order + "8h", header, 40)
+            (bitpix,), (vox_offset,) = struct.unpack_from(order + "h", header, 72), \
+                struct.unpack_from(order + "f", header, 108)
+            break
+        if len(header) >= 540 and struct.unpack_from(order + "i", header)[0] == 540:
+            dims = struct.unpack_from(order + "8q", header, 16)
+            (bitpix,), (vox_offset,) = struct.unpack_from(order + "h", header, 14), \
+                struct.unpack_from(order + "q", header, 168)
+            break
+    else:
+        return None
+    n_voxels = int(np.prod([max(int(d), 1) for d in dims[1:1 + max(1, min(int(dims[0]), 7))]]))
+    return int(vox_offset) + n_voxels * int(bitpix) // 8
 
 
 def _check_file_spacing(path: Path) -> None:

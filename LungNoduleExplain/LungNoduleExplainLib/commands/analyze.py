@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="CSV with columns x,y,z and optionally space (ras, lps or ijk) per row")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created)")
     parser.add_argument("--model", type=Path, default=None, metavar="BUNDLE",
-                        help="model bundle folder or archive (default: the model shipped with the package)")
+                        help="model bundle folder (default: the model shipped with the package)")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help=f"where the networks run: {', '.join(DEVICES)} (default auto: CUDA if available)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")

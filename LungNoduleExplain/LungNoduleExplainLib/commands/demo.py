@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--diameter", type=float, default=14.0, metavar="MM",
                         help="nodule diameter in mm (default 14)")
     parser.add_argument("--model", type=Path, default=None, metavar="BUNDLE",
-                        help="model bundle folder or archive (default: the model shipped with the package)")
+                        help="model bundle folder (default: the model shipped with the package)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where the networks run (default auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     parser.set_defaults(func=run)

@@ -36,7 +36,7 @@ from ..atomic import write_text_atomic
 from ..errors import DatasetError, InputImageError, PointError
 from ..tasks import TaskSet, prevalence
 from ..volume import point_to_lps, read_ct
-from .voi_table import REQUIRED_COLUMNS, read_image
+from .voi_table import REQUIRED_COLUMNS, read_image, same_grid
 from .voi_writer import (PrepareSummary, ProgressCallback, VoiFolderWriter, box_around_point, crop_with_context,
                          equivalent_diameter_mm, mask_bounding_box, mask_centroid_lps)
 
@@ -165,10 +165,7 @@ def _resolve(cell: str, base: Path) -> Path | None:
 def mask_on_ct_grid(mask_path: Path, ct: sitk.Image) -> sitk.Image:
     """The mask as uint8 0/1 on the CT's voxel grid; resampled (nearest neighbour) when its grid differs."""
     mask = read_image(mask_path, "mask")
-    same = (mask.GetSize() == ct.GetSize() and np.allclose(mask.GetSpacing(), ct.GetSpacing(), atol=1e-4)
-            and np.allclose(mask.GetOrigin(), ct.GetOrigin(), atol=1e-3)
-            and np.allclose(mask.GetDirection(), ct.GetDirection(), atol=1e-4))
-    if same:
+    if same_grid(mask, ct):
         mask = sitk.Cast(mask != 0, sitk.sitkUInt8)
         mask.CopyInformation(ct)
         return mask

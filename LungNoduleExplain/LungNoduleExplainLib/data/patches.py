@@ -95,7 +95,8 @@ def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: s
             path = prior_path(record, prior)
             if path is None or not path.is_file():
                 raise DatasetError(f"prior map for case {record.case_id} not found: {path}")
-            prior_image = read_image(path, f"prior of case {record.case_id}")
+            what = "mask" if prior == PRIOR_REFERENCE_MASK else "prior map"
+            prior_image = read_image(path, f"{what} of case {record.case_id}", on_grid_of=ct)
         patch = extract_patch(ct, record.center_lps, prior_image, spacing=spacing, size=size)
         images[i], priors[i], descriptors[i] = patch.image, patch.prior, patch.descriptors
         labels[i] = [np.nan if y is None else y for y in record.labels(task_set)]

@@ -18,8 +18,10 @@ import SimpleITK as sitk
 
 from ..errors import DatasetError, InputImageError
 from ..tasks import TaskSet
+from ..volume import check_nifti_complete
 
 logger = logging.getLogger(__name__)
+GRID_TOLERANCE_MM = 1e-3
 
 TABLE_NAME = "nodules.csv"
 REQUIRED_COLUMNS = ("case_id", "image", "mask", "patient_id", "center_x_mm", "center_y_mm", "center_z_mm",
@@ -60,7 +62,7 @@ def read_voi_table(folder: str | Path, task_set: TaskSet | None = None, *, requi
     table = folder / TABLE_NAME
     if not table.is_file():
         raise DatasetError(f"{table}: not found; a dataset folder needs {TABLE_NAME}, images/ and masks/")
-    with table.open(newline="") as fh:
+    with table.open(newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: spreadsheet exports start with a BOM
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
         needed = list(REQUIRED_COLUMNS if require_masks else [c for c in REQUIRED_COLUMNS if c != "mask"])
@@ -96,7 +98,8 @@ def read_voi_table(folder: str | Path, task_set: TaskSet | None = None, *, requi
         if check_files:
             if not image.is_file():
                 raise DatasetError(f"{where}: image file {image} not found (case {case_id})")
-            if require_masks and (mask is None or not mask.is_file()):
+            # a mask the table names must exist even where masks are optional (it would be skipped unseen)
+            if (require_masks or mask is not None) and (mask is None or not mask.is_file()):
                 raise DatasetError(f"{where}: mask file {mask} not found (case {case_id})")
         records.append(NoduleRecord(case_id, row["patient_id"].strip(), image, mask, center, diameter, dict(row)))
     if task_set is not None:
@@ -114,13 +117,41 @@ def _check_label_values(records: Iterable[NoduleRecord], task_set: TaskSet, tabl
                            table, task.name, task.column)
 
 
-def read_image(path: Path, what: str = "image") -> sitk.Image:
-    """Read one NIfTI/NRRD/MHA file, with an error naming the file when it is corrupt."""
+def read_image(path: Path, what: str = "image", on_grid_of: sitk.Image | None = None) -> sitk.Image:
+    """Read one NIfTI/NRRD/MHA file, with an error naming the file when it is corrupt or cut short.
+
+    on_grid_of: the image (the CT) whose voxel grid this one must share, as a mask or probability map does in this
+    format; compared by voxel index, a mask elsewhere would be scored and used in the wrong place without a word.
+    """
+    check_nifti_complete(path)
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         lines = str(exc).strip().splitlines()
         raise InputImageError(f"cannot read {what} {path}: {lines[-1] if lines else exc}") from exc
+    if on_grid_of is not None:
+        check_same_grid(image, on_grid_of, f"{what} {path}")
+    return image
+
+
+def _grid(image: sitk.Image) -> str:
+    return (f"size {image.GetSize()}, spacing {tuple(round(v, 4) for v in image.GetSpacing())}, "
+            f"origin {tuple(round(v, 3) for v in image.GetOrigin())}")
+
+
+def same_grid(image: sitk.Image, reference: sitk.Image) -> bool:
+    """Same size, spacing and origin (within 1e-3 mm) and direction: voxel i of one is voxel i of the other."""
+    return (image.GetSize() == reference.GetSize()
+            and np.allclose(image.GetSpacing(), reference.GetSpacing(), atol=GRID_TOLERANCE_MM)
+            and np.allclose(image.GetOrigin(), reference.GetOrigin(), atol=GRID_TOLERANCE_MM)
+            and np.allclose(image.GetDirection(), reference.GetDirection(), atol=1e-4))
+
+
+def check_same_grid(image: sitk.Image, reference: sitk.Image, what: str) -> None:
+    """DatasetError naming `what` and both grids unless `image` lies on `reference`'s grid."""
+    if not same_grid(image, reference):
+        raise DatasetError(f"{what} is not on the grid of its image: {_grid(image)}; the image has "
+                           f"{_grid(reference)} (masks and probability maps must share the image's voxel grid)")
 
 
 def patient_split(records: list[NoduleRecord], fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -163,12 +163,7 @@ def export_nnunet_dataset(voi_folder: str | Path, out_raw_dir: str | Path, datas
 def _export_case(record: NoduleRecord, folder: Path, pad_mm: Sequence[float],
                  min_size_mm: Sequence[float]) -> None:
     image = read_image(record.image_path)
-    mask = read_image(record.mask_path, "mask")
-    if (image.GetSize() != mask.GetSize()
-            or not np.allclose(image.GetSpacing(), mask.GetSpacing(), atol=1e-4)
-            or not np.allclose(image.GetOrigin(), mask.GetOrigin(), atol=1e-3)):
-        raise DatasetError(f"{record.mask_path}: mask grid (size {mask.GetSize()}, spacing {mask.GetSpacing()}, "
-                           f"origin {mask.GetOrigin()}) differs from its image {record.image_path}")
+    mask = read_image(record.mask_path, f"mask of case {record.case_id}", on_grid_of=image)
     mask.CopyInformation(image)
     padded, label = pad_voi(image, mask, pad_mm, min_size_mm)
     sitk.WriteImage(padded, str(folder / "imagesTr" / f"{record.case_id}_0000.nii.gz"), True)

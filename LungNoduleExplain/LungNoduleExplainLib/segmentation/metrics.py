@@ -43,7 +43,7 @@ def segmentation_dice(segmenter, records: Sequence[NoduleRecord],
         if record.mask_path is None:
             raise DatasetError(f"case {record.case_id} has no mask; Dice needs the table's `mask` column")
         image = read_image(record.image_path)
-        reference = read_image(record.mask_path, "mask")
+        reference = read_image(record.mask_path, f"mask of case {record.case_id}", on_grid_of=image)
         result = segmenter.segment(image, seed_point(record, image, reference))
         scores[record.case_id] = dice(result.mask, reference)
         if progress is not None:

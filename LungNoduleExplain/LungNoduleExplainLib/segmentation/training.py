@@ -259,7 +259,7 @@ def write_oof(segmenter: NoduleSegmenter, records: Sequence, oof_dir: Path) -> d
     scores = {}
     for record in records:
         image = read_image(record.image_path)
-        reference = read_image(record.mask_path, "mask")
+        reference = read_image(record.mask_path, f"mask of case {record.case_id}", on_grid_of=image)
         result = segmenter.segment(image, seed_point(record, image, reference))
         target = oof_dir / f"{record.case_id}.nii.gz"
         tmp = oof_dir / f".{record.case_id}.tmp.nii.gz"
