@@ -129,6 +129,32 @@ def test_sam_is_a_per_channel_spatial_linear_layer_over_a_6x6x6_grid() -> None:
     assert torch.allclose(sam(features), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", ["hesam", "hesam-mt-aag"])
+def test_hesam_map_of_output_k_is_the_normalised_relu_of_the_fc_weighted_head_features(variant: str) -> None:
+    torch.manual_seed(2)  # a seed where every map below has both signs before the ReLU (checked, not assumed)
+    net = build_network(NetworkConfig(variant, (4, 4, 8, 8)), K).eval()
+    heads = [net.diagnosis_head] + ([net.manifestation_head] if net.manifestation_head is not None else [])
+    features: dict[int, torch.Tensor] = {}  # each head's F, caught where its residual units give it
+    for i, head in enumerate(heads):
+        head.features.register_forward_hook(lambda module, args, out, i=i: features.__setitem__(i, out))
+        with torch.no_grad():  # weights of both signs and unit scale, so that every map has a part the ReLU cuts
+            head.fc.weight.normal_()
+    image, prior = torch.rand(SHAPE), torch.rand(SHAPE)
+    with torch.no_grad():
+        _, maps = net.activation_maps(image, prior)
+    expected = []
+    for i, head in enumerate(heads):
+        cam = torch.einsum("bcdhw,kc->bkdhw", features[i], head.fc.weight.detach())  # sum_c W[k, c] F[c]
+        assert bool(((cam < 0).flatten(2).any(-1) & (cam > 0).flatten(2).any(-1)).all())  # the ReLU cuts each map
+        cam = torch.nn.functional.interpolate(cam.clamp_min(0), size=SHAPE[2:], mode="trilinear", align_corners=False)
+        lo, hi = cam.amin(dim=(2, 3, 4), keepdim=True), cam.amax(dim=(2, 3, 4), keepdim=True)
+        assert bool((hi > lo).all())  # no all-zero map, whose normalisation would hide a wrong formula
+        expected.append((cam - lo) / (hi - lo))
+    expected_maps = torch.cat(expected, dim=1)
+    assert expected_maps.shape == maps.shape == (2, 1 + (K if variant != "hesam" else 0), *SHAPE[2:])
+    torch.testing.assert_close(maps, expected_maps, atol=1e-5, rtol=0)
+
+
 def test_hesam_rejects_a_missing_prior_and_wrong_widths() -> None:
     with pytest.raises(ValueError, match="needs a prior"):
         HESAM(K, (4, 4, 8, 8), "aag")(torch.rand(SHAPE), None)

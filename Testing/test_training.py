@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,8 @@ import torch
 from LungNoduleExplainLib.data.patches import PatchDataset, PatchSet, augment
 from LungNoduleExplainLib.descriptors import nodule_descriptors
 from LungNoduleExplainLib.networks import NetworkConfig
-from LungNoduleExplainLib.training import (TrainConfig, Trainer, masked_bce, positive_weights, selection_metric,
-                                           task_weights_from_auc)
+from LungNoduleExplainLib.training import (CHECKPOINT_NAME, TrainConfig, Trainer, TrainResult, masked_bce,
+                                           positive_weights, selection_metric, task_weights_from_auc)
 
 TINY = NetworkConfig("hesam-mt-aag", (2, 4, 4, 8))
 NAMES = ["malignant", "a", "b"]
@@ -93,17 +94,126 @@ def _trainer(out: Path, epochs: int, network: NetworkConfig = TINY) -> Trainer:
                    show_progress_bar=False)
 
 
-@pytest.mark.parametrize("network", [TINY, NetworkConfig("hesam-mt-aag", (2, 4, 4, 8), descriptors=True)],
-                         ids=["image-and-prior", "with-descriptors"])
-def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path: Path, network: NetworkConfig) -> None:
-    straight = _trainer(tmp_path / "straight", 3, network).run()
-    _trainer(tmp_path / "resumed", 2, network).run()  # stops after 2 epochs, as a crash would
-    resumed = _trainer(tmp_path / "resumed", 3, network).run(resume=True)
-    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
-    assert [h["train_loss"] for h in straight.history] == pytest.approx([h["train_loss"] for h in resumed.history])
-    assert (tmp_path / "resumed" / "history.csv").read_text().count("\n") == 4
-    assert (tmp_path / "resumed" / "curves.png").stat().st_size > 0
+class _KeepEveryCheckpoint(Trainer):
+    """Keeps a copy of each epoch's checkpoint, so that a resume can start from any point of the run."""
+
+    def save_checkpoint(self) -> None:
+        super().save_checkpoint()
+        shutil.copy(self.checkpoint_path, self.out_dir / f"epoch{self.state['epoch']}.pt")
+
+
+def _plateau_trainer(out: Path, network: NetworkConfig, cls: type[Trainer] = Trainer) -> Trainer:
+    """Plateau patience 1 and a high rate: the tiny validation metric stalls often, so within 10 epochs the rate
+    drops several times while an early best epoch stays the best."""
+    config = TrainConfig(network=network, max_epochs=10, phase1_epochs=2, batch_size=4, lr=0.05, seed=2, threads=1,
+                         plateau_patience=1, early_stop_patience=20)
+    data = synthetic_patches(16)
+    return cls(config, data.subset(range(10)), data.subset(range(10, 16)), out, 2, NAMES, device="cpu",
+               show_progress_bar=False)
+
+
+@pytest.fixture(scope="module", params=[TINY, NetworkConfig("hesam-mt-aag", (2, 4, 4, 8), descriptors=True)],
+                ids=["image-and-prior", "with-descriptors"])
+def plateau_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                ) -> tuple[NetworkConfig, TrainResult, Path]:
+    """An uninterrupted run (shared by the tests below), with the folder holding its per-epoch checkpoints."""
+    out = tmp_path_factory.mktemp("straight")
+    return request.param, _plateau_trainer(out, request.param, _KeepEveryCheckpoint).run(), out
+
+
+def _plateau_rates(history: list[dict], lr: float, patience: int) -> list[float]:
+    """The rate each epoch should train with, worked out from the validation metric: ReduceLROnPlateau's rule (mode
+    max, relative threshold 1e-4, factor 0.1), stepped after each phase-2 epoch, applies from the next epoch on."""
+    best, bad, rates = -math.inf, 0, []
+    for h in history:
+        rates.append(lr)
+        if h["phase"] == 2:
+            if h["val_metric"] > best * (1 + 1e-4):
+                best, bad = h["val_metric"], 0
+            else:
+                bad += 1
+            if bad > patience:
+                lr, bad = lr * 0.1, 0
+    return rates
+
+
+def test_the_history_records_the_rate_each_epoch_trained_with(
+        plateau_run: tuple[NetworkConfig, TrainResult, Path]) -> None:
+    _, result, _ = plateau_run
+    rates = [h["lr"] for h in result.history]
+    expected = _plateau_rates(result.history, 0.05, 1)
+    trigger = next((e for e in range(len(expected) - 1) if expected[e + 1] < expected[e]), None)
+    assert trigger is not None, "the rate never drops in this run"
+    # the epoch whose stalled metric lowered the rate still trained with the old one; the next one has the new one
+    assert rates[trigger] == pytest.approx(0.05) and rates[trigger + 1] == pytest.approx(0.005), (trigger, rates)
+    assert rates == pytest.approx(expected)
+
+
+def test_resume_continues_exactly_as_an_uninterrupted_run(plateau_run: tuple[NetworkConfig, TrainResult, Path],
+                                                          tmp_path: Path) -> None:
+    network, straight, checkpoints = plateau_run
+    history, rates = straight.history, [h["lr"] for h in straight.history]
+    # Interrupt where the restored state decides what follows: the rate has dropped already (optimizer rate), the
+    # first resumed epoch triggers a drop (scheduler's bad-epoch count: a fresh scheduler cannot drop there) and the
+    # best epoch is before the interruption and never beaten after it (best metric, best epoch, best model).
+    stops = [s for s in range(len(history) - 2)
+             if rates[s] < rates[0] and rates[s + 2] < rates[s + 1] and 0 <= straight.best_epoch <= s]
+    assert stops, f"the run no longer exercises the restored state: rates {rates}, best epoch {straight.best_epoch}"
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copy(checkpoints / f"epoch{stops[0]}.pt", resumed_dir / CHECKPOINT_NAME)  # as if it crashed there
+    resumed = _plateau_trainer(resumed_dir, network).run(resume=True)
+
+    for key in ("train_loss", "lr", "val_metric"):
+        assert [h[key] for h in resumed.history] == pytest.approx([h[key] for h in history]), key
+    assert (resumed.best_epoch, resumed.task_weights) == (straight.best_epoch, straight.task_weights)
+    assert resumed.best_metric == pytest.approx(straight.best_metric)
+    last_straight = torch.load(checkpoints / f"epoch{len(history) - 1}.pt", weights_only=True)["model"]
+    last_resumed = torch.load(resumed_dir / CHECKPOINT_NAME, weights_only=True)["model"]
+    for which, a, b in (("last", last_straight, last_resumed),
+                        ("selected", straight.model.state_dict(), resumed.model.state_dict())):
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.allclose(a[name].float(), b[name].float(), atol=1e-6), (which, name)
+    np.testing.assert_allclose(resumed.val_probs, straight.val_probs, atol=1e-6)
+    assert (resumed_dir / "history.csv").read_text().count("\n") == len(history) + 1
+    assert (resumed_dir / "curves.png").stat().st_size > 0
+
+
+def test_phase_two_weighs_each_manifestation_loss_by_one_over_its_auc_at_the_end_of_phase_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import LungNoduleExplainLib.training as training
+
+    per_task: dict[int, list[torch.Tensor]] = {}  # epoch -> the per-output BCE of each of its batches
+
+    class Recording(Trainer):
+        def _train_epoch(self, epoch: int, phase: int) -> float:
+            per_task[epoch] = []
+            return super()._train_epoch(epoch, phase)
+
+    def recording_bce(*args: torch.Tensor) -> torch.Tensor:
+        loss = masked_bce(*args)
+        per_task[max(per_task)].append(loss.detach().clone())
+        return loss
+
+    monkeypatch.setattr(training, "masked_bce", recording_bce)
+    config = TrainConfig(network=TINY, max_epochs=3, phase1_epochs=2, batch_size=4, lr=0.05, seed=2, threads=1)
+    data = synthetic_patches(16)
+    result = Recording(config, data.subset(range(10)), data.subset(range(10, 16)), tmp_path, 2, NAMES,
+                       device="cpu", show_progress_bar=False).run()
+    aucs = [result.history[1][f"val_auc_{name}"] for name in NAMES[1:]]  # validation AUCs of phase 1's last epoch
+    assert all(0.5 < a <= 1 for a in aucs) and min(aucs) < 1, aucs  # 1/AUC neither floored nor all 1 here
+    weights = [1.0] + [1 / a for a in aucs]
+    assert result.task_weights == pytest.approx(weights)
+
+    def epoch_loss(epoch: int, w: list[float]) -> float:  # what the trainer logs: the mean weighted batch loss
+        return float(np.mean([float((torch.tensor(w) * loss).sum()) for loss in per_task[epoch]]))
+
+    assert result.history[2]["phase"] == 2
+    assert result.history[2]["train_loss"] == pytest.approx(epoch_loss(2, weights), rel=1e-5)
+    assert result.history[2]["train_loss"] != pytest.approx(epoch_loss(2, [1.0, 1.0, 1.0]), rel=1e-3)
+    # phase 1: the diagnosis loss is off and the manifestations are not weighted yet
+    assert result.history[0]["train_loss"] == pytest.approx(epoch_loss(0, [0.0, 1.0, 1.0]), rel=1e-5)
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path: Path) -> None:

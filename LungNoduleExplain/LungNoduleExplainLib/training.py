@@ -267,6 +267,7 @@ class Trainer:
                 break  # resumed after an early stop: the run is complete
             t0 = time.time()
             phase = self._phase(epoch)
+            lr = self.optimizer.param_groups[0]["lr"]  # read now: scheduler.step below may lower it for the next epoch
             loss = self._train_epoch(epoch, phase)
             distributed.sync_buffers(self.model)
             probs = predict(self.model, self.val_set, self.device, cfg.network.input_indices)
@@ -282,7 +283,7 @@ class Trainer:
                     self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 else:
                     self.state["bad_epochs"] += 1
-            record = {"epoch": epoch, "phase": phase, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": loss,
+            record = {"epoch": epoch, "phase": phase, "lr": lr, "train_loss": loss,
                       "val_metric": metric, "seconds": time.time() - t0,
                       **{f"val_auc_{n}": a for n, a in zip(self.output_names, aucs)}}
             self.state["history"].append(record)
