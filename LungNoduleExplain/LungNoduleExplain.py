@@ -179,7 +179,8 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def _observePoints(self, points) -> None:
         if points is self._observedPoints:
             return
-        events = (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent)
+        events = (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent,
+                  slicer.vtkMRMLMarkupsNode.PointPositionUndefinedEvent)
         for event in events:
             if self._observedPoints is not None:
                 self.removeObserver(self._observedPoints, event, self.updateButtons)
@@ -196,7 +197,8 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         self.ui.analyzeButton.text = _("Analyze")
         p = self._parameterNode
-        ready = bool(p and p.inputVolume and p.points and p.points.GetNumberOfControlPoints())
+        # Only placed points count: skipped, unplaced and preview points are not analysed (nodulesFromMarkups).
+        ready = bool(p and p.inputVolume and p.points and p.points.GetNumberOfDefinedControlPoints())
         self.ui.analyzeButton.enabled = ready
         self.ui.analyzeButton.toolTip = _("Analyze every nodule point.") if ready else \
             _("Select a CT volume and place at least one nodule point.")
@@ -256,7 +258,9 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def onMapSelected(self, index: int) -> None:
         node = slicer.mrmlScene.GetNodeByID(self.ui.mapSelector.itemData(index)) if index >= 0 else None
         if node is not None:
-            self.logic.showMap(self._parameterNode.inputVolume, node)
+            # Over the CT it was computed on: the input selector may show another CT by now.
+            ctNode = self.logic.sourceVolume(node)
+            self.logic.showMap(ctNode if ctNode is not None else self._parameterNode.inputVolume, node)
 
     def onExportReport(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Export the report to"))

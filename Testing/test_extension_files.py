@@ -281,6 +281,7 @@ class FakeEnvironment:
     def __init__(self, versions: dict[str, str]):
         self.versions = dict(versions)
         self.pip: list[str] = []
+        self.constraints: list[str] = []  # each pip call's constraints file, read while it exists
         self.torchCalls: list[dict] = []
 
     def versionOf(self, name: str):
@@ -288,6 +289,7 @@ class FakeEnvironment:
 
     def pipInstall(self, arguments: str) -> None:
         self.pip.append(arguments)
+        self.constraints.append(Path(arguments.split(" -c ")[1].strip('"')).read_text())
         for requirement in re.findall(r'"([^"]+)"', arguments.split(" -c ")[0]):
             name = re.split(r"[=<>~!]", requirement)[0]
             self.versions[name] = "2.8.1" if name == "nnunetv2" else "99.0"
@@ -331,8 +333,8 @@ def test_install_gets_torch_through_pytorchutils_and_never_lets_pip_replace_simp
     assert environment.torchCalls == [{"ask": False, "requirement": ">=2.1"}]
     assert len(environment.pip) == 1 and '"nnunetv2==2.8.1"' in environment.pip[0]
     assert "SimpleITK" not in environment.pip[0].split(" -c ")[0]
-    constraints = Path(environment.pip[0].split(" -c ")[1].strip('"')).read_text()
-    assert "SimpleITK==2.4.0" in constraints.splitlines() and "torch==2.5.1" in constraints.splitlines()
+    constraints = environment.constraints[0].splitlines()
+    assert "SimpleITK==2.4.0" in constraints and "torch==2.5.1" in constraints
     assert environment.versions["SimpleITK"] == "2.4.0"
 
 
@@ -340,7 +342,7 @@ def test_without_the_pytorch_extension_torch_comes_from_pip_with_simpleitk_pinne
     environment = FakeEnvironment({k: v for k, v in COMPLETE.items() if k != "torch"})
     install_logic(environment, torch=False).install()
     assert environment.pip[0].startswith('"torch>=2.1" -c ')
-    assert "SimpleITK==2.4.0" in Path(environment.pip[0].split(" -c ")[1].strip('"')).read_text()
+    assert "SimpleITK==2.4.0" in environment.constraints[0].splitlines()
 
 
 def test_declining_the_install_installs_nothing():

@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import tempfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +23,11 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package has no MRML (needs slicer-core)", allow_module_level=True)
 
 sys.path.insert(0, str(REPO_ROOT / "LungNoduleExplain"))
-from LungNoduleExplainSlicer import MapDisplay  # noqa: E402
+from LungNoduleExplainSlicer import MapDisplay, ResultNodes  # noqa: E402
 from LungNoduleExplainSlicer.AnalysisLogic import AnalysisLogic, NoduleRequest  # noqa: E402
 from LungNoduleExplainSlicer.HeadlessScene import addSliceView, loadVolume, makeScene, renderAxialSlice  # noqa: E402
-from LungNoduleExplainSlicer.ResultNodes import NODULE_KEY_ATTRIBUTE, ResultError, nodesOfNodule  # noqa: E402
+from LungNoduleExplainSlicer.ResultNodes import (NODULE_KEY_ATTRIBUTE, SOURCE_VOLUME_ATTRIBUTE,  # noqa: E402
+                                                 ResultError, nodesOfNodule)
 
 FAKE_WORKER = [sys.executable, str(Path(__file__).with_name("fake_engine.py"))]
 
@@ -236,6 +239,65 @@ def test_a_failed_run_leaves_the_scene_unchanged(scene, ctNode, lidc_crop, monke
     assert sceneInventory(scene) == before
 
 
+class SecondNoduleFailure:
+    """While armed, makes one loading step fail for the second nodule of a run."""
+
+    def __init__(self, monkeypatch, step: str):
+        self.armed, self.imports = False, 0
+        if step == "segmentation import":  # while reading, before the scene is touched
+            realLogic = slicer.vtkSlicerSegmentationsModuleLogic
+            failure = self
+
+            class FailingLogic:
+                @staticmethod
+                def ImportLabelmapToSegmentationNode(labelmap, segmentation):
+                    failure.imports += 1
+                    if failure.armed and failure.imports == 2:
+                        return False
+                    return realLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
+
+            monkeypatch.setattr(slicer, "vtkSlicerSegmentationsModuleLogic", FailingLogic)
+        else:  # while adding: the first nodule and part of the second are in the scene by then
+            realConfigure = ResultNodes.configureMapDisplay
+
+            def failingConfigure(mapNode, *args):
+                if self.armed and mapNode.GetName().startswith("Nodule 2 "):
+                    raise RuntimeError("simulated failure of the map display")
+                return realConfigure(mapNode, *args)
+
+            monkeypatch.setattr(ResultNodes, "configureMapDisplay", failingConfigure)
+
+    def arm(self, armed: bool = True) -> None:
+        self.armed, self.imports = armed, 0
+
+
+def nodeIdsByNodule(scene, requests) -> list[list[str]]:
+    return [sorted(n.GetID() for n in nodesOfNodule(scene, r.key)) for r in requests]
+
+
+@pytest.mark.parametrize("step, expected", [("segmentation import", "cannot import the segmentation of Nodule 2"),
+                                            ("map display", "simulated failure of the map display")],
+                         ids=["while reading", "while adding"])
+def test_a_failure_loading_the_second_nodule_leaves_the_scene_and_the_old_nodes_unchanged(
+        scene, ctNode, lidc_crop, monkeypatch, step, expected):
+    failure = SecondNoduleFailure(monkeypatch, step)
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    requests = nodules(lidc_crop, 0.0, 20.0)
+    empty = sceneInventory(scene)
+    failure.arm()
+    assert run(logic, ctNode, requests).status == "failed"
+    assert sceneInventory(scene) == empty  # not even the heat colour table this run created is left
+
+    failure.arm(False)
+    assert run(logic, ctNode, requests).succeeded
+    oldIds, before = nodeIdsByNodule(scene, requests), sceneInventory(scene)
+    failure.arm()
+    outcome = run(logic, ctNode, requests)
+    assert outcome.status == "failed" and expected in outcome.message
+    assert sceneInventory(scene) == before  # same nodes, hierarchy items and names
+    assert nodeIdsByNodule(scene, requests) == oldIds  # the first nodule's old nodes were not replaced
+
+
 def test_an_unexpected_error_while_loading_ends_the_run_as_failed_with_its_traceback(scene, ctNode, lidc_crop):
     logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
     logs = []
@@ -270,20 +332,90 @@ def test_a_cancelled_run_leaves_the_scene_unchanged_and_removes_its_files(scene,
     assert sceneInventory(scene) == before
 
 
-def test_a_ct_under_a_transform_gets_the_point_in_its_own_frame_and_results_follow_its_transform(
-        scene, ctNode, lidc_crop):
+def translate(scene, node, xMm: float):
     transform = slicer.vtkMRMLLinearTransformNode()
     scene.AddNode(transform)
     matrix = vtk.vtkMatrix4x4()
-    matrix.SetElement(0, 3, 30.0)  # the CT is shown 30 mm to the right
+    matrix.SetElement(0, 3, xMm)
     transform.SetMatrixTransformToParent(matrix)
-    ctNode.SetAndObserveTransformNodeID(transform.GetID())
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    return transform
+
+
+def test_a_ct_under_a_transform_gets_the_point_in_its_own_frame_and_results_follow_its_transform(
+        scene, ctNode, lidc_crop):
+    transform = translate(scene, ctNode, 30.0)  # the CT is shown 30 mm to the right
     centroid = lidc_crop[1]
     clicked = NoduleRequest("points/0", "Nodule 1", (centroid[0] + 30.0, centroid[1], centroid[2]))
     nodule = run(AnalysisLogic(scene, workerCommand=FAKE_WORKER), ctNode, [clicked]).nodules[0]
     np.testing.assert_allclose(nodule.finding["point_ras_mm"], centroid, atol=1e-3)
     assert all(n.GetTransformNodeID() == transform.GetID() for n in (nodule.segmentationNode,
                                                                      *nodule.mapNodes.values()))
+
+
+def test_a_transformed_cts_segmentation_lies_on_the_nodule_in_the_cts_own_frame(scene, ctNode, lidc_crop):
+    """The segmentation gets the CT's transform, so its voxels and grid must stay in the CT's own frame (an
+    import after setting the transform moved them by its inverse: 30 mm off)."""
+    translate(scene, ctNode, 30.0)
+    centroid = lidc_crop[1]
+    clicked = NoduleRequest("points/0", "Nodule 1", (centroid[0] + 30.0, centroid[1], centroid[2]))
+    segmentation = run(AnalysisLogic(scene, workerCommand=FAKE_WORKER), ctNode, [clicked]).nodules[0].segmentationNode
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+    scene.AddNode(labelmap)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportAllSegmentsToLabelmapNode(segmentation, labelmap)
+    k, j, i = np.nonzero(slicer.util.arrayFromVolume(labelmap))
+    segmentCentre = (ijkToRas(labelmap) @ [i.mean(), j.mean(), k.mean(), 1.0])[:3]  # the segmentation's frame
+    np.testing.assert_allclose(segmentCentre, centroid, atol=1.0)
+    ctIjkToRas = vtk.vtkMatrix4x4()
+    ctNode.GetIJKToRASMatrix(ctIjkToRas)
+    geometry = segmentation.GetSegmentation().GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+    assert geometry == slicer.vtkSegmentationConverter.SerializeImageGeometry(ctIjkToRas, ctNode.GetImageData())
+
+
+@pytest.mark.parametrize("script, expected", [
+    pytest.param("os.kill(os.getpid(), signal.SIGKILL)",
+                 "the analysis process was killed by signal 9 (SIGKILL: often the system running out of memory); "
+                 "the scene was left unchanged",
+                 marks=pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")),
+    ("print(json.dumps({'type': 'result', 'findings': [], 'out_dir': '.'}), flush=True); sys.exit(3)",
+     "the analysis process sent its result and then exited with code 3"),
+], ids=["SIGKILL", "result then exit code 3"])
+def test_a_worker_that_ends_abnormally_fails_and_says_how_it_ended(scene, ctNode, lidc_crop, tmp_path, script,
+                                                                    expected):
+    """A SIGKILL not sent by cancel() (the out-of-memory killer) is a failure, not a cancel; a result followed by
+    an error exit is not 'without a result'."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(f"import json, os, signal, sys\n{script}\n")
+    logic = AnalysisLogic(scene, workerCommand=[sys.executable, str(worker)])
+    before = sceneInventory(scene)
+    outcome = run(logic, ctNode, nodules(lidc_crop, 0.0))
+    assert outcome.status == "failed" and expected in outcome.message
+    assert "without a result" not in outcome.message
+    assert sceneInventory(scene) == before
+
+
+def test_results_for_a_ct_removed_during_the_analysis_are_not_added(scene, ctNode, lidc_crop):
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    logic.startAnalysis(ctNode, nodules(lidc_crop, 0.0), device="cpu")
+    scene.RemoveNode(ctNode)  # the worker still runs: its results arrive through poll()
+    before = sceneInventory(scene)
+    outcome = logic.waitForFinished(timeout_s=60)
+    assert outcome.status == "failed"
+    assert outcome.message == ("the CT 'LIDC-IDRI-0001 CT' was removed from the scene during the analysis; "
+                               "nothing was added")
+    assert sceneInventory(scene) == before and logic.mapNodes() == []
+
+
+def test_a_map_is_refused_as_the_input_and_each_map_names_the_ct_it_was_computed_on(scene, ctNode, lidc_crop):
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    mapNode = run(logic, ctNode, nodules(lidc_crop, 0.0)).nodules[0].mapNodes["malignancy"]
+    with pytest.raises(ValueError, match="'Nodule 1 malignancy map' is an activation map of an earlier analysis, "
+                                         "not a CT"):
+        logic.startAnalysis(mapNode, nodules(lidc_crop, 0.0), device="cpu")
+    assert not logic.isRunning()
+    assert [m.GetAttribute(SOURCE_VOLUME_ATTRIBUTE) for m in logic.mapNodes()] == [ctNode.GetID()] * 3
+    assert logic.sourceVolume(mapNode).GetID() == ctNode.GetID()
 
 
 def test_a_result_off_the_ct_grid_is_refused_and_nothing_is_added(scene, ctNode, lidc_crop, tmp_path):
@@ -328,8 +460,26 @@ def test_markups_points_become_nodules_keyed_by_their_control_point(scene):
     points.AddControlPoint(vtk.vtkVector3d(1.0, 2.0, 3.0), "Nodule-1")
     points.AddControlPoint(vtk.vtkVector3d(4.0, 5.0, 6.0), "right upper lobe")
     requests = AnalysisLogic.nodulesFromMarkups(points)
-    assert [(r.name, r.pointRas) for r in requests] == [("Nodule-1", (1.0, 2.0, 3.0)), ("right upper lobe", (4.0, 5.0, 6.0))]
+    assert [(r.name, r.pointRas) for r in requests] == [("Nodule-1", (1.0, 2.0, 3.0)),
+                                                        ("right upper lobe", (4.0, 5.0, 6.0))]
     assert requests[0].key == f"{points.GetID()}/{points.GetNthControlPointID(0)}"
+
+
+def unplacedAndPreviewPoints(scene):
+    """Markups whose 2nd point was unplaced (or skipped in the place list) and whose 3rd is still being placed."""
+    points = slicer.vtkMRMLMarkupsFiducialNode()
+    scene.AddNode(points)
+    points.AddControlPoint(vtk.vtkVector3d(10.0, 20.0, -5.0), "Nodule-1")
+    points.AddControlPoint(vtk.vtkVector3d(3.0, 4.0, -5.0), "Nodule-2")
+    points.UnsetNthControlPointPosition(1)
+    points.AddControlPoint(vtk.vtkVector3d(7.0, 7.0, 7.0), "Nodule-3")
+    points.SetNthControlPointPosition(2, vtk.vtkVector3d(7.0, 7.0, 7.0), points.PositionPreview)
+    return points
+
+
+def test_only_placed_markups_points_become_nodules(scene):
+    requests = AnalysisLogic.nodulesFromMarkups(unplacedAndPreviewPoints(scene))
+    assert [(r.name, r.pointRas) for r in requests] == [("Nodule-1", (10.0, 20.0, -5.0))]
 
 
 def test_the_report_export_copies_the_last_successful_run(scene, ctNode, lidc_crop, tmp_path):
@@ -444,3 +594,60 @@ def test_the_module_logic_runs_the_analysis_once_constructed_on_slicers_scene(mo
     assert started == [1], "the analysis logic was initialised more than once"
     assert logic.moduleName == "LungNoduleExplain" and logic.scene is slicer.mrmlScene
     assert run(logic, ctNode, nodules(lidc_crop, 0.0)).succeeded
+
+
+
+def bareWidget(moduleFile, logic, inputVolume, points=None, mapID=None):
+    """The module widget without Qt: just what updateButtons and onMapSelected use."""
+    widget = object.__new__(moduleFile.LungNoduleExplainWidget)
+    moduleFile.VTKObservationMixin.__init__(widget)
+    widget.logic, widget._observedPoints = logic, None
+    widget._parameterNode = types.SimpleNamespace(inputVolume=inputVolume, points=points)
+    widget.ui = types.SimpleNamespace(analyzeButton=types.SimpleNamespace(text="", toolTip="", enabled=None),
+                                      mapSelector=types.SimpleNamespace(itemData=lambda index: mapID))
+    return widget
+
+
+def test_the_analyze_button_waits_for_a_placed_point(moduleFile, scene, ctNode):
+    points = unplacedAndPreviewPoints(scene)
+    points.RemoveNthControlPoint(0)  # left: one unplaced point and one being placed
+    widget = bareWidget(moduleFile, AnalysisLogic(scene, workerCommand=FAKE_WORKER), ctNode, points)
+    widget.updateButtons()
+    assert widget.ui.analyzeButton.enabled is False
+    points.SetNthControlPointPosition(1, vtk.vtkVector3d(7.0, 7.0, 7.0))  # placed: the observer updates
+    assert widget.ui.analyzeButton.enabled is True
+    points.UnsetNthControlPointPosition(1)
+    assert widget.ui.analyzeButton.enabled is False
+
+
+def test_selecting_a_map_shows_it_over_the_ct_it_was_computed_on(moduleFile, scene, ctNode, lidc_crop):
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    mapNode = run(logic, ctNode, nodules(lidc_crop, 0.0)).nodules[0].mapNodes["calcified"]
+    selectedCt = loadVolume(scene, lidc_crop[0], "another CT")  # what the input selector shows now
+    widget = bareWidget(moduleFile, logic, selectedCt, mapID=mapNode.GetID())
+
+    def shown() -> set:
+        composites = MapDisplay.sliceCompositeNodes(scene)
+        return {(c.GetBackgroundVolumeID(), c.GetForegroundVolumeID()) for c in composites}
+
+    widget.onMapSelected(0)
+    assert shown() == {(ctNode.GetID(), mapNode.GetID())}
+    scene.RemoveNode(ctNode)  # its CT gone, the map is shown over the selected input
+    widget.onMapSelected(0)
+    assert shown() == {(selectedCt.GetID(), mapNode.GetID())}
+
+
+# --- first use: installing the engine's packages (the other install tests are in test_extension_files.py) ----
+
+def test_install_deletes_each_constraints_file_once_pip_is_done(monkeypatch, tmp_path):
+    from LungNoduleExplainSlicer.InstallLogic import InstallLogic
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the temporary folders go
+    constraints = []
+
+    def pipInstall(arguments: str) -> None:
+        constraints.append(Path(arguments.split(" -c ")[1].strip('"')).read_text())  # there while pip runs
+
+    InstallLogic(pipInstall=pipInstall, versionOf={"SimpleITK": "2.4.0"}.get, torchLogicFactory=lambda: None,
+                 log=lambda message: None).install()
+    assert len(constraints) == 2 and all("SimpleITK==2.4.0" in text.splitlines() for text in constraints)
+    assert list(tmp_path.iterdir()) == []

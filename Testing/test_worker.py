@@ -192,12 +192,23 @@ def test_cancel_kills_the_whole_process_tree_and_delivers_no_result(tmp_path, sm
     started = time.monotonic()
     collector.process.stop()
     assert time.monotonic() - started < 10
-    assert collector.exitCodes == [WorkerProcess.CANCELLED]
+    assert collector.exitCodes == [None]  # no exit code: stop() ended it
     assert not collector.process.isRunning() and collector.process.poll() is False
     assert not any(m["type"] == "result" for m in collector.messages)
     assert not (tmp_path / "out").exists()
     time.sleep(0.2)
     assert not is_alive(grandchild)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="exit codes name signals on POSIX only")
+def test_a_process_killed_by_a_signal_reports_that_signal_not_a_cancel(tmp_path):
+    """The out-of-memory killer sends SIGKILL, as stop() does; only stop() may report None."""
+    script = tmp_path / "killed.py"
+    script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    collector = Collector()
+    collector.process.start([sys.executable, str(script)])
+    collector.waitFor(lambda: collector.exitCodes)
+    assert collector.exitCodes == [-9]
 
 
 def is_alive(pid: int) -> bool:

@@ -7,7 +7,8 @@ Usage (Slicer's Python console or a test on slicer-core):
     outcome = logic.waitForFinished()        # or call logic.poll() from a QTimer, as the widget does
     outcome.nodules[0].tableNode, outcome.nodules[0].mapNodes["malignancy"]
 
-The scene changes only when a run succeeds, and then only the analysed nodules' own nodes are replaced.
+The scene changes only when a run succeeds, and then only the analysed nodules' own nodes are replaced: loading
+is all or nothing (see loadResults).
 The process runner is injectable (`runnerFactory(onMessage, onFinished)`), as in SlicerNNUNet.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -29,7 +31,8 @@ import vtk
 from LungNoduleExplainLib.worker import Request
 
 from . import MapDisplay
-from .ResultNodes import ROLE_ATTRIBUTE, NoduleNodes, ResultError, addNodule, readNodule, removeNodule
+from .ResultNodes import (ROLE_ATTRIBUTE, SOURCE_VOLUME_ATTRIBUTE, NoduleNodes, ResultError, addNodule,
+                          foldersOfNodule, nodesOfNodule, readNodule, removeAddedNodule, removeNodes, removeNodule)
 from .WorkerProcess import ProcessRunnerProtocol, WorkerProcess
 
 MODULE_DIR = Path(__file__).resolve().parents[1]  # holds LungNoduleExplainLib, put on the worker's PYTHONPATH
@@ -87,9 +90,12 @@ class AnalysisLogic:
 
     @staticmethod
     def nodulesFromMarkups(pointsNode) -> list[NoduleRequest]:
-        """Every control point of a markups node is one nodule, named by its label (e.g. "Nodule-1")."""
+        """Every placed control point of a markups node is one nodule, named by its label (e.g. "Nodule-1").
+        Points without a position (skipped or unplaced) or still being placed (preview) are left out."""
         nodules = []
         for index in range(pointsNode.GetNumberOfControlPoints()):
+            if pointsNode.GetNthControlPointPositionStatus(index) != slicer.vtkMRMLMarkupsNode.PositionDefined:
+                continue
             position = [0.0, 0.0, 0.0]
             pointsNode.GetNthControlPointPositionWorld(index, position)
             label = pointsNode.GetNthControlPointLabel(index) or f"Nodule {index + 1}"
@@ -109,6 +115,9 @@ class AnalysisLogic:
             raise RuntimeError("an analysis is already running; cancel it first")
         if ctNode is None or ctNode.GetImageData() is None:
             raise ValueError("select a CT volume first")
+        if ctNode.GetAttribute(ROLE_ATTRIBUTE) == "map":
+            raise ValueError(f"{ctNode.GetName()!r} is an activation map of an earlier analysis, not a CT; "
+                             "select the CT")
         if not nodules:
             raise ValueError("place at least one nodule point (\"Place nodule point\", then click the nodule)")
         if device not in DEVICES:
@@ -153,7 +162,7 @@ class AnalysisLogic:
         return self.runner.poll()
 
     def cancel(self) -> None:
-        """Kill the worker and its children; the scene stays as it was."""
+        """Kill the worker and its children; the scene stays as it was (the runner reports exit code None)."""
         self.runner.stop()
 
     def waitForFinished(self, timeout_s: float = 600.0, interval_s: float = 0.05) -> AnalysisOutcome:
@@ -176,16 +185,16 @@ class AnalysisLogic:
         elif kind == "error":
             self._error = message
 
-    def _onFinished(self, exitCode: int) -> None:
-        if exitCode == WorkerProcess.CANCELLED:
+    def _onFinished(self, exitCode: int | None) -> None:
+        """exitCode None: stopped through cancel(); negative: killed by that signal (POSIX)."""
+        if exitCode is None:
             outcome = AnalysisOutcome("cancelled", "Analysis cancelled; the scene was left unchanged.")
         elif exitCode == 0 and self._result is not None:
             outcome = self._loadResult(self._result)
         elif self._error is not None:
             outcome = AnalysisOutcome("failed", self._error.get("message", ""), self._error.get("error_type", ""))
         else:
-            outcome = AnalysisOutcome("failed", f"the analysis process ended with exit code {exitCode} "
-                                                "without a result; see the log for its output")
+            outcome = AnalysisOutcome("failed", describeAbnormalExit(exitCode, self._result is not None))
         if outcome.succeeded:
             self._keepWorkDir()
         else:
@@ -195,6 +204,10 @@ class AnalysisLogic:
         self.onFinished(outcome)
 
     def _loadResult(self, result: dict) -> AnalysisOutcome:
+        if not self.scene.IsNodePresent(self._ctNode):
+            # Nothing observes the CT while the worker runs; results for a deleted CT would float detached.
+            return AnalysisOutcome("failed", f"the CT {self._ctNode.GetName()!r} was removed from the scene "
+                                             "during the analysis; nothing was added")
         findings = [Path(p).parent for p in result.get("findings", [])]
         try:
             nodules = self.loadResults(self._ctNode, self._nodules, findings)
@@ -215,17 +228,32 @@ class AnalysisLogic:
     # --- results into the scene -----------------------------------------------------------------------------
 
     def loadResults(self, ctNode, nodules: Sequence[NoduleRequest], folders: Sequence[Path]) -> list[NoduleNodes]:
-        """All or nothing: read and check every folder first, then replace each nodule's old nodes."""
+        """All or nothing: read and check every folder off-scene, add all new nodes, and only then remove the old
+        nodes of the re-analysed nodules. If anything raises, what this call added is removed again (the heat
+        colour table too, if this call created it) and the old nodes are untouched."""
         if len(folders) != len(nodules):
             raise ResultError(f"the worker returned {len(folders)} result(s) for {len(nodules)} point(s)")
         loaded = [readNodule(folder, ctNode, n.key, n.name) for folder, n in zip(folders, nodules)]
+        # Collected before adding: the new nodes and folders carry the same key as the old ones.
+        old = [(nodesOfNodule(self.scene, n.key), foldersOfNodule(self.scene, n.key)) for n in loaded]
+        previousColorNode = self.scene.GetFirstNodeByName(MapDisplay.HEAT_COLOR_NODE_NAME)
         colorNode = MapDisplay.getOrCreateHeatColorNode(self.scene)
-        for nodule in loaded:
-            removeNodule(self.scene, nodule.key)
-            addNodule(self.scene, nodule, ctNode, colorNode, self.mapThreshold)
-        if loaded:
-            first = loaded[0]
-            self.showMap(ctNode, first.mapNodes[first.finding["outputs"][0]["name"]])
+        added: list[NoduleNodes] = []
+        try:
+            for nodule in loaded:
+                added.append(nodule)  # before addNodule, so that a nodule added part-way is removed too
+                addNodule(self.scene, nodule, ctNode, colorNode, self.mapThreshold)
+            if loaded:
+                first = loaded[0]
+                self.showMap(ctNode, first.mapNodes[first.finding["outputs"][0]["name"]])
+        except BaseException:
+            for nodule in added:
+                removeAddedNodule(self.scene, nodule)
+            if colorNode is not previousColorNode:  # created by this call
+                removeNodes(self.scene, [colorNode], [])
+            raise
+        for nodes, folders in old:
+            removeNodes(self.scene, nodes, folders)
         return loaded
 
     def showMap(self, ctNode, mapNode) -> None:
@@ -240,6 +268,11 @@ class AnalysisLogic:
         """Hide map values below `threshold` in every map of the scene (the paper's figures use 0.25)."""
         MapDisplay.setMapThreshold(self.mapNodes(), threshold)
         self.mapThreshold = threshold
+
+    def sourceVolume(self, mapNode):
+        """The CT `mapNode` was computed on, or None when that is no longer in the scene."""
+        sourceID = mapNode.GetAttribute(SOURCE_VOLUME_ATTRIBUTE)
+        return self.scene.GetNodeByID(sourceID) if sourceID else None
 
     def mapNodes(self) -> list:
         className = "vtkMRMLScalarVolumeNode"
@@ -281,6 +314,25 @@ def volumeRasFromWorld(volumeNode, pointWorld: Sequence[float]) -> tuple[float, 
     fromWorld = vtk.vtkGeneralTransform()
     parent.GetTransformFromWorld(fromWorld)
     return tuple(float(v) for v in fromWorld.TransformPoint([float(v) for v in pointWorld]))
+
+
+def describeAbnormalExit(exitCode: int, sentResult: bool) -> str:
+    """Why a worker that did not end cleanly failed, for the user; a negative exit code is the signal that
+    killed it (POSIX)."""
+    if exitCode < 0:
+        try:
+            name = signal.Signals(-exitCode).name
+        except ValueError:
+            name = "unknown signal"
+        if name == "SIGKILL":  # not our cancel() (that reports no exit code); usually the out-of-memory killer
+            name += ": often the system running out of memory"
+        ended = f"was killed by signal {-exitCode} ({name})"
+        ended += " after it sent its result" if sentResult else ""
+    elif sentResult:
+        ended = f"sent its result and then exited with code {exitCode}"
+    else:
+        ended = f"ended with exit code {exitCode} without a result"
+    return f"the analysis process {ended}; the scene was left unchanged (see the log for its output)"
 
 
 def _removeFolder(folder: Path | None) -> None:

@@ -12,13 +12,14 @@ Slicer calls are injected (pipInstall, torchLogicFactory, confirm), so it is tes
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -110,11 +111,11 @@ class InstallLogic:
             raise InstallCancelled("installation of the required Python packages was cancelled")
         before = {name: self.versionOf(name) for name in self._names()}
         self._installTorch()
-        constraints = self._writeConstraints()
         others = [r for r in REQUIREMENTS if self._needsInstall(r)]
         if others:
             self.log(f"Installing {', '.join(others)} (keeping {', '.join(PINNED_AS_INSTALLED)} as installed)")
-            self.pipInstall(" ".join(f'"{r}"' for r in others) + f' -c "{constraints}"')
+            with self._constraintsFile() as constraints:  # written after torch's install, so it pins that torch
+                self.pipInstall(" ".join(f'"{r}"' for r in others) + f' -c "{constraints}"')
         changed = [n for n in self._names() if self.versionOf(n) != before[n] and before[n] is not None]
         if any(IMPORT_NAMES.get(n, n.replace("-", "_")) in sys.modules for n in changed):
             self.needsRestart = True
@@ -141,11 +142,16 @@ class InstallLogic:
         else:
             self.log("The PyTorch extension is not installed: installing PyTorch with pip (it may be a CPU-only "
                      "build; install the PyTorch extension from the Extensions Manager to get the CUDA build)")
-            self.pipInstall(f'"{TORCH_REQUIREMENT}" -c "{self._writeConstraints(exclude=("torch",))}"')
+            with self._constraintsFile(exclude=("torch",)) as constraints:
+                self.pipInstall(f'"{TORCH_REQUIREMENT}" -c "{constraints}"')
 
-    def _writeConstraints(self, exclude: tuple[str, ...] = ()) -> Path:
+    @contextlib.contextmanager
+    def _constraintsFile(self, exclude: tuple[str, ...] = ()) -> Iterator[Path]:
+        """A pip constraints file pinning PINNED_AS_INSTALLED (less `exclude`) at their installed versions; it
+        and its temporary folder are deleted when the `with` block ends."""
         lines = [f"{name}=={version}" for name in PINNED_AS_INSTALLED
                  if name not in exclude and (version := self.versionOf(name)) is not None]
-        path = Path(tempfile.mkdtemp(prefix="LungNoduleExplain-install-")) / "constraints.txt"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return path
+        with tempfile.TemporaryDirectory(prefix="LungNoduleExplain-install-") as folder:
+            path = Path(folder) / "constraints.txt"
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            yield path

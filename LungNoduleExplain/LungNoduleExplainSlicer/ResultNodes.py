@@ -6,7 +6,8 @@ probability, threshold, result) and one scalar volume per output. Every node and
 key as an attribute, so re-running a nodule replaces exactly its own nodes.
 
 Loading is two-step so that a bad folder never leaves half a result in the scene: `readNodule` reads and checks
-everything into nodes that are not yet in the scene; `addNodule` only adds them.
+everything (the segmentation import included) into nodes that are not yet in the scene; `addNodule` only adds them
+and sets their display and transform. A caller that must undo an add uses `removeAddedNodule`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .MapDisplay import DEFAULT_THRESHOLD, configureMapDisplay
 NODULE_KEY_ATTRIBUTE = "LungNoduleExplain.NoduleKey"
 ROLE_ATTRIBUTE = "LungNoduleExplain.Role"
 OUTPUT_ATTRIBUTE = "LungNoduleExplain.Output"
+SOURCE_VOLUME_ATTRIBUTE = "LungNoduleExplain.SourceVolumeID"  # on each map: the ID of the CT it was computed on
 TABLE_COLUMNS = ("output", "finding", "probability", "threshold", "result")
 GEOMETRY_TOLERANCE_MM = 1e-3
 
@@ -40,8 +42,7 @@ class NoduleNodes:
     segmentationNode: "slicer.vtkMRMLSegmentationNode"
     tableNode: "slicer.vtkMRMLTableNode"
     mapNodes: dict = field(default_factory=dict)  # output name -> vtkMRMLScalarVolumeNode
-    folderItemID: int = 0
-    labelmap: object = None  # read by readNodule, imported into the segmentation (then dropped) by addNodule
+    folderItemID: int = 0  # set by addNodule as soon as the folder exists
 
     def nodes(self) -> list:
         return [self.segmentationNode, self.tableNode, *self.mapNodes.values()]
@@ -109,6 +110,39 @@ def _makeTable(finding: dict) -> "slicer.vtkMRMLTableNode":
     return table
 
 
+def _geometryInOwnFrame(volumeNode) -> str:
+    """The volume's grid in its own frame, ignoring its parent transform (which the segmentation gets too);
+    SetReferenceImageGeometryParameterFromVolumeNode would apply the transform to a segmentation without one."""
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return slicer.vtkSegmentationConverter.SerializeImageGeometry(matrix, volumeNode.GetImageData())
+
+
+def _importSegmentation(labelmap, ctNode, name: str) -> "slicer.vtkMRMLSegmentationNode":
+    """The labelmap as a segmentation on the CT's grid, out of the CT's scene. Neither node has a parent
+    transform here, so the import copies the voxels as they are (with the CT's transform already on the
+    segmentation, the import would move them by its inverse)."""
+    geometryParameter = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    # The import creates a display node, which needs a scene (else it logs an error): import in a scratch
+    # scene and keep only the segments.
+    scratchScene = slicer.vtkMRMLScene()
+    importer = scratchScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    importer.GetSegmentation().SetConversionParameter(geometryParameter, _geometryInOwnFrame(ctNode))
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, importer):
+        raise ResultError(f"cannot import the segmentation of {name}")
+    segmentation = slicer.vtkMRMLSegmentationNode()
+    segmentation.SetName(f"{name} segmentation")
+    segmentation.GetSegmentation().DeepCopy(importer.GetSegmentation())  # segments and the reference geometry
+    # Resolved once the segmentation is in the CT's scene: the Segment Editor then offers the CT as source.
+    segmentation.SetNodeReferenceID(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole(),
+                                    ctNode.GetID())
+    if segmentation.GetSegmentation().GetNumberOfSegments() == 1:
+        segment = segmentation.GetSegmentation().GetNthSegment(0)
+        segment.SetName("nodule")
+        segment.SetColor(0.2, 0.9, 0.3)
+    return segmentation
+
+
 def readNodule(folder: Path, ctNode, key: str, name: str) -> NoduleNodes:
     """Read one result folder into nodes that are NOT yet in any scene; raises ResultError on any problem."""
     folder = Path(folder)
@@ -130,58 +164,50 @@ def readNodule(folder: Path, ctNode, key: str, name: str) -> NoduleNodes:
         mapNode.SetAttribute(OUTPUT_ATTRIBUTE, output["name"])
         maps[output["name"]] = mapNode
 
-    segmentation = slicer.vtkMRMLSegmentationNode()
-    segmentation.SetName(f"{name} segmentation")
+    segmentation = _importSegmentation(labelmap, ctNode, name)
     table = _makeTable(finding)
     table.SetName(f"{name} results")
     return NoduleNodes(key=key, name=name, finding=finding, segmentationNode=segmentation, tableNode=table,
-                       mapNodes=maps, labelmap=labelmap)
+                       mapNodes=maps)
 
 
 def addNodule(scene, nodule: NoduleNodes, ctNode, colorNode, threshold: float = DEFAULT_THRESHOLD) -> NoduleNodes:
-    """Add a nodule read by readNodule to the scene, under a folder beside the CT (in its study)."""
+    """Add a nodule read by readNodule to the scene, under a folder beside the CT (in its study). The nodes are
+    in the CT's own frame, so they get the CT's parent transform. If this raises, `removeAddedNodule` undoes it."""
+    nodule.segmentationNode.SetAttribute(ROLE_ATTRIBUTE, "segmentation")
+    nodule.tableNode.SetAttribute(ROLE_ATTRIBUTE, "table")
+    for mapNode in nodule.mapNodes.values():
+        mapNode.SetAttribute(ROLE_ATTRIBUTE, "map")
+        mapNode.SetAttribute(SOURCE_VOLUME_ATTRIBUTE, ctNode.GetID())
     transformID = ctNode.GetTransformNodeID()
     for node in nodule.nodes():
         node.SetAttribute(NODULE_KEY_ATTRIBUTE, nodule.key)
         scene.AddNode(node)
         if node.IsA("vtkMRMLTransformableNode"):
             node.SetAndObserveTransformNodeID(transformID)
-    nodule.segmentationNode.SetAttribute(ROLE_ATTRIBUTE, "segmentation")
-    nodule.tableNode.SetAttribute(ROLE_ATTRIBUTE, "table")
 
     segmentation = nodule.segmentationNode
     segmentation.CreateDefaultDisplayNodes()
     segmentation.GetDisplayNode().SetName(f"{segmentation.GetName()} display")
-    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ctNode)
-    labelmap, nodule.labelmap = nodule.labelmap, None
-    if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation):
-        raise ResultError(f"cannot import the segmentation of {nodule.name}")
-    if segmentation.GetSegmentation().GetNumberOfSegments() == 1:
-        segment = segmentation.GetSegmentation().GetNthSegment(0)
-        segment.SetName("nodule")
-        segment.SetColor(0.2, 0.9, 0.3)
-
     for mapNode in nodule.mapNodes.values():
-        mapNode.SetAttribute(ROLE_ATTRIBUTE, "map")
         configureMapDisplay(mapNode, colorNode, threshold)
 
-    nodule.folderItemID = _placeInHierarchy(scene, nodule, ctNode)
+    _placeInHierarchy(scene, nodule, ctNode)
     return nodule
 
 
-def _placeInHierarchy(scene, nodule: NoduleNodes, ctNode) -> int:
+def _placeInHierarchy(scene, nodule: NoduleNodes, ctNode) -> None:
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     ctItem = sh.GetItemByDataNode(ctNode)
     parent = sh.GetItemParent(ctItem) if ctItem else sh.GetSceneItemID()
-    folder = sh.CreateFolderItem(parent, nodule.name)
-    sh.SetItemAttribute(folder, NODULE_KEY_ATTRIBUTE, nodule.key)
+    nodule.folderItemID = sh.CreateFolderItem(parent, nodule.name)  # at once, so that an undo finds it
+    sh.SetItemAttribute(nodule.folderItemID, NODULE_KEY_ATTRIBUTE, nodule.key)
     for node in nodule.nodes():
         item = sh.GetItemByDataNode(node)
         if item:
-            sh.SetItemParent(item, folder)
+            sh.SetItemParent(item, nodule.folderItemID)
         else:
-            sh.CreateItem(folder, node)
-    return folder
+            sh.CreateItem(nodule.folderItemID, node)
 
 
 def nodesOfNodule(scene, key: str) -> list:
@@ -193,11 +219,18 @@ def nodesOfNodule(scene, key: str) -> list:
     return nodes
 
 
-def removeNodule(scene, key: str) -> int:
-    """Remove every node and folder carrying `key`, with their display and storage nodes; returns how many
-    data nodes went. Hierarchy items first (without the subject-hierarchy logic nothing else would drop them),
-    then the nodes."""
-    nodes = nodesOfNodule(scene, key)
+def foldersOfNodule(scene, key: str) -> list[int]:
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    items = vtk.vtkIdList()
+    sh.GetItemChildren(sh.GetSceneItemID(), items, True)
+    return [items.GetId(i) for i in range(items.GetNumberOfIds())
+            if sh.GetItemAttribute(items.GetId(i), NODULE_KEY_ATTRIBUTE) == key]
+
+
+def removeNodes(scene, nodes: list, folders: list[int]) -> None:
+    """Remove `nodes` with their display and storage nodes, and the hierarchy `folders`. Hierarchy items first
+    (without the subject-hierarchy logic nothing else would drop them), then the nodes."""
+    nodes = [node for node in nodes if node is not None and scene.IsNodePresent(node)]
     helpers = []
     for node in nodes:
         if node.IsA("vtkMRMLDisplayableNode"):
@@ -205,10 +238,6 @@ def removeNodule(scene, key: str) -> int:
         if node.IsA("vtkMRMLStorableNode"):
             helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    items = vtk.vtkIdList()
-    sh.GetItemChildren(sh.GetSceneItemID(), items, True)
-    folders = [items.GetId(i) for i in range(items.GetNumberOfIds())
-               if sh.GetItemAttribute(items.GetId(i), NODULE_KEY_ATTRIBUTE) == key]
     for node in nodes:
         item = sh.GetItemByDataNode(node)
         if item:
@@ -218,4 +247,17 @@ def removeNodule(scene, key: str) -> int:
     for node in [*nodes, *helpers]:
         if node is not None and scene.IsNodePresent(node):
             scene.RemoveNode(node)
+
+
+def removeAddedNodule(scene, nodule: NoduleNodes) -> None:
+    """Undo addNodule, also one that stopped part-way; found through the objects, not the key, which older
+    nodes of the same nodule share."""
+    removeNodes(scene, nodule.nodes(), [nodule.folderItemID] if nodule.folderItemID else [])
+
+
+def removeNodule(scene, key: str) -> int:
+    """Remove every node and folder carrying `key`, with their display and storage nodes; returns how many
+    data nodes went."""
+    nodes = nodesOfNodule(scene, key)
+    removeNodes(scene, nodes, foldersOfNodule(scene, key))
     return len(nodes)

@@ -17,10 +17,10 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 MessageHandler = Callable[[dict], None]
-FinishedHandler = Callable[[int], None]
+FinishedHandler = Callable[[Optional[int]], None]
 
 
 def parseLine(line: str) -> dict:
@@ -37,7 +37,8 @@ def parseLine(line: str) -> dict:
 
 
 class ProcessRunnerProtocol(Protocol):
-    """What the analysis logic needs from a process runner; tests may inject their own."""
+    """What the analysis logic needs from a process runner; tests may inject their own. Like WorkerProcess, a
+    runner calls onFinished(exit code) when the process ends and onFinished(None) when stop() ended it."""
 
     def start(self, command: Sequence[str], env: Mapping[str, str] | None = None) -> None: ...
 
@@ -51,11 +52,10 @@ class ProcessRunnerProtocol(Protocol):
 class WorkerProcess:
     """One background process at a time. onMessage(dict) for each line, onFinished(exit code) once.
 
-    Both callbacks run inside poll(), on the caller's thread. After stop(), onFinished is called with
-    `CANCELLED` and no further message is delivered.
+    Both callbacks run inside poll(), on the caller's thread; the exit code is Popen's, so a negative one is the
+    signal that killed the process (POSIX), e.g. -9 from the out-of-memory killer. After stop(), onFinished is
+    called with None instead - no exit code can be mistaken for it - and no further message is delivered.
     """
-
-    CANCELLED = -9
 
     def __init__(self, onMessage: MessageHandler, onFinished: FinishedHandler):
         self.onMessage = onMessage
@@ -109,7 +109,7 @@ class WorkerProcess:
         return False
 
     def stop(self) -> None:
-        """Kill the process and everything it started; onFinished(CANCELLED) follows at once."""
+        """Kill the process and everything it started; onFinished(None) follows at once."""
         process = self._process
         if process is None:
             return
@@ -117,7 +117,7 @@ class WorkerProcess:
         killProcessTree(process)
         if self._reader is not None:
             self._reader.join(timeout=5.0)  # the pipe closes once every process of the group is dead
-        self.onFinished(self.CANCELLED)
+        self.onFinished(None)
 
 
 def killProcessTree(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
