@@ -21,6 +21,7 @@ from pathlib import Path
 
 from LungNoduleExplainLib.bundle import load_bundle, save_bundle
 from LungNoduleExplainLib.data.patches import PRIOR_REFERENCE_MASK
+from LungNoduleExplainLib.patch import CHANNEL_DESCRIPTIONS
 
 
 def fmt(m: dict) -> str:
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                f"`{source.network.descriptor_set}`) to its SAM logits; this "
                "is our addition to the paper's network, because its per-patch min-max input hides absolute density. "
                "The activation maps show the image term only."] if source.network.descriptors else []),
-            f"- Image input: {', '.join(source.network.inputs)}.",
+            *[f"- Image input `{c}`: {CHANNEL_DESCRIPTIONS[c]}." for c in source.network.inputs],
             f"- Prior at training time: `{m['prior']}` ("
             + ("reference masks of lidc-voi" if reference else "out-of-fold nnU-Net probability maps of lidc-voi: each "
                "nodule segmented by the fold model that never saw its patient, as the paper does; the descriptors "

@@ -27,6 +27,13 @@ CLIP_PERCENTILES = (0.5, 99.5)
 HU_WINDOW = (-1000.0, 1000.0)
 # Channels only grow by appending: bundles name the channels they read.
 INPUT_CHANNELS: tuple[str, ...] = ("percentile", "hu-window", "percentile-voi")
+CHANNEL_DESCRIPTIONS = {
+    "percentile": "HU clipped to the [0.5, 99.5] percentiles of the air-padded 64x64x32 patch, min-max to [0, 1] "
+                  "(bundles v1-v10; the padding sets the lower bound at -1000 HU)",
+    "hu-window": "HU clipped to -1000..1000 and scaled to [0, 1]",
+    "percentile-voi": "HU clipped to the [0.5, 99.5] percentiles of the VOI's own voxels, min-max to [0, 1], then "
+                      "padded with air (0), METHOD.md's order",
+}
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 

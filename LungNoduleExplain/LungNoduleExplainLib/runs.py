@@ -110,7 +110,8 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
         model, names = result.model, names[:result.val_probs.shape[1]]
         metrics = output_metrics(names, result.val_probs, val_set, thresholds=None)
         thresholds = {name: metrics[name]["threshold"] for name in names}
-        facts = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+        facts = {"validation_is_optimistic": "the epoch and the thresholds were chosen on the validation patients",
+                 "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                  "seconds": round(result.seconds, 1), "task_weights": dict(zip(names, result.task_weights))}
     else:
         results, oof = _train_members(spec, config, train_set, [records[i] for i in train_idx], task_set,
