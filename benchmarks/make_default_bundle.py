@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
              "- Against a radiomics-style bar (logistic regression on the same descriptors, same patients and "
              "folds): benchmarks/descriptor_baseline.md, benchmarks/network_vs_descriptors_v8.md, "
              "benchmarks/network_vs_descriptors_v9.md, "
-             "benchmarks/network_vs_descriptors_v10.md.",
+             "benchmarks/network_vs_descriptors_v10.md, benchmarks/network_vs_descriptors_v11.md.",
              "- LIDC readers' ratings are subjective; 'malignant' means 'rated suspicious' (4-5).", "",
              f"Made with: `python {' '.join(a for a in sys.argv if a not in ('--note', args.note))}`"
              + (f" ({args.note})" if args.note else "")]
