@@ -33,7 +33,9 @@ class NetworkConfig:
     features: tuple[int, ...] = DEFAULT_FEATURES
     aag_mode: str = "sum"
     stem_stride: int = 2
-    # Image channels the network takes (see patch.INPUT_CHANNELS); the authors use the percentile image only.
+    # Image channels the network takes (see patch.INPUT_CHANNELS); the authors use the percentile image only. The
+    # default is what a manifest without the field means (bundles v1-v10 read it); `train --inputs` defaults to
+    # "percentile-voi", METHOD.md's order.
     inputs: tuple[str, ...] = ("percentile",)
     # Nodule descriptors (descriptors.py) beside each head; off in the authors' network, on in the shipped model.
     descriptors: bool = False

@@ -38,11 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"encoder widths (default {','.join(map(str, DEFAULT_FEATURES))}; the authors: 64,128,256,512)")
     p.add_argument("--stem-stride", type=int, choices=(1, 2), default=2,
                    help="1: full-resolution stem as the authors; 2 (default): 8x cheaper, for CPUs")
-    p.add_argument("--inputs", default="percentile",
+    p.add_argument("--inputs", default="percentile-voi",
                    type=lambda text: tuple(v.strip() for v in text.split(",") if v.strip()),
-                   help="image channels: 'percentile-voi' (METHOD.md: the VOI's [0.5, 99.5] percentiles, "
-                        "min-max, then padding with air), 'percentile' (default, bundles up to v10: the padded "
-                        "patch's percentiles), 'hu-window' (fixed -1000..1000 HU), e.g. percentile,hu-window")
+                   help="image channels: 'percentile-voi' (default, METHOD.md: the VOI's [0.5, 99.5] percentiles, "
+                        "min-max, then padding with air), 'percentile' (bundles up to v10: the padded patch's "
+                        "percentiles), 'hu-window' (fixed -1000..1000 HU), e.g. percentile-voi,hu-window")
     p.add_argument("--descriptors", action=argparse.BooleanOptionalAction, default=True,
                    help="feed each head the nodule descriptors (shape and HU of the prior region, see "
                         "descriptors.py) beside its SAM term (default on; --no-descriptors gives the authors' "
