@@ -418,3 +418,84 @@ def test_the_real_pipeline_with_an_untrained_model_writes_a_valid_report_on_real
     assert sitk.GetArrayViewFromImage(seg)[index[2], index[1], index[0]] == 1
     assert body["model"]["name"] == "untrained-test" and "segment" in body["timings_s"]
     assert (out / "report.html").read_text(encoding="utf-8").count("data:image/png;base64,") == len(task_set.names)
+
+
+# --- Review fixes ------------------------------------------------------------------------------------------------
+
+def test_a_bundle_without_a_threshold_for_an_output_is_refused(tmp_path):
+    """A missing threshold must not be reported as an invented 0.5."""
+    analysis = pytest.importorskip("LungNoduleExplainLib.analysis", reason="analysis.py not written yet")
+    from LungNoduleExplainLib.bundle import save_bundle
+    from LungNoduleExplainLib.errors import BundleError
+    from LungNoduleExplainLib.networks import NetworkConfig, build_network
+    from LungNoduleExplainLib.tasks import load_task_set
+
+    task_set = load_task_set("lidc")
+    network = NetworkConfig("hesam-mt-aag", (2, 4, 4, 8))
+    thresholds = {n: 0.5 for n in task_set.names if n != "spiculated"}
+    bundle = save_bundle(tmp_path / "bundle", build_network(network, len(task_set.manifestations)), task_set,
+                         network, thresholds, name="no-threshold", prior="nnunet", training={}, metrics={})
+    with pytest.raises(BundleError, match=r"thresholds.*spiculated"):
+        analysis.Analyzer(bundle, device="cpu", segmenter=threshold_segmenter())
+
+
+@pytest.mark.parametrize("diameter", ["50", "nan", "1"])
+def test_demo_refuses_an_unsupported_diameter_with_one_clear_error(diameter, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--out", str(tmp_path / "out"), "--diameter", diameter])
+    assert exit_info.value.code == 2
+    assert "--diameter" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_points_file_that_is_not_utf8_is_one_clear_error(phantom_file, tmp_path, capsys):
+    path, _, _ = phantom_file
+    points = tmp_path / "points.csv"
+    points.write_bytes("x,y,z,note\n1,2,3,café\n".encode("latin-1"))
+    line = _main_error(["analyze", str(path), "--points-csv", str(points), "--out", str(tmp_path / "out")], capsys)
+    assert str(points) in line and "UTF-8" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_never_deletes_the_input_ct(phantom_file, tmp_path):
+    from LungNoduleExplainLib.reports import OutputExistsError
+    _, ras, ct = phantom_file
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    path = folder / "ct.nrrd"
+    sitk.WriteImage(ct, str(path))
+    with pytest.raises(OutputExistsError, match="holds the CT"):
+        run_with_fake(["analyze", str(path), "--point", point_arg(ras), "--out", str(tmp_path), "--overwrite"])
+    assert path.is_file()
+
+
+def test_the_printed_summary_carries_the_research_notice_and_every_threshold(phantom_file, tmp_path, capsys):
+    path, ras, _ = phantom_file
+    assert run_with_fake(["analyze", str(path), "--point", point_arg(ras), "--out", str(tmp_path / "out")]) == 0
+    assert "Research use only" in capsys.readouterr().out
+    finding = FakeAnalyzer().analyze(read_ct(path), ras)
+    paragraph = demo.summary_paragraph(finding, 8.0, (96, 96, 48))
+    for output in finding.outputs:
+        assert f"{output.name} {output.probability:.2f} (" in paragraph  # verdict and threshold follow
+        assert f"threshold {output.threshold:.2f}" in paragraph
+
+
+@pytest.mark.parametrize("field, value", [("network_class_name", "collections.OrderedDict"),
+                                          ("conv_op", "collections.OrderedDict")])
+def test_a_segmentation_plan_naming_code_outside_the_architectures_is_refused(field, value, tmp_path):
+    """nnU-Net imports whatever plans.json names (pydoc.locate): only its architectures and torch.nn layers."""
+    from LungNoduleExplainLib.bundle import default_bundle_path
+    from LungNoduleExplainLib.errors import BundleError
+    from LungNoduleExplainLib.segmentation.predict import NoduleSegmenter
+
+    import shutil
+    model = shutil.copytree(default_bundle_path() / "segmentation", tmp_path / "segmentation")
+    plans = json.loads((model / "plans.json").read_text())
+    architecture = plans["configurations"]["3d_fullres"]["architecture"]
+    if field == "network_class_name":
+        architecture[field] = value
+    else:
+        architecture["arch_kwargs"][field] = value
+    (model / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(BundleError, match=f"plans.json.*{field}.*{value}"):
+        NoduleSegmenter(model, device="cpu")

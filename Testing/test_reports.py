@@ -244,3 +244,13 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_every_probability_in_the_html_is_shown_with_its_threshold(written, scene):
+    """Figure captions too: a probability without its threshold cannot be read as positive or negative."""
+    _, report = written
+    html = report.read_text(encoding="utf-8")
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", html)
+    assert len(captions) == 2 * len(scene[1].outputs)
+    for caption in captions:
+        assert "probability" in caption and "threshold" in caption, caption

@@ -90,6 +90,11 @@ class Analyzer:
         self.device = resolve_device(device)
         self.bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle, device=self.device)
         self.progress = progress
+        # A threshold absent from the manifest must not show up in reports as a made-up 0.5.
+        missing = [n for n in self.bundle.output_names if n not in self.bundle.thresholds]
+        if missing:
+            raise BundleError(f"model bundle {self.bundle.path}: manifest.json 'thresholds' has no value for "
+                              f"output(s) {missing}; expected one threshold per output {self.bundle.output_names}")
         if segmenter is None:
             if self.bundle.segmentation_dir is None:
                 raise BundleError(f"model bundle {self.bundle.path} has no segmentation model "
@@ -155,7 +160,7 @@ class Analyzer:
         for k, name in enumerate(self.bundle.output_names):
             outputs.append(OutputResult(
                 name=name, kind="diagnosis" if k == 0 else "manifestation", description=tasks[k].description,
-                probability=float(probabilities[k]), threshold=float(self.bundle.thresholds.get(name, 0.5)),
+                probability=float(probabilities[k]), threshold=float(self.bundle.thresholds[name]),
                 activation_map=explain.to_ct_grid(maps[k], geometry, ct)))
         lap("paste")
         diameter, volume = mask_size(seg.mask)

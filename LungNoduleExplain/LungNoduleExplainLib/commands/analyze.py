@@ -93,6 +93,7 @@ def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = 
 
     points = gather_points(args.point, args.points_csv, args.space)
     check_out_dir(args.out.absolute(), args.overwrite)  # fail before minutes of work, not after
+    check_out_keeps_ct(args.out, args.ct)
     ct = read_ct(args.ct)
     check_points(ct, points)
     findings = analyze_points(ct, points, bundle=args.model, device=args.device,
@@ -102,6 +103,15 @@ def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = 
                             source=str(args.ct), overwrite=args.overwrite)
     print_summary(findings, report)
     return 0
+
+
+def check_out_keeps_ct(out: Path, ct: Path) -> None:
+    """--out is replaced as a whole (--overwrite): refuse a folder that holds the input CT."""
+    from ..reports import OutputExistsError
+    out_dir, ct_path = out.resolve(), ct.resolve()
+    if ct_path == out_dir or out_dir in ct_path.parents:
+        raise OutputExistsError(f"output folder {out} holds the CT {ct}, which writing the report would delete; "
+                                "choose another --out folder")
 
 
 def gather_points(flag_points: Sequence[tuple[float, float, float]], csv_path: Path | None,
@@ -117,6 +127,14 @@ def gather_points(flag_points: Sequence[tuple[float, float, float]], csv_path: P
 
 def read_points_csv(path: Path, default_space: str = "ras") -> list[ClickedPoint]:
     """Rows of a CSV with header x,y,z[,space] (case-insensitive; other columns ignored). Raises PointError."""
+    try:
+        return _read_points_rows(path, default_space)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise PointError(f"points file {path}: cannot be read as a UTF-8 CSV ({exc}); save it as CSV UTF-8 "
+                         "with a header x,y,z[,space]") from None
+
+
+def _read_points_rows(path: Path, default_space: str) -> list[ClickedPoint]:
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
@@ -198,4 +216,5 @@ def print_summary(findings: Sequence[Finding], report: Path) -> None:
               f"({'positive' if diagnosis.positive else 'negative'} at {diagnosis.threshold:.2f}), "
               f"diameter {finding.diameter_mm:.1f} mm, volume {finding.volume_mm3:.0f} mm3; "
               f"manifestations present: {', '.join(positives) or 'none'}")
+    print("Research use only, not for clinical decisions.")
     print(f"report: {report}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -31,13 +32,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
                         help=f"output folder (default ./{DEFAULT_OUT}; a previous demo output there is replaced)")
     parser.add_argument("--seed", type=int, default=0, help="phantom random seed (default 0)")
-    parser.add_argument("--diameter", type=float, default=14.0, metavar="MM",
-                        help="nodule diameter in mm (default 14)")
+    parser.add_argument("--diameter", type=phantom_diameter, default=14.0, metavar="MM",
+                        help="nodule diameter in mm, 3 to 40 (default 14)")
     parser.add_argument("--model", type=Path, default=None, metavar="BUNDLE",
                         help="model bundle folder (default: the model shipped with the package)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where the networks run (default auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     parser.set_defaults(func=run)
+
+
+def phantom_diameter(text: str) -> float:
+    """argparse type of --diameter: the phantom supports 3-40 mm (a ValueError later would be a traceback)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 3.0 <= value <= 40.0:
+        raise argparse.ArgumentTypeError(f"--diameter must be a number of mm from 3 to 40; got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = None) -> int:
@@ -71,7 +83,8 @@ def is_previous_demo(out: Path) -> bool:
 def summary_paragraph(finding: Finding, diameter_mm: float, size: Sequence[int]) -> str:
     """A plain-language paragraph: what was made, what the model says, and that a phantom is not a patient."""
     diagnosis = finding.diagnosis
-    manifestations = ", ".join(f"{o.name} {o.probability:.2f}" for o in finding.outputs if o.kind == "manifestation")
+    manifestations = ", ".join(f"{o.name} {o.probability:.2f} ({'positive' if o.positive else 'negative'}, "
+                               f"threshold {o.threshold:.2f})" for o in finding.outputs if o.kind == "manifestation")
     total_s = finding.timings_s.get("total", sum(finding.timings_s.values()))
     return (f"The demo made a synthetic chest CT ({' x '.join(str(n) for n in size)} voxels) with a "
             f"{diameter_mm:.0f} mm solid nodule and clicked its centre. {finding.model_name} "

@@ -133,7 +133,8 @@ def _figure(section: NoduleSection, output: OutputResult) -> str:
     data = base64.b64encode(section.overlays[output.name]).decode("ascii")
     verdict = "positive" if output.positive else "negative"
     return (f'<figure><img alt="{escape(output.name)} activation map" src="data:image/png;base64,{data}">'
-            f"<figcaption><b>{escape(_label(output.name))}</b>: probability {output.probability:.2f}, {verdict} · "
+            f"<figcaption><b>{escape(_label(output.name))}</b>: probability {output.probability:.2f}, {verdict} "
+            f"at threshold {output.threshold:.2f} · "
             f"{escape(section.folder)}/overlays/{escape(output.name)}.png</figcaption></figure>")
 
 

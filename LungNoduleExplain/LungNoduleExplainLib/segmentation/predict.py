@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint_final.pth"
 DEFAULT_CROP_MM: tuple[float, float, float] = (48.0, 48.0, 40.0)
 DEFAULT_THRESHOLD = 0.5
+# nnU-Net imports the classes plans.json names (pydoc.locate): allow only its architectures and torch.nn layers.
+ARCHITECTURE_PREFIX = "dynamic_network_architectures.architectures."
+LAYER_PREFIX = "torch.nn."
 
 
 @dataclass
@@ -139,6 +142,7 @@ class NoduleSegmenter:
         if configuration not in plans_manager.available_configurations:
             raise BundleError(f"{self.model_dir / 'plans.json'} has no configuration {configuration!r}")
         configuration_manager = plans_manager.get_configuration(configuration)
+        check_architecture_imports(configuration_manager, self.model_dir / "plans.json", configuration)
         network = nnUNetTrainer.build_network_architecture(
             plans_manager, configuration_manager,
             determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
@@ -199,6 +203,19 @@ class NoduleSegmenter:
         center_index = np.asarray(ct.TransformPhysicalPointToContinuousIndex(point_lps.tolist()))[::-1] - start[::-1]
         mask = select_component(probability >= self.threshold, center_index, spacing_zyx)
         return probability, mask, start, geometry
+
+
+def check_architecture_imports(configuration_manager, plans_path: Path, configuration: str) -> None:  # noqa: ANN001
+    """BundleError unless every name nnU-Net would import for the network is an nnU-Net architecture or a
+    torch.nn layer: a plan must not make loading a model import (run) arbitrary code."""
+    kwargs = configuration_manager.network_arch_init_kwargs
+    names = [("network_class_name", configuration_manager.network_arch_class_name, ARCHITECTURE_PREFIX)]
+    names += [(k, kwargs.get(k), LAYER_PREFIX) for k in configuration_manager.network_arch_init_kwargs_req_import
+              if kwargs.get(k) is not None]
+    for field, name, prefix in names:
+        if not isinstance(name, str) or not name.startswith(prefix):
+            raise BundleError(f"{plans_path} configuration {configuration!r}: {field} {name!r} is not allowed; "
+                              f"expected a name starting with {prefix!r}")
 
 
 def configuration_of(checkpoint: dict) -> str:
