@@ -14,7 +14,7 @@ from LungNoduleExplainLib.cli import main
 from LungNoduleExplainLib.data.own_cases import prepare_own
 from LungNoduleExplainLib.data.voi_table import read_voi_table
 from LungNoduleExplainLib.errors import DatasetError
-from LungNoduleExplainLib.tasks import load_task_set
+from LungNoduleExplainLib.tasks import TaskSet, load_task_set
 
 COLUMNS = ["case_id", "patient_id", "ct", "mask", "point_x_mm", "point_y_mm", "point_z_mm", "point_space",
            "diameter_mm", "diagnosis", "lobulation", "spiculation", "relation_to_bronchus", "relation_to_vessel",
@@ -175,3 +175,127 @@ def test_command_line_exits_1_when_no_row_could_be_prepared(tmp_path, capsys):
     assert main(["--quiet", "prepare", "--cases", str(path), "--tasks", "inhouse-example",
                  "--out", str(tmp_path / "out")]) == 1
     assert "missing file: 1" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------- small synthetic CTs (fast, no real data)
+SMALL_HEADER = "case_id,patient_id,ct,mask,diagnosis,lobulation,spiculation,relation_to_bronchus,relation_to_vessel\n"
+
+
+@pytest.fixture
+def small_cts(tmp_path) -> Path:
+    """Two small CTs, a.nii.gz and b.nii.gz (other origins, the 'nodule' elsewhere), with masks m_a / m_b."""
+    for name, origin, at in (("a", (0.0, 0.0, 0.0), 8), ("b", (5.0, -3.0, 7.5), 12)):
+        array = np.full((20, 32, 32), -1000, np.int16)
+        array[at:at + 4, at:at + 4, at:at + 4] = 40
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((1.0, 1.0, 2.0))
+        image.SetOrigin(origin)
+        mask = sitk.GetImageFromArray((array > 0).astype(np.uint8))
+        mask.CopyInformation(image)
+        sitk.WriteImage(image, str(tmp_path / f"{name}.nii.gz"))
+        sitk.WriteImage(mask, str(tmp_path / f"m_{name}.nii.gz"))
+    return tmp_path
+
+
+def _small(folder: Path, lines: str) -> Path:
+    path = folder / "cases.csv"
+    path.write_text(SMALL_HEADER + lines)
+    return path
+
+
+def _table(out: Path) -> dict[str, dict]:
+    with (out / "nodules.csv").open() as fh:
+        return {row["case_id"]: row for row in csv.DictReader(fh)}
+
+
+def test_a_row_with_more_cells_than_the_header_is_skipped_naming_its_line(small_cts, inhouse):
+    # an unquoted comma in a free-text cell shifts every cell after it
+    # (the blank line 3 is no row, but it is a line: the bad row is line 4 of the file)
+    path = _small(small_cts, "c2,p2,b.nii.gz,m_b.nii.gz,SOL,0,0,0,0\n\nc1,p1,a.nii.gz,m_a.nii.gz,MPL,1,0,1,1,oops\n")
+    summary = prepare_own(path, inhouse, small_cts / "out", context_mm=2, export_nnunet=False)
+    assert summary.cases_total == 1 and summary.skipped_by_reason() == {"wrong number of cells": 1}
+    assert "line 4" in summary.skipped[0].what and "10 cells" in summary.skipped[0].message
+
+
+def test_case_ids_differing_only_in_letter_case_are_duplicates(small_cts, inhouse):
+    # images/c1.nii.gz and images/C1.nii.gz are one file on Windows and macOS: one case would overwrite the other
+    path = _small(small_cts, "c1,p1,a.nii.gz,m_a.nii.gz,MPL,1,0,1,1\nC1,p2,b.nii.gz,m_b.nii.gz,SOL,0,0,0,0\n")
+    summary = prepare_own(path, inhouse, small_cts / "out", context_mm=2, export_nnunet=False)
+    assert summary.cases_total == 1 and summary.skipped_by_reason() == {"duplicate case_id": 1}
+    assert "'c1'" in summary.skipped[0].message
+
+
+def test_rows_of_one_ct_naming_two_patients_are_skipped(small_cts, inhouse):
+    # one CT is one patient: two patient ids would let a patient's nodules fall on both sides of a split
+    path = _small(small_cts, "c1,p1,a.nii.gz,m_a.nii.gz,MPL,1,0,1,1\nc2,p2,a.nii.gz,m_a.nii.gz,MPL,1,0,1,1\n"
+                             "c3,p3,b.nii.gz,m_b.nii.gz,SOL,0,0,0,0\n")
+    summary = prepare_own(path, inhouse, small_cts / "out", context_mm=2, export_nnunet=False)
+    assert summary.cases_total == 1 and summary.skipped_by_reason() == {"patient_id differs within one CT": 2}
+    assert "'p1'" in summary.skipped[0].message and "'p2'" in summary.skipped[0].message
+
+
+def test_an_unreadable_mask_is_skipped_naming_the_file_and_the_run_goes_on(small_cts, inhouse):
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((5, 5), np.uint8)), str(small_cts / "flat.nii.gz"))
+    path = _small(small_cts, "c1,p1,a.nii.gz,flat.nii.gz,MPL,1,0,1,1\nc2,p2,b.nii.gz,m_b.nii.gz,SOL,0,0,0,0\n")
+    summary = prepare_own(path, inhouse, small_cts / "out", context_mm=2, export_nnunet=False)
+    assert summary.cases_total == 1 and summary.skipped_by_reason() == {"unreadable mask": 1}
+    assert "flat.nii.gz" in summary.skipped[0].message
+
+
+def test_a_bad_readers_cell_is_skipped_at_prepare_naming_line_and_column(small_cts):
+    tasks = TaskSet.from_dict({"diagnosis": {"name": "malignant", "column": "malignancy", "positive": [4, 5],
+                                             "negative": [1, 2], "readers_column": "malignancy_reader_ratings"}})
+    path = small_cts / "cases.csv"
+    path.write_text("case_id,patient_id,ct,mask,malignancy,malignancy_reader_ratings\n"
+                    "c1,p1,a.nii.gz,m_a.nii.gz,4,4/5\nc2,p2,b.nii.gz,m_b.nii.gz,2,2;1;3\n")
+    summary = prepare_own(path, tasks, small_cts / "out", context_mm=2, export_nnunet=False)
+    assert summary.cases_total == 1 and summary.skipped_by_reason() == {"bad reader ratings": 1}
+    assert "line 2" in summary.skipped[0].what and "malignancy_reader_ratings" in summary.skipped[0].message
+
+
+def test_a_rerun_after_the_csv_was_edited_writes_what_the_csv_now_says(small_cts, inhouse):
+    out = small_cts / "out"
+    prepare_own(_small(small_cts, "c1,p1,a.nii.gz,m_a.nii.gz,MPL,1,0,1,1\nc2,p2,b.nii.gz,m_b.nii.gz,SOL,0,0,0,0\n"
+                                  "c3,p2,b.nii.gz,m_b.nii.gz,SOL,0,0,0,0\n"), inhouse, out, context_mm=2,
+                export_nnunet=False)
+    # c1's diagnosis corrected, c2 moved to the CT it really belongs to, c3 removed
+    path = _small(small_cts, "c1,p1,a.nii.gz,m_a.nii.gz,SOL,1,0,1,1\nc2,p1,a.nii.gz,m_a.nii.gz,SOL,0,0,0,0\n")
+    summary = prepare_own(path, inhouse, out, context_mm=2, export_nnunet=False)
+    table = _table(out)
+    assert sorted(table) == ["c1", "c2"] and summary.cases_total == 2
+    assert table["c1"]["diagnosis"] == "SOL" and table["c2"]["source_ct"] == str(small_cts / "a.nii.gz")
+    assert any("c3" in note for note in summary.notes)
+    # c2's image is a crop of CT a (its row says so), not of b
+    image = sitk.ReadImage(str(out / table["c2"]["image"]))
+    assert image.GetOrigin() == sitk.ReadImage(str(out / table["c1"]["image"])).GetOrigin()
+    assert json.loads((out / "progress.json").read_text())["units"].keys() == {str(small_cts / "a.nii.gz")}
+
+
+def test_an_interrupted_prepare_leaves_no_table_that_looks_complete(small_cts, inhouse):
+    out = small_cts / "out"
+    path = _small(small_cts, "c1,p1,a.nii.gz,m_a.nii.gz,MPL,1,0,1,1\nc2,p2,b.nii.gz,m_b.nii.gz,SOL,0,0,0,0\n")
+
+    def interrupt(done, total, current):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # after the first CT
+        prepare_own(path, inhouse, out, context_mm=2, export_nnunet=False, progress=interrupt)
+    assert (out / "progress.json").is_file() and not (out / "nodules.csv").exists()
+    summary = prepare_own(path, inhouse, out, context_mm=2, export_nnunet=False)
+    assert (summary.units_resumed, summary.cases_total) == (1, 2) and sorted(_table(out)) == ["c1", "c2"]
+    # an interrupted rerun that changes cases takes the old table away too: its images are being rewritten
+    path.write_text(path.read_text().replace("MPL", "SOL"))
+    with pytest.raises(KeyboardInterrupt):
+        prepare_own(path, inhouse, out, context_mm=2, export_nnunet=False, progress=interrupt)
+    assert not (out / "nodules.csv").exists() and not (out / "summary.json").exists()
+    prepare_own(path, inhouse, out, context_mm=2, export_nnunet=False)
+    assert _table(out)["c1"]["diagnosis"] == "SOL"
+
+
+def test_resuming_with_another_context_is_refused_instead_of_mixing_crops(small_cts, inhouse):
+    path = _small(small_cts, "c1,p1,a.nii.gz,m_a.nii.gz,MPL,1,0,1,1\n")
+    prepare_own(path, inhouse, small_cts / "out", context_mm=2, export_nnunet=False)
+    path.write_text(path.read_text() + "c2,p2,b.nii.gz,m_b.nii.gz,SOL,0,0,0,0\n")
+    with pytest.raises(DatasetError, match="context_mm"):  # c1 cut with 2 mm, c2 with 10 mm, said nowhere
+        prepare_own(path, inhouse, small_cts / "out", context_mm=10, export_nnunet=False)
+    assert prepare_own(path, inhouse, small_cts / "out", context_mm=2, export_nnunet=False).cases_total == 2

@@ -59,6 +59,13 @@ def test_readers_share_is_the_training_target_and_the_label_stays_the_mode() -> 
     ({"name": "x", "column": "c", "positive": [], "negative": [0]}, "at least one value"),
     ({"name": "x y", "column": "c", "positive": [1], "negative": [0]}, "letters, digits"),
     ({"name": "x", "positive": [1], "negative": [0]}, "missing field"),
+    # a bare string would be split into its letters, a number would not iterate
+    ({"name": "x", "column": "c", "positive": "yes", "negative": ["no"]}, "'positive' must be a list"),
+    ({"name": "x", "column": "c", "positive": [1], "negative": 0}, "'negative' must be a list"),
+    # 'none' / 'NA' cells mean unknown, so such a rule value would never match: say so instead of dropping it
+    ({"name": "x", "column": "c", "positive": ["present"], "negative": ["0", "none"]}, "mean an unknown value"),
+    # a misspelt key would be ignored and the output silently trained on its label
+    ({"name": "x", "column": "c", "positive": [1], "negative": [0], "readers_colum": "r"}, "unknown field"),
 ])
 def test_invalid_task_definitions_are_rejected_with_the_reason(bad: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -71,6 +78,10 @@ def test_duplicate_output_names_and_unknown_task_sets_are_rejected(tmp_path: Pat
         TaskSet("s", t, (t,))
     with pytest.raises(ConfigError, match="neither a built-in"):
         load_task_set(tmp_path / "missing.json")
+    (tmp_path / "typo.json").write_text('{"diagnosis": {"name": "a", "column": "c", "positive": [1], '
+                                        '"negative": [0]}, "manifestation": []}')
+    with pytest.raises(ConfigError, match="unknown field.*manifestation"):  # would give no manifestations
+        load_task_set(tmp_path / "typo.json")
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="invalid JSON"):
         load_task_set(tmp_path / "bad.json")

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 from .errors import ConfigError
 
 BUILTIN_TASK_SETS = ("lidc", "inhouse-example")
+TASK_FIELDS = ("name", "column", "positive", "negative", "description", "readers_column")
 
 
 def _canonical(value: Any) -> str | None:
@@ -59,8 +60,12 @@ class Task:
             raise ConfigError(f"task name {self.name!r} must be non-empty letters, digits and '_'")
         if not self.column:
             raise ConfigError(f"task {self.name!r}: 'column' is empty")
-        pos = {_canonical(v) for v in self.positive} - {None}
-        neg = {_canonical(v) for v in self.negative} - {None}
+        blank = [v for v in (*self.positive, *self.negative) if _canonical(v) is None]
+        if blank:  # such cells read as unknown, so the value would silently never match
+            raise ConfigError(f"task {self.name!r}: values {blank} mean an unknown value in a table cell "
+                              "(empty, 'NA', 'NaN', 'None'); recode that category, e.g. 'absent'")
+        pos = {_canonical(v) for v in self.positive}
+        neg = {_canonical(v) for v in self.negative}
         if not pos or not neg:
             raise ConfigError(f"task {self.name!r}: 'positive' and 'negative' must each list at least one value")
         if pos & neg:
@@ -110,6 +115,13 @@ class Task:
         missing = [k for k in ("name", "column", "positive", "negative") if k not in data]
         if missing:
             raise ConfigError(f"{where}: missing field(s) {missing}; expected name, column, positive, negative")
+        unknown = sorted(set(data) - set(TASK_FIELDS))
+        if unknown:  # a misspelt optional field would be ignored without a word
+            raise ConfigError(f"{where}: unknown field(s) {unknown}; expected {list(TASK_FIELDS)}")
+        for key in ("positive", "negative"):
+            if not isinstance(data[key], (list, tuple)):  # a bare string would become its letters
+                raise ConfigError(f"{where}: {key!r} must be a list of cell values, e.g. [1] or [\"MPL\"], "
+                                  f"got {data[key]!r}")
         return cls(name=str(data["name"]), column=str(data["column"]),
                    positive=tuple(data["positive"]), negative=tuple(data["negative"]),
                    description=str(data.get("description", "")),
@@ -155,8 +167,11 @@ class TaskSet:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "task set") -> "TaskSet":
-        if "diagnosis" not in data:
+        if not isinstance(data, Mapping) or "diagnosis" not in data:
             raise ConfigError(f"{where}: missing 'diagnosis'")
+        unknown = sorted(set(data) - {"name", "diagnosis", "manifestations"})
+        if unknown:  # e.g. "manifestation" would silently give a model without manifestations
+            raise ConfigError(f"{where}: unknown field(s) {unknown}; expected name, diagnosis, manifestations")
         manifestations = data.get("manifestations", [])
         if not isinstance(manifestations, list):
             raise ConfigError(f"{where}: 'manifestations' must be a list")

@@ -173,7 +173,8 @@ def prepare_lidc(lidc_root: str | Path, out_dir: str | Path, *, context_mm: floa
     folders = find_series_folders(lidc_root)
     if not folders:
         raise DatasetError(f"no .dcm files found under {lidc_root}")
-    writer = VoiFolderWriter(out_dir, [*LIDC_VOI_COLUMNS, *EXTRA_COLUMNS], source=str(Path(lidc_root).resolve()))
+    writer = VoiFolderWriter(out_dir, [*LIDC_VOI_COLUMNS, *EXTRA_COLUMNS], source=str(Path(lidc_root).resolve()),
+                             settings={"context_mm": float(context_mm)})
     scans = {s.series_instance_uid: s for s in query_scans(pylidc, series_uids=[f.series_uid for f in folders])}
     summary = PrepareSummary(units_total=len(folders))
     first_folder: dict[str, Path] = {}

@@ -37,8 +37,8 @@ from ..errors import DatasetError, InputImageError, PointError
 from ..tasks import TaskSet, prevalence
 from ..volume import point_to_lps, read_ct
 from .voi_table import REQUIRED_COLUMNS, read_image, same_grid
-from .voi_writer import (PrepareSummary, ProgressCallback, VoiFolderWriter, box_around_point, crop_with_context,
-                         equivalent_diameter_mm, mask_bounding_box, mask_centroid_lps)
+from .voi_writer import (PrepareSummary, ProgressCallback, VoiFolderWriter, _cell, box_around_point,
+                         crop_with_context, equivalent_diameter_mm, mask_bounding_box, mask_centroid_lps)
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ OWN_SOURCE_COLUMNS = ("source_ct", "source_mask", "mask_source")
 DEFAULT_CONTEXT_MM = 30.0
 BLANK_CELLS = ("", "na", "nan", "none")  # an unknown label: left out of that output, never an error
 _SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Output cells prepare computes; every other cell of a finished row is the CSV's own (see _unit_is_current).
+_COMPUTED_COLUMNS = ("ct", "image", "mask", "diameter_mm", "center_x_mm", "center_y_mm", "center_z_mm",
+                     *OWN_SOURCE_COLUMNS)
 
 
 class RowError(DatasetError):
@@ -89,7 +92,10 @@ def read_cases_csv(path: str | Path, task_set: TaskSet,
     with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark is no column
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in reader.fieldnames or []]
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+        # cells beyond the header (an unquoted comma shifts the row) come under the key None: count them;
+        # line_num, not a count of rows: blank lines and quoted line breaks are lines of the file too
+        rows = [({(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None},
+                 len(row.get(None) or ()), reader.line_num) for row in reader]
     missing = [c for c in (*INPUT_COLUMNS, *task_set.columns) if c not in columns]
     if missing:
         raise DatasetError(f"{path}: missing column(s) {missing}; found {columns}. The task configuration "
@@ -98,25 +104,30 @@ def read_cases_csv(path: str | Path, task_set: TaskSet,
         raise DatasetError(f"{path}: needs a 'mask' column or the point columns {list(POINT_COLUMNS)}")
     if not rows:
         raise DatasetError(f"{path}: no case rows")
-    cases, seen = [], set()
-    for line, row in enumerate(rows, start=2):
+    cases, seen = [], {}
+    for row, extra, line in rows:
+        where = f"line {line} (case {row.get('case_id') or '?'})"
         try:
+            if extra:
+                raise RowError("wrong number of cells", f"{where}: {len(columns) + extra} cells, the header has "
+                                                         f"{len(columns)} (an unquoted comma in a cell?)")
             case = _parse_row(row, line, path.resolve().parent, task_set, seen)
         except RowError as exc:
-            summary.skip(f"line {line} (case {row.get('case_id') or '?'})", exc.reason, str(exc))
+            summary.skip(where, exc.reason, str(exc))
             continue
-        seen.add(case.case_id)
+        seen[case.case_id.lower()] = case.case_id
         cases.append(case)
     return cases, columns
 
 
-def _parse_row(row: dict[str, str], line: int, base: Path, task_set: TaskSet, seen: set[str]) -> OwnCase:
+def _parse_row(row: dict[str, str], line: int, base: Path, task_set: TaskSet, seen: dict[str, str]) -> OwnCase:
     case_id = row.get("case_id", "")
     where = f"line {line} (case {case_id or '?'})"
     if not _SAFE_CASE_ID.match(case_id):
         raise RowError("bad case_id", f"{where}: case_id {case_id!r} must be letters, digits, '_', '.', '-'")
-    if case_id in seen:
-        raise RowError("duplicate case_id", f"{where}: case_id {case_id!r} appears twice")
+    if case_id.lower() in seen:  # c1 and C1 are one file name on Windows and macOS
+        raise RowError("duplicate case_id", f"{where}: case_id {case_id!r} is already used by an earlier row "
+                                            f"({seen[case_id.lower()]!r}; case ids must differ beyond letter case)")
     if not row.get("patient_id"):
         raise RowError("missing value", f"{where}: empty patient_id")
     for task in task_set.all_tasks:
@@ -126,6 +137,11 @@ def _parse_row(row: dict[str, str], line: int, base: Path, task_set: TaskSet, se
                            f"{where}: column {task.column!r} = {value!r} is none of the values of output "
                            f"{task.name!r} (positive {list(task.positive)}, negative {list(task.negative)}; "
                            "leave the cell empty when unknown)")
+        if task.readers_column:
+            try:  # training would stop on it later; say which line now
+                task.target(row)
+            except ValueError as exc:
+                raise RowError("bad reader ratings", f"{where}: {exc}") from exc
     ct = _resolve(row.get("ct", ""), base)
     if ct is None or not ct.exists():
         raise RowError("missing file", f"{where}: CT {row.get('ct')!r} not found (looked at {ct})")
@@ -165,13 +181,20 @@ def _resolve(cell: str, base: Path) -> Path | None:
 def mask_on_ct_grid(mask_path: Path, ct: sitk.Image) -> sitk.Image:
     """The mask as uint8 0/1 on the CT's voxel grid; resampled (nearest neighbour) when its grid differs."""
     mask = read_image(mask_path, "mask")
+    if mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError(f"mask {mask_path}: expected a 3D single-channel image, got {mask.GetDimension()}D "
+                              f"with {mask.GetNumberOfComponentsPerPixel()} component(s) per voxel")
     if same_grid(mask, ct):
         mask = sitk.Cast(mask != 0, sitk.sitkUInt8)
         mask.CopyInformation(ct)
         return mask
     logger.info("mask %s is on another grid than its CT; resampling it (nearest neighbour)", mask_path)
-    return sitk.Resample(sitk.Cast(mask != 0, sitk.sitkUInt8), ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
-                         sitk.sitkUInt8)
+    try:
+        return sitk.Resample(sitk.Cast(mask != 0, sitk.sitkUInt8), ct, sitk.Transform(), sitk.sitkNearestNeighbor,
+                             0, sitk.sitkUInt8)
+    except RuntimeError as exc:
+        raise InputImageError(f"mask {mask_path}: cannot be resampled onto its CT "
+                              f"({str(exc).strip().splitlines()[-1]})") from exc
 
 
 def build_case(case: OwnCase, ct: sitk.Image,
@@ -216,20 +239,37 @@ def prepare_own(cases_csv: str | Path, task_set: TaskSet, out_dir: str | Path, *
     passthrough = [c for c in columns if c not in (*REQUIRED_COLUMNS, *POINT_COLUMNS, "point_space", "ct")]
     out_columns = list(dict.fromkeys([*REQUIRED_COLUMNS, *passthrough, *POINT_COLUMNS, "point_space",
                                       *OWN_SOURCE_COLUMNS]))
-    writer = VoiFolderWriter(out_dir, out_columns, source=str(Path(cases_csv).resolve()))
+    writer = VoiFolderWriter(out_dir, out_columns, source=str(Path(cases_csv).resolve()),
+                             settings={"context_mm": float(context_mm)})
     write_text_atomic(out_dir / "tasks.json", json.dumps(task_set.to_dict(), indent=2) + "\n")
     by_ct: dict[Path, list[OwnCase]] = defaultdict(list)
     for case in cases:
         by_ct[case.ct.resolve()].append(case)
+    for ct_path, group in list(by_ct.items()):
+        patients = sorted({case.patient_id for case in group})
+        if len(patients) > 1:  # a patient's nodules would be split across train and test
+            for case in group:
+                summary.skip(case.what, "patient_id differs within one CT",
+                             f"{case.what}: rows of CT {ct_path} name patients {patients}; one CT is one patient")
+            del by_ct[ct_path]
     summary.units_total = len(by_ct)
+    # Keep a finished CT only while the CSV still says what it wrote; a row edited, removed or moved to another CT
+    # must not stay in the table (nor clash with its new CT).
+    current = {str(p) for p, group in by_ct.items() if _unit_is_current(writer.unit_rows(str(p)), group)}
+    earlier = {row["case_id"] for row in writer.rows}
+    writer.forget_units([unit for unit in writer.units if unit not in current])
     for n, (ct_path, group) in enumerate(sorted(by_ct.items()), start=1):
         unit = str(ct_path)
-        if writer.done_cases(unit) >= {case.case_id for case in group}:
+        if unit in current:
             summary.units_resumed += 1
         else:
             _prepare_ct(ct_path, group, writer, summary, context_mm)
         if progress is not None:
             progress(n, len(by_ct), ct_path.name)
+    gone = sorted(earlier - {row["case_id"] for row in writer.rows})
+    if gone:
+        summary.note(f"{len(gone)} case(s) of an earlier run left the table (their CSV rows are gone or no longer "
+                     f"valid): {', '.join(gone[:20])}{' ...' if len(gone) > 20 else ''}")
     summary.counts = {f"{name} positive / negative": f"{pos} / {neg}"
                       for name, (pos, neg) in prevalence(task_set, writer.rows).items()}
     point_only = sum(1 for row in writer.rows if not row["mask"])
@@ -237,6 +277,21 @@ def prepare_own(cases_csv: str | Path, task_set: TaskSet, out_dir: str | Path, *
         summary.note(f"{point_only} case(s) have a point but no mask: their `mask` cell is empty, the classifier "
                      "takes their prior from the segmentation model")
     return writer.finish(summary, export_nnunet)
+
+
+def _unit_is_current(stored: list[dict], group: list[OwnCase]) -> bool:
+    """Whether a finished CT's rows are the CSV's rows as they are now: the same cases with the same cells."""
+    by_id = {row["case_id"]: row for row in stored}
+    if set(by_id) != {case.case_id for case in group}:
+        return False
+    for case in group:
+        expected = {c: v for c, v in case.row.items() if c not in _COMPUTED_COLUMNS}
+        expected.update(source_ct=str(case.ct), source_mask=str(case.mask) if case.mask else "")
+        if case.diameter_mm is not None:
+            expected["diameter_mm"] = _cell(case.diameter_mm)
+        if any(by_id[case.case_id].get(c, "") != v for c, v in expected.items()):
+            return False
+    return True
 
 
 def _prepare_ct(ct_path: Path, group: list[OwnCase], writer: VoiFolderWriter, summary: PrepareSummary,

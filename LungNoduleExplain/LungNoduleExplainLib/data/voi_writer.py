@@ -2,9 +2,11 @@
 
 Both preparations (`prepare-lidc` from LIDC-IDRI DICOM, `prepare` from a hospital's own CSV) write through
 `VoiFolderWriter`. Work is done in *units* (one CT series: all its nodules are written together). After each unit
-the writer rewrites `progress.json` (the finished units and their table rows) and `nodules.csv`, each atomically
-(temp name, then `os.replace`), so a crash loses at most the unit in flight and a rerun skips finished units.
-Units that were skipped for bad input are not recorded as finished: a rerun tries them again.
+the writer rewrites `progress.json` (the finished units and their table rows) atomically (temp name, then
+`os.replace`), so a crash loses at most the unit in flight and a rerun skips finished units. `nodules.csv` and
+`summary.json` are written only when the preparation finishes, and taken away before a run changes the folder, so an
+interrupted run never leaves a table that looks complete. Units that were skipped for bad input are not recorded as
+finished: a rerun tries them again.
 """
 
 from __future__ import annotations
@@ -177,19 +179,23 @@ class VoiFolderWriter:
     """Writes `images/`, `masks/`, `nodules.csv` and `progress.json` of one dataset folder, unit by unit.
 
     `columns`: the table's columns in order (REQUIRED_COLUMNS must be among them); `source`: a description of the
-    input (e.g. the LIDC root) stored in progress.json, so that a folder is not resumed from different input.
+    input (e.g. the LIDC root) stored in progress.json, so that a folder is not resumed from different input;
+    `settings` (e.g. the context in mm) likewise, so that a folder is not finished with other crops than it began.
     """
 
-    def __init__(self, out_dir: str | Path, columns: Sequence[str], source: str) -> None:
+    def __init__(self, out_dir: str | Path, columns: Sequence[str], source: str,
+                 settings: dict[str, Any] | None = None) -> None:
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing:
             raise DatasetError(f"table columns lack required {missing}")
         self.out_dir = Path(out_dir)
         self.columns = list(columns)
         self.source = source
+        self.settings = dict(settings or {})
         (self.out_dir / "images").mkdir(parents=True, exist_ok=True)
         (self.out_dir / "masks").mkdir(parents=True, exist_ok=True)
         self._units: dict[str, list[dict]] = {}
+        self._table_taken_away = False
         self._load_progress()
 
     @property
@@ -206,6 +212,12 @@ class VoiFolderWriter:
         if data.get("source") != self.source:
             raise DatasetError(f"{self.out_dir} was prepared from {data.get('source')!r}, not {self.source!r}; "
                                "use another --out folder or delete it")
+        before = data.get("settings", self.settings)  # absent in folders of earlier versions
+        changed = {k: (before.get(k), v) for k, v in self.settings.items() if before.get(k) != v}
+        if changed:
+            raise DatasetError(f"{self.progress_path}: this folder was begun with " + ", ".join(
+                f"{k} {old!r}, not {new!r}" for k, (old, new) in changed.items()) +
+                "; rerun with the same setting or use another --out folder")
         self._units = {key: list(rows) for key, rows in data.get("units", {}).items()}
 
     def is_done(self, unit: str) -> bool:
@@ -216,12 +228,37 @@ class VoiFolderWriter:
         return {row["case_id"] for row in self._units.get(unit, [])}
 
     @property
+    def units(self) -> list[str]:
+        return list(self._units)
+
+    def unit_rows(self, unit: str) -> list[dict]:
+        """The table rows `unit` wrote when it was finished; empty when it was not."""
+        return list(self._units.get(unit, []))
+
+    def forget_units(self, units: Iterable[str]) -> None:
+        """Drop finished units whose input changed or is gone; progress.json follows at the next write."""
+        units = [u for u in units if u in self._units]
+        if units:
+            self._take_table_away()
+            for unit in units:
+                del self._units[unit]
+
+    def _take_table_away(self) -> None:
+        """Remove nodules.csv and summary.json before the first change of a run: they describe the folder as it
+        was, and an interrupted run must not leave them looking complete over half-rewritten files."""
+        if not self._table_taken_away:
+            for name in (TABLE_NAME, SUMMARY_NAME):
+                (self.out_dir / name).unlink(missing_ok=True)
+            self._table_taken_away = True
+
+    @property
     def rows(self) -> list[dict]:
         return [row for rows in self._units.values() for row in rows]
 
     def write_case(self, case_id: str, image: sitk.Image, mask: sitk.Image | None) -> tuple[str, str]:
         """Write one case's image (and mask, uint8 0/1) atomically; returns their paths relative to the folder."""
         image_rel = f"images/{case_id}.nii.gz"
+        self._take_table_away()
         write_atomic_image(as_int16_if_lossless(image), self.out_dir / image_rel)
         if mask is None:
             return image_rel, ""
@@ -231,20 +268,23 @@ class VoiFolderWriter:
 
     def finish_unit(self, unit: str, rows: Iterable[dict], summary: PrepareSummary | None = None) -> None:
         """Record `unit` as done with its table rows (replacing its earlier rows, if any); rewrite progress.json
-        and nodules.csv atomically; count it in `summary`."""
+        atomically; count it in `summary`. nodules.csv follows in `finish`."""
         rows = [{c: _cell(row.get(c)) for c in self.columns} for row in rows]
         ids = {r["case_id"] for key, others in self._units.items() if key != unit for r in others}
         clash = [r["case_id"] for r in rows if r["case_id"] in ids]
         if clash:
             raise DatasetError(f"unit {unit}: case ids {clash} were already written by another unit")
         self._units[unit] = rows
-        write_text_atomic(self.progress_path, json.dumps(
-            {"version": PROGRESS_VERSION, "source": self.source, "columns": self.columns, "units": self._units},
-            indent=0))
-        self.write_table()
+        self._write_progress()
         if summary is not None:
             summary.units_done += 1
             summary.cases_written += len(rows)
+
+    def _write_progress(self) -> None:
+        write_text_atomic(self.progress_path, json.dumps(
+            {"version": PROGRESS_VERSION, "source": self.source, "settings": self.settings, "columns": self.columns,
+             "units": self._units},
+            indent=0))
 
     def write_table(self) -> None:
         buffer = io.StringIO()
@@ -259,7 +299,12 @@ class VoiFolderWriter:
         return path
 
     def finish(self, summary: PrepareSummary, export_nnunet: bool) -> PrepareSummary:
-        """End of a preparation: count the table, export for nnU-Net if asked, write summary.json."""
+        """End of a preparation: write progress.json and nodules.csv, export for nnU-Net if asked, write
+        summary.json."""
+        if self._units or self.progress_path.exists():
+            self._write_progress()  # units forgotten since the last unit finished
+        if self.rows:
+            self.write_table()
         summary.cases_total = len(self.rows)
         if not export_nnunet:
             summary.nnunet = "skipped: --no-nnunet"
