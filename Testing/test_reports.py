@@ -87,6 +87,7 @@ def test_finding_json_holds_the_summary_and_the_ct_grid(written, scene):
     for key in ("point_lps_mm", "point_ras_mm", "outputs", "diameter_mm", "volume_mm3", "model", "timings_s",
                 "warnings", "ct_grid", "files", "source", "nodule"):
         assert key in body, key
+    assert body["notice"] == RESEARCH_NOTICE
     assert body["outputs"][0] == finding.summary()["outputs"][0]
     assert body["ct_grid"]["size"] == list(ct.GetSize())
     assert body["ct_grid"]["direction"] == list(DIRECTION)

@@ -4,9 +4,9 @@ Layout of `out_dir` (built in a temporary folder beside it and renamed into plac
 half-written):
 
     report.html                 self-contained (overlays embedded), the page a radiologist opens
-    findings.json               index: title, source, and each nodule's summary with its folder
+    findings.json               index: title, source, the research notice, each nodule's summary and folder
     <extra images>              e.g. phantom_ct.nrrd for the demo
-    nodule-01/finding.json      Finding.summary() + the CT grid + relative paths of every file below
+    nodule-01/finding.json      the notice, Finding.summary(), the CT grid, relative paths of every file below
     nodule-01/segmentation.nrrd               uint8, 1 = nodule
     nodule-01/segmentation_probability.nrrd   float32 in [0, 1]
     nodule-01/maps/<output>.nrrd              float32 in [0, 1], one per output
@@ -177,7 +177,8 @@ def _write_nodule(root: Path, index: int, finding: Finding, ct: sitk.Image, sour
         overlays[output.name] = renderer.render(output.activation_map, caption)
         files["overlays"][output.name] = f"overlays/{output.name}.png"
         (folder / files["overlays"][output.name]).write_bytes(overlays[output.name])
-    body = {"nodule": index, "source": source, **finding.summary(), "ct_grid": _grid(ct),
+    # the notice travels with each nodule's file too: it is often shared on its own
+    body = {"nodule": index, "source": source, "notice": RESEARCH_NOTICE, **finding.summary(), "ct_grid": _grid(ct),
             "files": files}
     write_json_atomic(folder / files["finding"], body)
     return NoduleSection(finding, name, overlays)
