@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import re
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from LungNoduleExplainLib.finding import shown_pair
 from LungNoduleExplainLib.reports import (PHANTOM_NOTICE, RESEARCH_NOTICE, OutputExistsError, check_on_grid,
                                           write_findings)
 from LungNoduleExplainLib.reports.overlays import DisplayGrid
@@ -255,3 +258,21 @@ def test_every_probability_in_the_html_is_shown_with_its_threshold(written, scen
     assert len(captions) == 2 * len(scene[1].outputs)
     for caption in captions:
         assert "probability" in caption and "threshold" in caption, caption
+
+
+@pytest.mark.parametrize("probability, threshold, shown", [
+    (0.62, 0.4, ("0.62", "0.40")),            # two decimals where they differ
+    (0.5712, 0.5749, ("0.571", "0.575")),     # "0.57, negative (threshold 0.57)" would read as a contradiction
+    (0.570001, 0.569999, ("0.5700", "0.5700")),  # at most four: positive at >=, shown as equal
+])
+def test_probability_and_threshold_are_shown_with_the_digits_that_tell_them_apart(probability, threshold, shown):
+    assert shown_pair(probability, threshold) == shown
+
+
+def test_a_probability_just_under_its_threshold_does_not_look_equal_in_the_report(single, tmp_path):
+    ct, finding = single
+    finding = copy.copy(finding)
+    finding.outputs = [dataclasses.replace(finding.outputs[0], probability=0.5712, threshold=0.5749)]
+    html = write_findings([finding], ct, tmp_path / "out", title="t", source="s").read_text(encoding="utf-8")
+    assert "0.571" in html and "0.575" in html
+    assert not re.search(r"\b0\.57\b", html), "a two-decimal 0.57 beside its threshold would hide the verdict"

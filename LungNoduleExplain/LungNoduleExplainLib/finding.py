@@ -33,6 +33,20 @@ class OutputResult:
     def positive(self) -> bool:
         return self.probability >= self.threshold
 
+    @property
+    def shown(self) -> tuple[str, str]:
+        """Probability and threshold as shown to people: 2 decimals, more where 2 would make them look equal
+        (a "0.57, negative (threshold 0.57)" reads as a contradiction)."""
+        return shown_pair(self.probability, self.threshold)
+
+
+def shown_pair(probability: float, threshold: float, most: int = 4) -> tuple[str, str]:
+    for digits in range(2, most + 1):
+        p, t = f"{probability:.{digits}f}", f"{threshold:.{digits}f}"
+        if p != t:
+            break
+    return p, t
+
 
 @dataclass
 class Finding:

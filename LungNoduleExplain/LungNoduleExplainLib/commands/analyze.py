@@ -212,8 +212,9 @@ def print_summary(findings: Sequence[Finding], report: Path) -> None:
     for index, finding in enumerate(findings, start=1):
         diagnosis = finding.diagnosis
         positives = [o.name for o in finding.outputs if o.kind == "manifestation" and o.positive]
-        print(f"nodule-{index:02d}: {diagnosis.name} {diagnosis.probability:.2f} "
-              f"({'positive' if diagnosis.positive else 'negative'} at {diagnosis.threshold:.2f}), "
+        probability, threshold = diagnosis.shown
+        print(f"nodule-{index:02d}: {diagnosis.name} {probability} "
+              f"({'positive' if diagnosis.positive else 'negative'} at {threshold}), "
               f"diameter {finding.diameter_mm:.1f} mm, volume {finding.volume_mm3:.0f} mm3; "
               f"manifestations present: {', '.join(positives) or 'none'}")
     print("Research use only, not for clinical decisions.")

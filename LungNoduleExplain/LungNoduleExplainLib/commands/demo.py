@@ -83,14 +83,14 @@ def is_previous_demo(out: Path) -> bool:
 def summary_paragraph(finding: Finding, diameter_mm: float, size: Sequence[int]) -> str:
     """A plain-language paragraph: what was made, what the model says, and that a phantom is not a patient."""
     diagnosis = finding.diagnosis
-    manifestations = ", ".join(f"{o.name} {o.probability:.2f} ({'positive' if o.positive else 'negative'}, "
-                               f"threshold {o.threshold:.2f})" for o in finding.outputs if o.kind == "manifestation")
+    manifestations = ", ".join(f"{o.name} {o.shown[0]} ({'positive' if o.positive else 'negative'}, "
+                               f"threshold {o.shown[1]})" for o in finding.outputs if o.kind == "manifestation")
     total_s = finding.timings_s.get("total", sum(finding.timings_s.values()))
     return (f"The demo made a synthetic chest CT ({' x '.join(str(n) for n in size)} voxels) with a "
             f"{diameter_mm:.0f} mm solid nodule and clicked its centre. {finding.model_name} "
             f"{finding.model_version} on {finding.device.upper()} segmented a nodule of {finding.diameter_mm:.1f} mm "
-            f"({finding.volume_mm3:.0f} mm3) and gives {diagnosis.name} {diagnosis.probability:.2f} "
-            f"({'positive' if diagnosis.positive else 'negative'} at threshold {diagnosis.threshold:.2f})"
+            f"({finding.volume_mm3:.0f} mm3) and gives {diagnosis.name} {diagnosis.shown[0]} "
+            f"({'positive' if diagnosis.positive else 'negative'} at threshold {diagnosis.shown[1]})"
             f"{'; manifestations: ' + manifestations if manifestations else ''}, in {total_s:.1f} s. "
             "The image is a phantom, not a patient: these numbers only show that the pipeline runs. "
             "Research use only, not for clinical decisions.")

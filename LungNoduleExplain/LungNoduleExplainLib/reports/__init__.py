@@ -172,8 +172,8 @@ def _write_nodule(root: Path, index: int, finding: Finding, ct: sitk.Image, sour
         files["maps"][output.name] = f"maps/{output.name}.nrrd"
         _write_image(sitk.Cast(output.activation_map, sitk.sitkFloat32), folder / files["maps"][output.name])
         verdict = "positive" if output.positive else "negative"
-        caption = (f"Nodule {index} · {output.name}: probability {output.probability:.2f} "
-                   f"({verdict}, threshold {output.threshold:.2f})")
+        probability, threshold = output.shown
+        caption = f"Nodule {index} · {output.name}: probability {probability} ({verdict}, threshold {threshold})"
         overlays[output.name] = renderer.render(output.activation_map, caption)
         files["overlays"][output.name] = f"overlays/{output.name}.png"
         (folder / files["overlays"][output.name]).write_bytes(overlays[output.name])

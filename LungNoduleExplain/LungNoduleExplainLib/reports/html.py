@@ -101,14 +101,15 @@ def _nodule_card(index: int, section: NoduleSection) -> str:
     lps = ", ".join(f"{v:.1f}" for v in f.point_lps)
     diagnosis = f.diagnosis
     verdict = "positive" if diagnosis.positive else "negative"
+    probability, threshold = diagnosis.shown
     parts = [
         f'<section class="card" id="nodule-{index:02d}"><h2>Nodule {index}</h2>',
         '<div class="facts">',
         f"<div><span>Diameter</span><b>{f.diameter_mm:.1f} mm</b></div>",
         f"<div><span>Volume</span><b>{f.volume_mm3:.0f} mm³</b></div>",
-        f"<div><span>{escape(_label(diagnosis.name))}</span><b>{diagnosis.probability:.2f}</b> · "
+        f"<div><span>{escape(_label(diagnosis.name))}</span><b>{probability}</b> · "
         f'<span class="{"pos" if diagnosis.positive else "neg"}">{verdict}</span> '
-        f"(threshold {diagnosis.threshold:.2f})</div>",
+        f"(threshold {threshold})</div>",
         f"<div><span>Clicked point</span>RAS ({ras}) mm · LPS ({lps}) mm</div>",
         "</div>",
         "<p class=\"legend\">Diameter: equivalent-sphere diameter of the automatic segmentation; "
@@ -132,9 +133,10 @@ def _nodule_card(index: int, section: NoduleSection) -> str:
 def _figure(section: NoduleSection, output: OutputResult) -> str:
     data = base64.b64encode(section.overlays[output.name]).decode("ascii")
     verdict = "positive" if output.positive else "negative"
+    probability, threshold = output.shown
     return (f'<figure><img alt="{escape(output.name)} activation map" src="data:image/png;base64,{data}">'
-            f"<figcaption><b>{escape(_label(output.name))}</b>: probability {output.probability:.2f}, {verdict} "
-            f"at threshold {output.threshold:.2f} · "
+            f"<figcaption><b>{escape(_label(output.name))}</b>: probability {probability}, {verdict} "
+            f"at threshold {threshold} · "
             f"{escape(section.folder)}/overlays/{escape(output.name)}.png</figcaption></figure>")
 
 
@@ -144,9 +146,10 @@ def _outputs_table(f: Finding) -> str:
         cls = ' class="diagnosis"' if o.kind == "diagnosis" else ""
         result = '<span class="pos">positive</span>' if o.positive else '<span class="neg">negative</span>'
         width = max(0.0, min(1.0, float(o.probability))) * 100
+        probability, threshold = o.shown
         rows.append(f"<tr{cls}><td>{escape(_label(o.name))}</td><td>{escape(o.kind)}</td>"
                     f'<td class="num"><span class="bar"><span style="width:{width:.0f}%"></span></span>'
-                    f"{o.probability:.2f}</td><td class=\"num\">{o.threshold:.2f}</td><td>{result}</td>"
+                    f"{probability}</td><td class=\"num\">{threshold}</td><td>{result}</td>"
                     f"<td>{escape(o.description)}</td></tr>")
     head = ("<tr><th>Output</th><th>Kind</th><th>Probability</th><th>Threshold</th><th>Result</th>"
             "<th>Meaning</th></tr>")
