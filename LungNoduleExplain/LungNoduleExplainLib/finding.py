@@ -34,6 +34,10 @@ class OutputResult:
         return self.probability >= self.threshold
 
     @property
+    def verdict(self) -> str:
+        return "positive" if self.positive else "negative"
+
+    @property
     def shown(self) -> tuple[str, str]:
         """Probability and threshold as shown to people: 2 decimals, more where 2 would make them look equal
         (a "0.57, negative (threshold 0.57)" reads as a contradiction)."""

@@ -214,7 +214,7 @@ def print_summary(findings: Sequence[Finding], report: Path) -> None:
         positives = [o.name for o in finding.outputs if o.kind == "manifestation" and o.positive]
         probability, threshold = diagnosis.shown
         print(f"nodule-{index:02d}: {diagnosis.name} {probability} "
-              f"({'positive' if diagnosis.positive else 'negative'} at {threshold}), "
+              f"({diagnosis.verdict} at {threshold}), "
               f"diameter {finding.diameter_mm:.1f} mm, volume {finding.volume_mm3:.0f} mm3; "
               f"manifestations present: {', '.join(positives) or 'none'}")
     print("Research use only, not for clinical decisions.")

@@ -15,10 +15,10 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import SimpleITK as sitk
 
 from ..finding import Finding
+from ..metrics import dice as segmentation_dice
 from ..worker import DEVICES
 from .analyze import AnalyzerFactory, ClickedPoint, analyze_points
 
@@ -79,9 +79,7 @@ def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = 
 def check_against_truth(finding: Finding, truth: sitk.Image) -> float:
     """Dice of the segmentation against the phantom's own nodule (known here, unlike on a patient); a poor overlap
     becomes a warning in the report, since every output rests on that mask."""
-    seg = sitk.GetArrayViewFromImage(finding.segmentation) > 0
-    ref = sitk.GetArrayViewFromImage(truth) > 0
-    dice = float(2.0 * np.logical_and(seg, ref).sum() / max(int(seg.sum()) + int(ref.sum()), 1))
+    dice = segmentation_dice(finding.segmentation, truth)
     if dice < TRUTH_DICE_WARNING:
         finding.warnings.append(
             f"The segmentation overlaps the phantom's true nodule with Dice {dice:.2f} only: the nnU-Net model, "
@@ -102,7 +100,7 @@ def is_previous_demo(out: Path) -> bool:
 def summary_paragraph(finding: Finding, diameter_mm: float, size: Sequence[int], dice: float | None = None) -> str:
     """A plain-language paragraph: what was made, what the model says, and that a phantom is not a patient."""
     diagnosis = finding.diagnosis
-    manifestations = ", ".join(f"{o.name} {o.shown[0]} ({'positive' if o.positive else 'negative'}, "
+    manifestations = ", ".join(f"{o.name} {o.shown[0]} ({o.verdict}, "
                                f"threshold {o.shown[1]})" for o in finding.outputs if o.kind == "manifestation")
     total_s = finding.timings_s.get("total", sum(finding.timings_s.values()))
     checked = "" if dice is None else f"; Dice {dice:.2f} against the true nodule"
@@ -112,7 +110,7 @@ def summary_paragraph(finding: Finding, diameter_mm: float, size: Sequence[int],
             f"{diameter_mm:.0f} mm solid nodule and clicked its centre. {finding.model_name} "
             f"{finding.model_version} on {finding.device.upper()} segmented a nodule of {finding.diameter_mm:.1f} mm "
             f"({finding.volume_mm3:.0f} mm3{checked}) and gives {diagnosis.name} {diagnosis.shown[0]} "
-            f"({'positive' if diagnosis.positive else 'negative'} at threshold {diagnosis.shown[1]})"
+            f"({diagnosis.verdict} at threshold {diagnosis.shown[1]})"
             f"{'; manifestations: ' + manifestations if manifestations else ''}, in {total_s:.1f} s.{missed} "
             "The image is a phantom, not a patient: these numbers only show that the pipeline runs. "
             "Research use only, not for clinical decisions.")

@@ -37,8 +37,8 @@ from ..errors import DatasetError, InputImageError, PointError
 from ..tasks import TaskSet, prevalence
 from ..volume import point_to_lps, read_ct
 from .voi_table import REQUIRED_COLUMNS, read_image, same_grid
-from .voi_writer import (PrepareSummary, ProgressCallback, VoiFolderWriter, _cell, box_around_point,
-                         crop_with_context, equivalent_diameter_mm, mask_bounding_box, mask_centroid_lps)
+from .voi_writer import (PrepareSummary, ProgressCallback, VoiFolderWriter, box_around_point, crop_with_context,
+                         equivalent_diameter_mm, mask_bounding_box, mask_centroid_lps, table_cell)
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ def _unit_is_current(stored: list[dict], group: list[OwnCase]) -> bool:
         expected = {c: v for c, v in case.row.items() if c not in _COMPUTED_COLUMNS}
         expected.update(source_ct=str(case.ct), source_mask=str(case.mask) if case.mask else "")
         if case.diameter_mm is not None:
-            expected["diameter_mm"] = _cell(case.diameter_mm)
+            expected["diameter_mm"] = table_cell(case.diameter_mm)
         if any(by_id[case.case_id].get(c, "") != v for c, v in expected.items()):
             return False
     return True

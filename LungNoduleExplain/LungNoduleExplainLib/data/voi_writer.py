@@ -223,10 +223,6 @@ class VoiFolderWriter:
     def is_done(self, unit: str) -> bool:
         return unit in self._units
 
-    def done_cases(self, unit: str) -> set[str]:
-        """Case ids written by `unit` when it was finished; empty when it was not."""
-        return {row["case_id"] for row in self._units.get(unit, [])}
-
     @property
     def units(self) -> list[str]:
         return list(self._units)
@@ -269,7 +265,7 @@ class VoiFolderWriter:
     def finish_unit(self, unit: str, rows: Iterable[dict], summary: PrepareSummary | None = None) -> None:
         """Record `unit` as done with its table rows (replacing its earlier rows, if any); rewrite progress.json
         atomically; count it in `summary`. nodules.csv follows in `finish`."""
-        rows = [{c: _cell(row.get(c)) for c in self.columns} for row in rows]
+        rows = [{c: table_cell(row.get(c)) for c in self.columns} for row in rows]
         ids = {r["case_id"] for key, others in self._units.items() if key != unit for r in others}
         clash = [r["case_id"] for r in rows if r["case_id"] in ids]
         if clash:
@@ -314,7 +310,7 @@ class VoiFolderWriter:
         return summary
 
 
-def _cell(value: object) -> str:
+def table_cell(value: object) -> str:
     """Table cell text: blanks for None/NaN, short floats, everything else as str."""
     if value is None:
         return ""

@@ -171,9 +171,9 @@ def _write_nodule(root: Path, index: int, finding: Finding, ct: sitk.Image, sour
     for output in finding.outputs:
         files["maps"][output.name] = f"maps/{output.name}.nrrd"
         _write_image(sitk.Cast(output.activation_map, sitk.sitkFloat32), folder / files["maps"][output.name])
-        verdict = "positive" if output.positive else "negative"
         probability, threshold = output.shown
-        caption = f"Nodule {index} · {output.name}: probability {probability} ({verdict}, threshold {threshold})"
+        caption = (f"Nodule {index} · {output.name}: probability {probability} "
+                   f"({output.verdict}, threshold {threshold})")
         overlays[output.name] = renderer.render(output.activation_map, caption)
         files["overlays"][output.name] = f"overlays/{output.name}.png"
         (folder / files["overlays"][output.name]).write_bytes(overlays[output.name])

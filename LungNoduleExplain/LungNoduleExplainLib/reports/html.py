@@ -100,7 +100,6 @@ def _nodule_card(index: int, section: NoduleSection) -> str:
     ras = ", ".join(f"{v:.1f}" for v in f.point_ras)
     lps = ", ".join(f"{v:.1f}" for v in f.point_lps)
     diagnosis = f.diagnosis
-    verdict = "positive" if diagnosis.positive else "negative"
     probability, threshold = diagnosis.shown
     parts = [
         f'<section class="card" id="nodule-{index:02d}"><h2>Nodule {index}</h2>',
@@ -108,7 +107,7 @@ def _nodule_card(index: int, section: NoduleSection) -> str:
         f"<div><span>Diameter</span><b>{f.diameter_mm:.1f} mm</b></div>",
         f"<div><span>Volume</span><b>{f.volume_mm3:.0f} mm³</b></div>",
         f"<div><span>{escape(_label(diagnosis.name))}</span><b>{probability}</b> · "
-        f'<span class="{"pos" if diagnosis.positive else "neg"}">{verdict}</span> '
+        f'<span class="{"pos" if diagnosis.positive else "neg"}">{diagnosis.verdict}</span> '
         f"(threshold {threshold})</div>",
         f"<div><span>Clicked point</span>RAS ({ras}) mm · LPS ({lps}) mm</div>",
         "</div>",
@@ -132,10 +131,9 @@ def _nodule_card(index: int, section: NoduleSection) -> str:
 
 def _figure(section: NoduleSection, output: OutputResult) -> str:
     data = base64.b64encode(section.overlays[output.name]).decode("ascii")
-    verdict = "positive" if output.positive else "negative"
     probability, threshold = output.shown
     return (f'<figure><img alt="{escape(output.name)} activation map" src="data:image/png;base64,{data}">'
-            f"<figcaption><b>{escape(_label(output.name))}</b>: probability {probability}, {verdict} "
+            f"<figcaption><b>{escape(_label(output.name))}</b>: probability {probability}, {output.verdict} "
             f"at threshold {threshold} · "
             f"{escape(section.folder)}/overlays/{escape(output.name)}.png</figcaption></figure>")
 
