@@ -114,6 +114,40 @@ def test_evaluate_writes_metrics_predictions_and_roc_on_an_unseen_folder(bundle_
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == N_FIXTURE and all(0 <= float(r["malignant_probability"]) <= 1 for r in rows)
     assert (out / "roc_curves.png").stat().st_size > 10_000
+    # an uncalibrated bundle says so; ECE and Brier of the raw scores, recomputed from predictions.csv
+    assert metrics["calibrated"] is False and "no calibration.json" in metrics["warnings"][0]
+    y = np.array([float(r["malignant_label"]) for r in rows])
+    p = np.array([float(r["malignant_probability"]) for r in rows])
+    assert m["brier"] == pytest.approx(float(np.mean((p - y) ** 2)), abs=1e-4)
+    assert m["ece_ci_low"] <= m["ece_ci_high"] and 0.0 <= m["ece"] <= 1.0
+    assert (out / "reliability.png").stat().st_size > 10_000
+
+
+def test_evaluate_shows_calibrated_probabilities_and_thresholds_with_the_raw_calibration_beside(
+        bundle_dir: Path, fixture_folder: Path, tmp_path: Path) -> None:
+    from LungNoduleExplainLib.bundle import add_calibration
+    from LungNoduleExplainLib.calibration import apply_output
+    from LungNoduleExplainLib.metrics import expected_calibration_error
+
+    names = load_task_set("lidc").names
+    params = {"method": "logistic", "slope": 2.0, "intercept": -0.5}
+    add_calibration(bundle_dir, {"outputs": {n: {**params, "threshold": float(apply_output(params, 0.5))}
+                                             for n in names}})
+    out = tmp_path / "eval"
+    assert main(["--quiet", "evaluate", "--data", str(fixture_folder), "--model", str(bundle_dir), "--out", str(out),
+                 "--bootstrap", "20", "--prior", "reference-mask", "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["calibrated"] is True and metrics["warnings"] == []
+    m = metrics["outputs"]["malignant"]
+    assert m["threshold"] == pytest.approx(float(apply_output(params, 0.5)))
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    raw = np.array([float(r["malignant_raw_probability"]) for r in rows])
+    shown = np.array([float(r["malignant_probability"]) for r in rows])
+    y = np.array([float(r["malignant_label"]) for r in rows])
+    np.testing.assert_allclose(shown, apply_output(params, raw), atol=2e-5)
+    assert m["ece"] == pytest.approx(expected_calibration_error(y, shown), abs=1e-3)
+    assert m["raw"]["ece"] == pytest.approx(expected_calibration_error(y, raw), abs=1e-3)
+    assert [int(r["malignant_predicted"]) for r in rows] == [int(v >= 0.5) for v in raw]  # calls unchanged
 
 
 def test_evaluate_on_a_corrupt_image_names_it_and_writes_no_metrics(bundle_dir: Path, fixture_folder: Path,

@@ -418,6 +418,11 @@ def test_the_real_pipeline_with_an_untrained_model_writes_a_valid_report_on_real
     assert sitk.GetArrayViewFromImage(seg)[index[2], index[1], index[0]] == 1
     assert body["model"]["name"] == "untrained-test" and "segment" in body["timings_s"]
     assert (out / "report.html").read_text(encoding="utf-8").count("data:image/png;base64,") == len(task_set.names)
+    # the title names the patient, date and series of the DICOM header, not the folder "dicom"
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "<h1>Lung nodule analysis: LIDC-IDRI-0003 · CT " in html and "analysis: dicom" not in html
+    assert body["study"]["patient_id"] == "LIDC-IDRI-0003" and body["study"]["modality"] == "CT"
+    assert 0.0 < body["short_axis_mm"] <= body["long_axis_mm"]
 
 
 # --- Review fixes ------------------------------------------------------------------------------------------------
@@ -472,8 +477,11 @@ def test_overwrite_never_deletes_the_input_ct(phantom_file, tmp_path):
 def test_the_printed_summary_carries_the_research_notice_and_every_threshold(phantom_file, tmp_path, capsys):
     path, ras, _ = phantom_file
     assert run_with_fake(["analyze", str(path), "--point", point_arg(ras), "--out", str(tmp_path / "out")]) == 0
-    assert "Research use only" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Research use only" in printed
     finding = FakeAnalyzer().analyze(read_ct(path), ras)
+    # the axial long x short axis (as Lung-RADS measures) beside the equivalent diameter
+    assert f"axial {finding.axial.long_mm:.1f} x {finding.axial.short_mm:.1f} mm (long x short axis)" in printed
     paragraph = demo.summary_paragraph(finding, 8.0, (96, 96, 48))
     for output in finding.outputs:
         assert f"{output.name} {output.probability:.2f} (" in paragraph  # verdict and threshold follow

@@ -125,7 +125,7 @@ def test_html_is_self_contained_with_the_notice_and_one_embedded_image_per_outpu
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     assert len(sources) == 2 * len(scene[1].outputs)
     assert "<link" not in html and "http://" not in html and "https://" not in html
-    for phrase in ("Diameter", "Volume", "Threshold", "fake", "Timings", "Malignancy"):
+    for phrase in ("Equivalent diameter", "Volume", "Threshold", "fake", "Timings", "Malignancy"):
         assert phrase in html
 
 
@@ -276,3 +276,60 @@ def test_a_probability_just_under_its_threshold_does_not_look_equal_in_the_repor
     html = write_findings([finding], ct, tmp_path / "out", title="t", source="s").read_text(encoding="utf-8")
     assert "0.571" in html and "0.575" in html
     assert not re.search(r"\b0\.57\b", html), "a two-decimal 0.57 beside its threshold would hide the verdict"
+
+
+def test_the_report_gives_the_axial_long_and_short_axis_beside_volume_and_equivalent_diameter(written, scene):
+    out, report = written
+    finding = scene[1]
+    body = json.loads((out / "nodule-01" / "finding.json").read_text())
+    # the fake's 6 mm radius sphere, sampled at 0.8 x 0.7 mm in-plane: about 12 mm both ways on its widest slice
+    assert body["long_axis_mm"] == pytest.approx(12.0, abs=1.0)
+    assert body["short_axis_mm"] == pytest.approx(12.0, abs=1.0)
+    assert body["short_axis_mm"] <= body["long_axis_mm"]
+    html = report.read_text(encoding="utf-8")
+    assert f"{finding.axial.long_mm:.1f} × {finding.axial.short_mm:.1f} mm" in html
+    assert "Long × short axis (axial)" in html and "Equivalent diameter" in html
+
+
+def test_calls_are_coloured_by_meaning_not_by_positive(written, scene):
+    _, report = written
+    html = report.read_text(encoding="utf-8")
+    # fake outputs: malignancy 0.2 (negative: reassuring), spiculated 0.5 (positive: concerning),
+    # calcified 0.8 (positive: reassuring)
+    assert '<span class="tone-reassuring">negative (reassuring)</span>' in html
+    assert '<span class="tone-concerning">positive (concerning)</span>' in html
+    assert '<span class="tone-reassuring">positive (reassuring)</span>' in html
+    assert 'class="pos"' not in html
+
+
+def test_the_title_and_study_card_name_the_patient_and_series_from_the_dicom_header(single, tmp_path):
+    from LungNoduleExplainLib.study import StudyInfo
+
+    ct, finding = single
+    study = StudyInfo(name="dicom", patient_id="LIDC-IDRI-0001", study_date="2000-01-01", series_number="3000566",
+                      modality="CT")
+    report = write_findings([finding], ct, tmp_path / "out", title=f"Lung nodule analysis: {study.title()}",
+                            source="/data/LIDC-IDRI-0001/dicom", study=study)
+    html = report.read_text(encoding="utf-8")
+    assert "<h1>Lung nodule analysis: LIDC-IDRI-0001 · CT 2000-01-01 · series 3000566</h1>" in html
+    assert "<td>Patient ID</td><td>LIDC-IDRI-0001</td>" in html
+    index = json.loads((tmp_path / "out" / "findings.json").read_text())
+    assert index["study"]["patient_id"] == "LIDC-IDRI-0001"
+    assert json.loads((tmp_path / "out" / "nodule-01" / "finding.json").read_text())["study"]["series_number"] \
+        == "3000566"
+
+
+def test_the_map_colour_has_a_legend_in_the_html_and_on_each_overlay(written, scene):
+    from html import escape
+
+    from LungNoduleExplainLib.reports.overlays import MAP_SCALE_LABEL, OverlayRenderer, PlaneStack
+
+    _, report = written
+    html = report.read_text(encoding="utf-8")
+    assert html.count('class="mapbar"') == 2 and "linear-gradient" in html
+    assert escape(MAP_SCALE_LABEL) in html
+    ct, finding = scene
+    renderer = OverlayRenderer(PlaneStack.build(ct, finding.segmentation, finding.point_lps, finding.diameter_mm))
+    bar = renderer.figure.axes[-1]
+    assert MAP_SCALE_LABEL in bar.get_ylabel()
+    assert [t.get_text() for t in bar.get_yticklabels()][::3] == ["0.25 weak", "1 strongest"]

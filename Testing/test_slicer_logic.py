@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO_ROOT / "LungNoduleExplain"))
 from LungNoduleExplainSlicer import MapDisplay, ResultNodes  # noqa: E402
 from LungNoduleExplainSlicer.AnalysisLogic import AnalysisLogic, NoduleRequest  # noqa: E402
 from LungNoduleExplainSlicer.HeadlessScene import addSliceView, loadVolume, makeScene, renderAxialSlice  # noqa: E402
-from LungNoduleExplainSlicer.ResultNodes import (NODULE_KEY_ATTRIBUTE, SOURCE_VOLUME_ATTRIBUTE,  # noqa: E402
-                                                 ResultError, nodesOfNodule)
+from LungNoduleExplainSlicer.ResultNodes import (NODULE_KEY_ATTRIBUTE, SIZE_ATTRIBUTES,  # noqa: E402
+                                                 SOURCE_VOLUME_ATTRIBUTE, ResultError, nodesOfNodule)
 
 FAKE_WORKER = [sys.executable, str(Path(__file__).with_name("fake_engine.py"))]
 
@@ -137,8 +137,15 @@ def test_analysis_puts_segmentation_table_and_maps_on_the_ct_grid_under_the_stud
         ["output", "finding", "probability", "threshold", "result"]
     rows = {table.GetValue(r, 0).ToString(): (table.GetValue(r, 2).ToDouble(), table.GetValue(r, 4).ToString())
             for r in range(table.GetNumberOfRows())}
-    assert rows == {"malignancy": (pytest.approx(0.2), "negative"), "spiculated": (pytest.approx(0.5), "positive"),
-                    "calcified": (pytest.approx(0.8), "positive")}
+    # the call's meaning for the patient beside it: no malignancy and calcification reassure, spicules concern
+    assert rows == {"malignancy": (pytest.approx(0.2), "negative (reassuring)"),
+                    "spiculated": (pytest.approx(0.5), "positive (concerning)"),
+                    "calcified": (pytest.approx(0.8), "positive (reassuring)")}
+    # the fake's 6 mm radius sphere: about 12 mm long and short axis on its widest axial slice
+    size = {k: float(nodule.tableNode.GetAttribute(a)) for k, a in SIZE_ATTRIBUTES.items()}
+    assert size["long_axis_mm"] == pytest.approx(12.0, abs=1.0)
+    assert size["short_axis_mm"] == pytest.approx(12.0, abs=1.0)
+    assert size["volume_mm3"] > 0 and nodule.tableNode.GetName().endswith("mm axial)")
 
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     study = sh.GetItemParent(sh.GetItemByDataNode(ctNode))

@@ -22,9 +22,11 @@ import torch
 
 from . import explain
 from .bundle import ModelBundle, load_bundle
+from .calibration import UNCALIBRATED_NOTICE
 from .descriptors import nodule_descriptors
 from .errors import BundleError, PointError
 from .finding import Finding, OutputResult, mask_size
+from .networks.ensemble import member_probabilities
 from .patch import PatchGeometry, image_channels, resample_to_grid, resample_with_voi
 from .devices import resolve_device
 from .volume import PointSpace, point_to_lps, validate_ct
@@ -151,7 +153,14 @@ class Analyzer:
         lap("crop")
         logits, maps = self.bundle.model.activation_maps(to_tensor(image), to_tensor(prior[None]),
                                                          descriptors)
-        probabilities = torch.sigmoid(logits)[0].float().cpu().numpy()
+        raw = torch.sigmoid(logits)[0].float().cpu().numpy()
+        # each member once more, forward only (~0.02 s a member on CPU): the spread shown beside the probability
+        members = member_probabilities(self.bundle.model, to_tensor(image), to_tensor(prior[None]), descriptors)
+        members = self.bundle.calibrate(members[:, 0].float().cpu().numpy())  # [n_members, n_outputs]
+        probabilities = self.bundle.calibrate(raw[None])[0]
+        thresholds = self.bundle.call_thresholds
+        if not self.bundle.calibrated:
+            warnings.append(UNCALIBRATED_NOTICE)
         maps = maps[0].float().cpu().numpy()
         lap("classify")
         self._report(0.8, "mapping explanations onto the CT")
@@ -160,15 +169,18 @@ class Analyzer:
         for k, name in enumerate(self.bundle.output_names):
             outputs.append(OutputResult(
                 name=name, kind="diagnosis" if k == 0 else "manifestation", description=tasks[k].description,
-                probability=float(probabilities[k]), threshold=float(self.bundle.thresholds[name]),
-                activation_map=explain.to_ct_grid(maps[k], geometry, ct)))
+                probability=float(probabilities[k]), threshold=float(thresholds[name]),
+                activation_map=explain.to_ct_grid(maps[k], geometry, ct), raw_probability=float(raw[k]),
+                raw_threshold=float(self.bundle.thresholds[name]),
+                member_probabilities=[float(v) for v in members[:, k]] if len(members) > 1 else []))
         lap("paste")
         diameter, volume = mask_size(seg.mask)
         self._report(1.0, "done")
         return Finding(point_lps=tuple(float(v) for v in point_lps), outputs=outputs, segmentation=seg.mask,
                        segmentation_probability=seg.probability, diameter_mm=diameter, volume_mm3=volume,
                        model_name=self.bundle.name, model_version=self.bundle.version, prior="nnunet",
-                       device=self.device.type, timings_s=timings, warnings=warnings)
+                       device=self.device.type, timings_s=timings, warnings=warnings,
+                       calibrated=self.bundle.calibrated)
 
 
 def analyze(ct: sitk.Image, point: Sequence[float], bundle: str | Path | ModelBundle | None = None, *,

@@ -3,6 +3,8 @@
 manifest.json holds the task set, per-output thresholds, patch spacing and size, the network configuration (and
 `members`, the number of networks of that configuration averaged as an ensemble; 1 when absent), the prior the
 classifier was trained with, training facts, metrics, package versions, and the SHA-256 of every file.
+calibration.json (optional; calibration.py) maps each output's raw probability to a calibrated one and holds the
+thresholds on that scale; a bundle without it is read as uncalibrated (raw scores and the manifest's thresholds).
 Loading verifies every checksum first and reads weights with safetensors: nothing is unpickled from a bundle
 before its checksum has matched.
 """
@@ -20,12 +22,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from .atomic import write_json_atomic
+from .calibration import CALIBRATION_NAME, Calibration, read_calibration
 from .devices import use_onednn_convolutions
 from .errors import BundleError
 from .networks import Ensemble, NetworkConfig, build_network
@@ -65,6 +70,21 @@ class ModelBundle:
     thresholds: dict[str, float]
     model: nn.Module
     device: torch.device
+    calibration: Calibration | None = None  # None: no calibration.json, probabilities are raw scores
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration is not None
+
+    @property
+    def call_thresholds(self) -> dict[str, float]:
+        """Thresholds on the scale of the probabilities shown: calibrated when the bundle is, else the manifest's."""
+        return self.calibration.thresholds if self.calibration is not None else dict(self.thresholds)
+
+    def calibrate(self, probs):  # noqa: ANN001, ANN201 - np.ndarray [N, n_outputs] in and out
+        """Raw probabilities [N, n_outputs] (columns in output_names order) as shown: calibrated when the bundle
+        has a calibration, else unchanged."""
+        return probs if self.calibration is None else self.calibration.apply_all(probs, self.output_names)
 
     @property
     def name(self) -> str:
@@ -105,9 +125,11 @@ class ModelBundle:
 
 def save_bundle(path: str | Path, model: nn.Module, task_set: TaskSet, network: NetworkConfig,
                 thresholds: dict[str, float], *, name: str, prior: str, training: dict, metrics: dict,
-                segmentation_dir: str | Path | None = None, version: str = "1") -> Path:
+                segmentation_dir: str | Path | None = None, version: str = "1",
+                calibration: dict | None = None) -> Path:
     """Write a bundle folder atomically (built under a temporary name beside `path`, then renamed). An `Ensemble`
-    model is recorded with its number of members."""
+    model is recorded with its number of members; `calibration` (calibration.fit_calibration's document) is written
+    as calibration.json, checksummed with the other files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -116,6 +138,8 @@ def save_bundle(path: str | Path, model: nn.Module, task_set: TaskSet, network: 
         save_file(state, str(tmp / WEIGHTS_NAME))
         if segmentation_dir is not None:
             shutil.copytree(segmentation_dir, tmp / SEGMENTATION_DIR)
+        if calibration is not None:
+            write_json_atomic(tmp / CALIBRATION_NAME, calibration)
         files = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
             "format_version": FORMAT_VERSION, "name": name, "version": version,
@@ -130,18 +154,71 @@ def save_bundle(path: str | Path, model: nn.Module, task_set: TaskSet, network: 
             "files": files,
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=float) + "\n")
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        _swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Rename the finished folder `tmp` to `path`, replacing an existing `path` (moved aside first)."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def add_calibration(path: str | Path, calibration: dict) -> Path:
+    """Add (or replace) calibration.json in a verified bundle folder and list its checksum in the manifest; the
+    calibration is validated against the bundle's outputs before anything is written (see add_bundle_file)."""
+    return add_bundle_file(path, CALIBRATION_NAME, calibration, lambda names, manifest: Calibration.from_dict(
+        calibration, names, f"calibration for {path}"))
+
+
+def add_bundle_file(path: str | Path, name: str, document: dict,
+                    check: Callable[[list[str], dict], object]) -> Path:
+    """Write `document` as JSON file `name` into a verified bundle folder and list its checksum in the manifest.
+
+    check(output names, manifest) validates the document first (raising BundleError). Atomic for the pair: a copy
+    of the folder (files hard-linked where the file system allows, so the weights stay byte-identical and nothing
+    large is copied) gets the new file and manifest, then replaces the folder."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    task_set = TaskSet.from_dict(manifest["tasks"], where=f"{path}/{MANIFEST_NAME} tasks")
+    check(task_set.names if NetworkConfig(**manifest["network"]).multitask else task_set.names[:1], manifest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        shutil.copytree(path, tmp, dirs_exist_ok=True, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns(".*", "__pycache__"))
+        (tmp / name).unlink(missing_ok=True)
+        write_json_atomic(tmp / name, document)
+        manifest["files"] = dict(sorted({**manifest["files"], name: sha256(tmp / name)}.items()))
+        (tmp / MANIFEST_NAME).unlink()  # hard-linked to the live manifest: never write through it
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=float) + "\n")
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the bundle folder keeps a normal mode
+        _swap_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -200,4 +277,6 @@ def load_bundle(path: str | Path | None = None, device: str | torch.device = "cp
     if device.type == "cpu":  # a click classifies one nodule: keep its thin 3D convolutions off the im2col kernel
         use_onednn_convolutions(model)
     thresholds = {k: float(v) for k, v in manifest["thresholds"].items()}
-    return ModelBundle(path, manifest, task_set, network, thresholds, model, device)
+    names = task_set.names if network.multitask else task_set.names[:1]
+    calibration = read_calibration(path, manifest, names)
+    return ModelBundle(path, manifest, task_set, network, thresholds, model, device, calibration)

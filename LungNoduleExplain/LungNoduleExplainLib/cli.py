@@ -20,6 +20,7 @@ VERB_MODULES = (
     "analyze",
     "train",
     "evaluate",
+    "calibrate",
     "train_segmentation",
     "prepare_lidc",
     "prepare",

@@ -1,7 +1,9 @@
 """Judging a bundle on any folder in the `lidc-voi` format.
 
 metrics.json (documented in README.md): per output, AUC with a patient-clustered 95% bootstrap CI, Acc/Sen/Spec/
-Prec/F1 at the bundle's threshold, and the size-only baseline (diameter_mm as the score) AUC with its CI.
+Prec/F1 at the bundle's threshold, the size-only baseline (diameter_mm as the score) AUC with its CI, and the
+calibration (ECE over 10 equal-width bins, Brier score, with CIs). Probabilities are calibrated through the bundle's
+calibration.json when it has one (thresholds then on that scale too); the raw scores' ECE and Brier stand beside.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import SimpleITK as sitk
 
 from .data.patches import PatchSet
 from .data.voi_table import NoduleRecord
+from .calibration import UNCALIBRATED_NOTICE
 from .errors import DatasetError
-from .metrics import auc_with_ci, threshold_metrics, youden_threshold
+from .metrics import auc_with_ci, calibration_with_ci, reliability_bins, threshold_metrics, youden_threshold
 
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[float, str], None]
@@ -39,20 +42,27 @@ def output_metrics(names: list[str], probs: np.ndarray, patches: PatchSet,
         entry.update(threshold_metrics(y, p, threshold))
         size = auc_with_ci(y, patches.diameters_mm, patches.patient_ids, n_boot=n_boot)
         entry["size_baseline"] = {"auc": size["auc"], "ci_low": size["ci_low"], "ci_high": size["ci_high"]}
+        entry.update(calibration_with_ci(y, p, patches.patient_ids, n_boot=n_boot))
         result[name] = entry
     return result
 
 
-def predictions_csv(names: list[str], probs: np.ndarray, patches: PatchSet, thresholds: dict[str, float]) -> str:
+def predictions_csv(names: list[str], probs: np.ndarray, patches: PatchSet, thresholds: dict[str, float],
+                    raw: np.ndarray | None = None) -> str:
+    """One row per nodule: per output the probability shown (calibrated when the bundle is), the call, the label
+    and, with `raw`, the network's raw score."""
+    raw = probs if raw is None else raw
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["case_id", "patient_id", "diameter_mm"]
-                    + [c for n in names for c in (f"{n}_probability", f"{n}_predicted", f"{n}_label")])
+                    + [c for n in names for c in (f"{n}_probability", f"{n}_predicted", f"{n}_label",
+                                                  f"{n}_raw_probability")])
     for i in range(len(patches)):
         row = [patches.case_ids[i], patches.patient_ids[i], f"{patches.diameters_mm[i]:.2f}"]
         for k, n in enumerate(names):
             y = patches.labels[i, k]
-            row += [f"{probs[i, k]:.5f}", int(probs[i, k] >= thresholds[n]), "" if np.isnan(y) else int(y)]
+            row += [f"{probs[i, k]:.5f}", int(probs[i, k] >= thresholds[n]), "" if np.isnan(y) else int(y),
+                    f"{raw[i, k]:.5f}"]
         writer.writerow(row)
     return buffer.getvalue()
 
@@ -89,9 +99,44 @@ def plot_roc(names: list[str], probs: np.ndarray, patches: PatchSet, metrics: di
     plt.close(fig)
 
 
-def write_evaluation(out: Path, metrics: dict, predictions: str, plot: Callable[[Path], None]) -> None:
-    """Write metrics.json, predictions.csv and roc_curves.png together: all built in a temporary folder first, so
-    a failure leaves `out` as it was."""
+def plot_reliability(names: list[str], probs: np.ndarray, patches: PatchSet, metrics: dict, path: Path,
+                     raw: np.ndarray | None = None) -> None:
+    """One reliability diagram per output: positive rate against mean probability in 10 equal-width bins (marker
+    area ~ bin count), the diagonal of perfect calibration, and the raw scores' curve when `raw` differs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(4, len(names))
+    rows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.4 * rows), squeeze=False)
+    curves = [("shown", probs, "-", "C0")] + ([("raw", raw, "--", "grey")] if raw is not None else [])
+    for ax, (k, name) in zip(axes.flat, enumerate(names)):
+        m = metrics[name]
+        for label, values, style, colour in curves:
+            bins = reliability_bins(patches.labels[:, k], values[:, k])
+            if not bins:
+                continue
+            x, y = [b["mean_probability"] for b in bins], [b["positive_rate"] for b in bins]
+            ece = m["ece"] if label == "shown" else m.get("raw", {}).get("ece", float("nan"))
+            ax.plot(x, y, style, color=colour, lw=1.4, label=f"{label} ECE {ece:.3f}")
+            ax.scatter(x, y, s=[8 + 2 * b["n"] for b in bins], color=colour, alpha=0.5)
+        ax.plot([0, 1], [0, 1], color="lightgrey", lw=0.6)
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{name} (n={m['n']}, pos={m['n_positive']})",
+               xlabel="mean predicted probability", ylabel="observed positive rate")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_evaluation(out: Path, metrics: dict, predictions: str, plot: Callable[[Path], None],
+                     plot_calibration: Callable[[Path], None] | None = None) -> None:
+    """Write metrics.json, predictions.csv, roc_curves.png and reliability.png together: all built in a temporary
+    folder first, so a failure leaves `out` as it was."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".evaluation.", dir=out))
     try:
@@ -100,7 +145,11 @@ def write_evaluation(out: Path, metrics: dict, predictions: str, plot: Callable[
                                                      allow_nan=False) + "\n")
         (tmp / "predictions.csv").write_text(predictions)
         plot(tmp / "roc_curves.png")
-        for name in ("predictions.csv", "roc_curves.png", "metrics.json"):
+        names = ["predictions.csv", "roc_curves.png", "metrics.json"]
+        if plot_calibration is not None:
+            plot_calibration(tmp / "reliability.png")
+            names.insert(2, "reliability.png")
+        for name in names:
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -200,19 +249,27 @@ def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str |
     patches = build_patch_set(records, bundle.task_set, PRIOR_REFERENCE_MASK, prior_maps=prior_maps,
                               spacing=bundle.spacing, size=bundle.patch_size,
                               progress=(lambda f, m: progress(0.8 * f, m)) if progress else None)
-    probs = predict(bundle.model, patches, bundle.device, bundle.network.input_indices)
+    raw = predict(bundle.model, patches, bundle.device, bundle.network.input_indices)
+    probs, thresholds = bundle.calibrate(raw), bundle.call_thresholds
     names = bundle.output_names
     metrics = {"bundle": {"name": bundle.name, "version": bundle.version, "path": str(bundle.path),
                           "trained_prior": bundle.prior},
                "data": str(data), "prior": prior, "n_nodules": len(patches),
-               "n_patients": len(set(patches.patient_ids)),
-               "outputs": output_metrics(names, probs, patches, bundle.thresholds, n_boot=n_boot)}
+               "n_patients": len(set(patches.patient_ids)), "calibrated": bundle.calibrated,
+               "warnings": [] if bundle.calibrated else [UNCALIBRATED_NOTICE],
+               "outputs": output_metrics(names, probs, patches, thresholds, n_boot=n_boot)}
+    if bundle.calibrated:  # the raw scores' calibration, on the same nodules and bootstrap draws
+        for k, name in enumerate(names):
+            metrics["outputs"][name]["raw"] = calibration_with_ci(patches.labels[:, k], raw[:, k],
+                                                                  patches.patient_ids, n_boot=n_boot)
     if dice_by_case:
         values, groups = zip(*dice_by_case.values())
         metrics["segmentation_dice"] = mean_with_ci(values, groups, n_boot=n_boot)
     out = Path(out)
-    write_evaluation(out, metrics, predictions_csv(names, probs, patches, bundle.thresholds),
-                     lambda path: plot_roc(names, probs, patches, metrics["outputs"], path))
+    write_evaluation(out, metrics, predictions_csv(names, probs, patches, thresholds, raw),
+                     lambda path: plot_roc(names, probs, patches, metrics["outputs"], path),
+                     lambda path: plot_reliability(names, probs, patches, metrics["outputs"], path,
+                                                   raw if bundle.calibrated else None))
     if progress:
         progress(1.0, f"metrics written to {out / 'metrics.json'}")
     return metrics

@@ -6,11 +6,13 @@ All images are on the CT's own grid (same size, spacing, origin, direction as th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
 
+from .measurements import AxialDiameters, axial_diameters
 from .volume import lps_to_ras
 
 
@@ -58,7 +60,8 @@ class Finding:
 
     point_lps: the clicked point (LPS mm). segmentation: uint8 mask on the CT grid (1 = nodule).
     segmentation_probability: float32 nnU-Net probability on the CT grid. diameter_mm: equivalent-sphere
-    diameter of the segmentation; volume_mm3 its volume. prior: what fed the anatomical attention gates
+    diameter of the segmentation; volume_mm3 its volume (`axial`: its long and short axis on the axial slice).
+    prior: what fed the anatomical attention gates
     ("nnunet" at analysis time). timings_s: seconds per stage.
     """
 
@@ -74,6 +77,12 @@ class Finding:
     device: str
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+    @cached_property
+    def axial(self) -> AxialDiameters:
+        """Long axis and perpendicular short axis (mm) of the segmentation on the axial slice where the long axis
+        is greatest, as Lung-RADS and Fleischner measure (measurements.axial_diameters)."""
+        return axial_diameters(self.segmentation)
 
     @property
     def point_ras(self) -> tuple[float, float, float]:
@@ -98,6 +107,9 @@ class Finding:
                          "probability": round(float(o.probability), 4), "threshold": float(o.threshold),
                          "positive": bool(o.positive)} for o in self.outputs],
             "diameter_mm": round(float(self.diameter_mm), 2),
+            "long_axis_mm": round(float(self.axial.long_mm), 2),
+            "short_axis_mm": round(float(self.axial.short_mm), 2),
+            "axial_slice_index": int(self.axial.slice_index),
             "volume_mm3": round(float(self.volume_mm3), 1),
             "model": {"name": self.model_name, "version": self.model_version, "prior": self.prior},
             "device": self.device,

@@ -1,4 +1,5 @@
-"""Metrics: AUC with a patient-clustered bootstrap CI, threshold metrics, Youden thresholds, Dice.
+"""Metrics: AUC with a patient-clustered bootstrap CI, threshold metrics, Youden thresholds, Dice, calibration
+(expected calibration error and Brier score).
 
 Bootstrap by patient: resample patients with replacement and take all their nodules, because nodules of one
 patient are not independent.
@@ -110,3 +111,62 @@ def mean_with_ci(values: Sequence[float], groups: Sequence[str], n_boot: int = 1
     alpha = (1.0 - level) / 2.0
     return {"mean": float(np.mean(values)), "ci_low": float(np.quantile(means, alpha)),
             "ci_high": float(np.quantile(means, 1.0 - alpha)), "n": len(values)}
+
+
+ECE_BINS = 10
+
+
+def reliability_bins(y: np.ndarray, prob: np.ndarray, n_bins: int = ECE_BINS) -> list[dict]:
+    """Equal-width probability bins over the labelled entries: per bin with entries, its range, count, mean
+    probability and observed positive rate (the points of a reliability diagram). Bin b holds
+    b/n_bins <= p < (b+1)/n_bins; p = 1 falls in the last bin."""
+    y, prob = np.asarray(y, float), np.asarray(prob, float)
+    keep = ~np.isnan(y)
+    y, prob = y[keep], prob[keep]
+    index = np.minimum((prob * n_bins).astype(int), n_bins - 1)
+    bins = []
+    for b in range(n_bins):
+        inside = index == b
+        if inside.any():
+            bins.append({"low": b / n_bins, "high": (b + 1) / n_bins, "n": int(inside.sum()),
+                         "mean_probability": float(prob[inside].mean()), "positive_rate": float(y[inside].mean())})
+    return bins
+
+
+def expected_calibration_error(y: np.ndarray, prob: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """ECE: sum over equal-width bins of (bin count / N) * |positive rate - mean probability|, labelled entries
+    only; NaN when none is labelled."""
+    bins = reliability_bins(y, prob, n_bins)
+    total = sum(b["n"] for b in bins)
+    if not total:
+        return math.nan
+    return float(sum(b["n"] * abs(b["positive_rate"] - b["mean_probability"]) for b in bins) / total)
+
+
+def brier_score(y: np.ndarray, prob: np.ndarray) -> float:
+    """Mean squared difference between probability and label (0/1) over the labelled entries; NaN when none."""
+    y, prob = np.asarray(y, float), np.asarray(prob, float)
+    keep = ~np.isnan(y)
+    return float(np.mean((prob[keep] - y[keep]) ** 2)) if keep.any() else math.nan
+
+
+def calibration_with_ci(y: np.ndarray, prob: np.ndarray, groups: Sequence[str], n_boot: int = 1000, seed: int = 0,
+                        alpha: float = 0.05) -> dict:
+    """ECE and Brier score with (1 - alpha) percentile bootstrap CIs, resampling patients (`groups`)."""
+    y, prob, groups = np.asarray(y, float), np.asarray(prob, float), np.asarray(groups)
+    keep = ~np.isnan(y)
+    y, prob, groups = y[keep], prob[keep], groups[keep]
+    result = {"ece": expected_calibration_error(y, prob), "brier": brier_score(y, prob)}
+    for key in ("ece", "brier"):
+        result[f"{key}_ci_low"] = result[f"{key}_ci_high"] = math.nan
+    if not len(y):
+        return result
+    scores = {"ece": expected_calibration_error, "brier": brier_score}
+    boots = {key: [] for key in scores}
+    for idx in patient_resamples(groups, n_boot, seed):
+        for key, score in scores.items():
+            boots[key].append(score(y[idx], prob[idx]))
+    for key, values in boots.items():
+        low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+        result[f"{key}_ci_low"], result[f"{key}_ci_high"] = float(low), float(high)
+    return result

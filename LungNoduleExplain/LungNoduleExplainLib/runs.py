@@ -4,7 +4,8 @@ measure on the validation patients, write the bundle.
 One network (members = 1): trained on the training patients, its epoch and thresholds chosen on the validation
 patients. An ensemble (members = K): the training patients are split into K patient folds; member k trains on
 the other folds and picks its epoch on fold k; the thresholds come from the members' pooled out-of-fold
-predictions; the validation patients are touched only to measure the finished ensemble.
+predictions, and so does the calibration (calibration.json: one monotone map per output, fitted on those same
+out-of-fold predictions); the validation patients are touched only to measure the finished ensemble.
 
 Run folder layout: config.json, split.json, checkpoint.pt (every epoch), history.csv, curves.png (for an
 ensemble: one memberK/ folder of these per member, its split.json naming its training and selection patients,
@@ -24,9 +25,10 @@ import numpy as np
 from . import distributed
 from .atomic import write_json_atomic
 from .bundle import save_bundle
+from .calibration import Calibration, fit_calibration
 from .data.patches import PRIOR_REFERENCE_MASK, PatchSet, build_patch_set
 from .data.voi_table import patient_folds, patient_split, read_voi_table
-from .errors import ConfigError
+from .errors import BundleError, ConfigError
 from .evaluation import output_metrics
 from .metrics import safe_auc
 from .tasks import TaskSet, load_task_set
@@ -102,6 +104,7 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
     logger.info("%d training nodules (%d patients), %d validation nodules (%d patients)", len(train_set),
                 len(set(train_set.patient_ids)), len(val_set), len(set(val_set.patient_ids)))
     names = task_set.names
+    calibration = None
     if spec.members == 1:
         result = Trainer(config, train_set, val_set, spec.run_dir, len(task_set.manifestations), names,
                          device=spec.device,
@@ -119,11 +122,15 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
         names = names[:oof.shape[1]]
         oof_metrics = output_metrics(names, oof, train_set, thresholds=None)
         thresholds = {name: oof_metrics[name]["threshold"] for name in names}
+        calibration, calibrate = _fit_members_calibration(oof, train_set, names, thresholds)
         model = Ensemble([r.model for r in results])
         device, channels = next(model.parameters()).device, config.network.input_indices
         metrics, member_aucs = oof_metrics, []  # without validation patients the figures are out of fold
         if len(val_set):
-            metrics = output_metrics(names, predict(model, val_set, device, channels), val_set, thresholds=thresholds)
+            shown_thresholds = thresholds if calibration is None else Calibration.from_dict(
+                calibration, names, "fitted calibration").thresholds
+            metrics = output_metrics(names, calibrate(predict(model, val_set, device, channels)), val_set,
+                                     thresholds=shown_thresholds)
             # Each member alone on the validation patients: what the averaging adds, measured on the same patients.
             member_aucs = [[safe_auc(val_set.labels[:, j], p[:, j]) for j in range(len(names))]
                            for p in (predict(r.model, val_set, device, channels) for r in results)]
@@ -135,7 +142,9 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
                  "task_weights": [dict(zip(names, r.task_weights)) for r in results],
                  "thresholds_from": "members' pooled out-of-fold predictions on the training patients",
                  "members_out_of_fold_auc": {n: oof_metrics[n]["auc"] for n in names},
-                 "members_validation_auc": {n: [a[j] for a in member_aucs] for j, n in enumerate(names)}}
+                 "members_validation_auc": {n: [a[j] for a in member_aucs] for j, n in enumerate(names)},
+                 "calibration": ("calibration.json, fitted on the members' pooled out-of-fold predictions"
+                                 if calibration is not None else "none: too few labelled nodules of each class")}
     training = {"data": str(spec.data), "n_train": len(train_set), "n_val": len(val_set),
                 "n_train_patients": len(set(train_set.patient_ids)), "n_val_patients": len(set(val_set.patient_ids)),
                 "split": "by patient", "seed": config.seed, **facts, "config": config.to_dict()}
@@ -148,7 +157,7 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
     write_json_atomic(spec.run_dir / f"{estimate}_metrics.json", metrics)
     path = save_bundle(spec.run_dir / "bundle", model, task_set, config.network, thresholds,
                        name=spec.name, prior="reference-mask" if spec.prior == PRIOR_REFERENCE_MASK else "nnunet-oof",
-                       training=training, metrics={estimate: metrics})
+                       training=training, metrics={estimate: metrics}, calibration=calibration)
     distributed.barrier()
     return path
 
@@ -185,6 +194,20 @@ def _train_members(spec: RunSpec, config: TrainConfig, train_set: PatchSet, trai
         oof[fold] = result.val_probs
         results.append(result)
     return results, oof
+
+
+def _fit_members_calibration(oof: np.ndarray, train_set: PatchSet, names: list[str], thresholds: dict[str, float]
+                             ) -> tuple[dict | None, Callable[[np.ndarray], np.ndarray]]:
+    """(calibration.json document, function calibrating [N, n_outputs] probabilities) from the members' pooled
+    out-of-fold predictions; (None, identity) when an output has too few labelled nodules of a class to fit."""
+    try:
+        doc = fit_calibration(oof, train_set.labels[:, :len(names)], train_set.patient_ids, names, thresholds,
+                              source=f"members' pooled out-of-fold predictions on {len(oof)} training nodules")
+    except (ConfigError, BundleError, ValueError) as exc:
+        logger.warning("no calibration fitted (%s); the bundle's probabilities stay raw scores", exc)
+        return None, lambda probs: probs
+    calibration = Calibration.from_dict(doc, names, "fitted calibration")
+    return doc, lambda probs: calibration.apply_all(probs, names)
 
 
 def split_patch_set(patches: PatchSet, val_patients: set[str]) -> tuple[PatchSet, PatchSet]:

@@ -89,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = None) -> int:
     """The verb. `analyzer_factory` (tests) replaces analysis.Analyzer."""
     from ..reports import check_out_dir, write_findings
+    from ..study import read_study_info
     from ..volume import read_ct
 
     points = gather_points(args.point, args.points_csv, args.space)
@@ -99,8 +100,9 @@ def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = 
     findings = analyze_points(ct, points, bundle=args.model, device=args.device,
                               analyzer_factory=analyzer_factory, quiet=getattr(args, "quiet", False))
     logger.info("writing segmentation, maps, overlays and report to %s", args.out)
-    report = write_findings(findings, ct, args.out, title=f"Lung nodule analysis: {args.ct.name}",
-                            source=str(args.ct), overwrite=args.overwrite)
+    study = read_study_info(args.ct)  # patient, date and series of a DICOM header; else the file name
+    report = write_findings(findings, ct, args.out, title=f"Lung nodule analysis: {study.title()}",
+                            source=str(args.ct), overwrite=args.overwrite, study=study)
     print_summary(findings, report)
     return 0
 
@@ -215,7 +217,8 @@ def print_summary(findings: Sequence[Finding], report: Path) -> None:
         probability, threshold = diagnosis.shown
         print(f"nodule-{index:02d}: {diagnosis.name} {probability} "
               f"({diagnosis.verdict} at {threshold}), "
-              f"diameter {finding.diameter_mm:.1f} mm, volume {finding.volume_mm3:.0f} mm3; "
+              f"axial {finding.axial.long_mm:.1f} x {finding.axial.short_mm:.1f} mm (long x short axis), "
+              f"equivalent diameter {finding.diameter_mm:.1f} mm, volume {finding.volume_mm3:.0f} mm3; "
               f"manifestations present: {', '.join(positives) or 'none'}")
     print("Research use only, not for clinical decisions.")
     print(f"report: {report}")

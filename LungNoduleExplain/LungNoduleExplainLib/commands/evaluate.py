@@ -8,8 +8,10 @@ import math
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "evaluate", help="AUCs with patient-bootstrap CIs, threshold metrics, size baseline, ROC curves",
-        description="Writes OUT/metrics.json, OUT/predictions.csv and OUT/roc_curves.png (keys in README.md).")
+        "evaluate", help="AUCs with patient-bootstrap CIs, threshold metrics, size baseline, ECE/Brier, ROC and "
+                         "reliability diagrams",
+        description="Writes OUT/metrics.json, OUT/predictions.csv, OUT/roc_curves.png and OUT/reliability.png "
+                    "(keys in README.md).")
     p.add_argument("--data", required=True, help="dataset folder: nodules.csv, images/, masks/")
     p.add_argument("--model", default=None, help="model bundle folder (default: the bundle shipped with the package)")
     p.add_argument("--out", required=True, help="output folder")
@@ -27,11 +29,15 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = evaluate_folder(args.data, args.model, args.out, prior=args.prior, device=args.device,
                               n_boot=args.bootstrap)
-    print(f"{metrics['n_nodules']} nodules of {metrics['n_patients']} patients, prior: {metrics['prior']}")
-    print(f"{'output':<20} {'AUC':>6} {'95% CI':>13} {'size AUC':>9} {'n':>5} {'pos':>5}")
+    print(f"{metrics['n_nodules']} nodules of {metrics['n_patients']} patients, prior: {metrics['prior']}, "
+          f"probabilities {'calibrated' if metrics['calibrated'] else 'raw (uncalibrated)'}")
+    for warning in metrics["warnings"]:
+        print(f"warning: {warning}")
+    print(f"{'output':<20} {'AUC':>6} {'95% CI':>13} {'size AUC':>9} {'n':>5} {'pos':>5} {'ECE':>6} {'Brier':>6}")
     for name, m in metrics["outputs"].items():
         ci = f"{m['ci_low']:.3f}-{m['ci_high']:.3f}" if not math.isnan(m["ci_low"]) else "n/a"
-        print(f"{name:<20} {m['auc']:>6.3f} {ci:>13} {m['size_baseline']['auc']:>9.3f} {m['n']:>5} {m['n_positive']:>5}")
+        print(f"{name:<20} {m['auc']:>6.3f} {ci:>13} {m['size_baseline']['auc']:>9.3f} {m['n']:>5} {m['n_positive']:>5}"
+              f" {m['ece']:>6.3f} {m['brier']:>6.3f}")
     if "segmentation_dice" in metrics:
         d = metrics["segmentation_dice"]
         print(f"segmentation Dice {d['mean']:.3f} ({d['ci_low']:.3f}-{d['ci_high']:.3f}), n={d['n']}")
