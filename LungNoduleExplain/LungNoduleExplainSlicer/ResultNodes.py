@@ -20,6 +20,8 @@ import numpy as np
 import slicer
 import vtk
 
+from LungNoduleExplainLib.meaning import tone
+
 from .MapDisplay import DEFAULT_THRESHOLD, configureMapDisplay
 
 NODULE_KEY_ATTRIBUTE = "LungNoduleExplain.NoduleKey"
@@ -27,6 +29,9 @@ ROLE_ATTRIBUTE = "LungNoduleExplain.Role"
 OUTPUT_ATTRIBUTE = "LungNoduleExplain.Output"
 SOURCE_VOLUME_ATTRIBUTE = "LungNoduleExplain.SourceVolumeID"  # on each map: the ID of the CT it was computed on
 TABLE_COLUMNS = ("output", "finding", "probability", "threshold", "result")
+# finding.json size fields -> table attributes (mm, mm^3); the table's name also says the axial axes
+SIZE_ATTRIBUTES = {"long_axis_mm": "LungNoduleExplain.LongAxisMm", "short_axis_mm": "LungNoduleExplain.ShortAxisMm",
+                   "diameter_mm": "LungNoduleExplain.EquivalentDiameterMm", "volume_mm3": "LungNoduleExplain.VolumeMm3"}
 GEOMETRY_TOLERANCE_MM = 1e-3
 
 
@@ -103,11 +108,29 @@ def _makeTable(finding: dict) -> "slicer.vtkMRMLTableNode":
         columns["probability"].InsertNextValue(probability)
         columns["threshold"].InsertNextValue(threshold)
         positive = output.get("positive", probability >= threshold)
-        columns["result"].InsertNextValue("positive" if positive else "negative")
+        columns["result"].InsertNextValue(resultText(output["name"], bool(positive)))
     for name in TABLE_COLUMNS:
         table.GetTable().AddColumn(columns[name])
+    for key, attribute in SIZE_ATTRIBUTES.items():
+        if isinstance(finding.get(key), (int, float)):
+            table.SetAttribute(attribute, f"{float(finding[key]):g}")
     table.SetLocked(True)
     return table
+
+
+def resultText(name: str, positive: bool) -> str:
+    """'positive'/'negative' with what the call means for the patient where it means something (meaning.py):
+    'positive (reassuring)' for a calcified nodule, 'positive (concerning)' for a spiculated one."""
+    meaning = tone(name, positive)
+    return ("positive" if positive else "negative") + ("" if meaning == "neutral" else f" ({meaning})")
+
+
+def sizeText(finding: dict) -> str:
+    """'24.1 x 10.2 mm axial' from finding.json's long and short axis; '' when it has none (older results)."""
+    long_mm, short_mm = finding.get("long_axis_mm"), finding.get("short_axis_mm")
+    if not isinstance(long_mm, (int, float)) or not isinstance(short_mm, (int, float)):
+        return ""
+    return f"{long_mm:.1f} x {short_mm:.1f} mm axial"
 
 
 def _geometryInOwnFrame(volumeNode) -> str:
@@ -166,7 +189,8 @@ def readNodule(folder: Path, ctNode, key: str, name: str) -> NoduleNodes:
 
     segmentation = _importSegmentation(labelmap, ctNode, name)
     table = _makeTable(finding)
-    table.SetName(f"{name} results")
+    size = sizeText(finding)
+    table.SetName(f"{name} results" + (f" ({size})" if size else ""))
     return NoduleNodes(key=key, name=name, finding=finding, segmentationNode=segmentation, tableNode=table,
                        mapNodes=maps)
 

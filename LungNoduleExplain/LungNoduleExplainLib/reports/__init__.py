@@ -30,6 +30,7 @@ from .. import __version__
 from ..atomic import write_json_atomic
 from ..errors import LungNoduleExplainError
 from ..finding import Finding
+from ..study import StudyInfo
 from .html import PHANTOM_NOTICE, RESEARCH_NOTICE, NoduleSection, render_report
 from .overlays import OverlayRenderer, PlaneStack
 
@@ -49,14 +50,15 @@ def write_findings(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | P
                    title: str = "Lung nodule analysis", source: str = "CT given in memory",
                    is_phantom: bool = False, overwrite: bool = False,
                    extra_images: Mapping[str, sitk.Image] | None = None,
-                   progress: Progress | None = None) -> Path:
+                   progress: Progress | None = None, study: StudyInfo | None = None) -> Path:
     """Write every finding about `ct` into `out_dir`; return the path of `out_dir/report.html`.
 
     source: how the CT was given (a path, or "synthetic phantom"), shown in the report. is_phantom: state in the
     report that the image is a synthetic phantom, not a patient. extra_images: file name -> image written at the
     top of `out_dir` (e.g. {"phantom_ct.nrrd": ct}). A non-empty existing `out_dir` is refused with
     OutputExistsError unless `overwrite`. Raises ValueError when a finding's images are not on the CT grid or a
-    map leaves [0, 1].
+    map leaves [0, 1]. study: patient, study date and series of a DICOM header (study.read_study_info), shown in
+    the study card and written to findings.json and each finding.json; the caller puts study.title() in `title`.
     """
     if not findings:
         raise ValueError("write_findings needs at least one Finding")
@@ -71,7 +73,7 @@ def write_findings(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | P
     staging.mkdir()  # not mkdtemp: its 0700 mode would make the report unreadable to others (umask applies here)
     try:
         report = _write_all(staging, findings, ct, title=title, source=source, is_phantom=is_phantom,
-                            extra_images=extra_images or {}, progress=progress or (lambda f, m: None))
+                            extra_images=extra_images or {}, progress=progress or (lambda f, m: None), study=study)
         _move_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -137,26 +139,29 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
 
 
 def _write_all(folder: Path, findings: Sequence[Finding], ct: sitk.Image, *, title: str, source: str,
-               is_phantom: bool, extra_images: Mapping[str, sitk.Image], progress: Progress) -> Path:
+               is_phantom: bool, extra_images: Mapping[str, sitk.Image], progress: Progress,
+               study: StudyInfo | None = None) -> Path:
     for name, image in extra_images.items():
         _write_image(image, folder / name)
     sections = []
     for index, finding in enumerate(findings, start=1):
         progress((index - 1) / len(findings), f"writing nodule {index} of {len(findings)}")
-        sections.append(_write_nodule(folder, index, finding, ct, source))
+        sections.append(_write_nodule(folder, index, finding, ct, source, study))
     progress(1.0, "writing report.html")
-    index = {"title": title, "source": source, "is_phantom": is_phantom, "notice": RESEARCH_NOTICE,
+    index = {"title": title, "source": source, "study": study.to_json() if study else None,
+             "is_phantom": is_phantom, "notice": RESEARCH_NOTICE,
              "engine_version": __version__, "generated_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(),
              "extra_files": sorted(extra_images),
              "nodules": [{"folder": s.folder, **s.finding.summary()} for s in sections]}
     write_json_atomic(folder / "findings.json", index)
     report = folder / "report.html"
-    report.write_text(render_report(sections, ct, title=title, source=source, is_phantom=is_phantom),
+    report.write_text(render_report(sections, ct, title=title, source=source, is_phantom=is_phantom, study=study),
                       encoding="utf-8")
     return report
 
 
-def _write_nodule(root: Path, index: int, finding: Finding, ct: sitk.Image, source: str) -> NoduleSection:
+def _write_nodule(root: Path, index: int, finding: Finding, ct: sitk.Image, source: str,
+                  study: StudyInfo | None = None) -> NoduleSection:
     name = f"nodule-{index:02d}"
     folder = root / name
     (folder / "maps").mkdir(parents=True)
@@ -178,8 +183,8 @@ def _write_nodule(root: Path, index: int, finding: Finding, ct: sitk.Image, sour
         files["overlays"][output.name] = f"overlays/{output.name}.png"
         (folder / files["overlays"][output.name]).write_bytes(overlays[output.name])
     # the notice travels with each nodule's file too: it is often shared on its own
-    body = {"nodule": index, "source": source, "notice": RESEARCH_NOTICE, **finding.summary(), "ct_grid": _grid(ct),
-            "files": files}
+    body = {"nodule": index, "source": source, "study": study.to_json() if study else None, "notice": RESEARCH_NOTICE,
+            **finding.summary(), "ct_grid": _grid(ct), "files": files}
     write_json_atomic(folder / files["finding"], body)
     return NoduleSection(finding, name, overlays)
 

@@ -4,7 +4,8 @@ Each plane is resampled from the CT grid onto a square, isotropic, LPS-aligned d
 so the aspect ratio is right whatever the CT's spacing and direction. Radiological convention: axial and coronal
 show the patient's right on the image left; sagittal shows anterior on the left; cranial is up. CT in a lung
 window (-1350..150 HU); the map in a heat colormap with values below 0.25 hidden, as in the paper's figures;
-the segmentation contour in magenta; the clicked point as a cross.
+the segmentation contour in magenta; the clicked point as a cross; a labelled colour bar says what a map value
+means.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from matplotlib.figure import Figure
 LUNG_WINDOW_HU = (-1350.0, 150.0)
 MAP_DISPLAY_THRESHOLD = 0.25
 MAP_COLORMAP = "jet"
+# what a map value means, said beside the colour bar of the PNGs and the HTML report
+MAP_SCALE_LOW, MAP_SCALE_HIGH = "weak", "strongest"
+MAP_SCALE_LABEL = "evidence for the output (1 = strongest in the nodule's patch)"
 CONTOUR_COLOUR = "#ff2bd6"
 MIN_FIELD_OF_VIEW_MM = 60.0
 OUTSIDE_SCAN_HU = -3000.0  # below the window: beyond the scanned volume shows black, unlike air or lung
@@ -133,7 +137,9 @@ class OverlayRenderer:
             ax.plot([col], [row], marker="+", markersize=11, markeredgewidth=1.4, color="white")
             _decorate(ax, plane, stack.grid)
         bar = self.figure.colorbar(self._heat["axial"], cax=self.figure.add_axes((0.935, 0.1, 0.015, 0.7)))
-        bar.set_ticks([0.25, 0.5, 0.75, 1.0])
+        bar.set_ticks([MAP_DISPLAY_THRESHOLD, 0.5, 0.75, 1.0],
+                      labels=[f"{MAP_DISPLAY_THRESHOLD:g} {MAP_SCALE_LOW}", "0.5", "0.75", f"1 {MAP_SCALE_HIGH}"])
+        bar.set_label(MAP_SCALE_LABEL + f"; below {MAP_DISPLAY_THRESHOLD:g} hidden", color="white", fontsize=8)
         bar.ax.tick_params(colors="white", labelsize=8)
         bar.outline.set_edgecolor("white")
         self._title = self.figure.suptitle("", color="white", fontsize=13, y=0.97)
