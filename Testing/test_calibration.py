@@ -239,3 +239,19 @@ def test_a_single_network_finding_shows_no_spread_and_an_uncalibrated_bundle_say
     entry = finding.summary()["outputs"][0]
     assert entry["member_probabilities"] == [] and entry["member_spread"] is None and entry["members_disagree"] is None
     assert entry["probability"] == entry["raw_probability"]
+
+
+def test_an_ensemble_run_stores_the_calibrator_of_its_out_of_fold_predictions() -> None:
+    from types import SimpleNamespace
+
+    from LungNoduleExplainLib.runs import _fit_members_calibration
+
+    p, y, groups = _overconfident(300)
+    train_set = SimpleNamespace(labels=np.stack([y, 1 - y], 1), patient_ids=list(groups))
+    doc, calibrate = _fit_members_calibration(np.stack([p, 1 - p], 1), train_set, ["a", "b"], {"a": 0.5, "b": 0.4})
+    assert set(doc["outputs"]) == {"a", "b"} and doc["outputs"]["b"]["raw_threshold"] == 0.4
+    shown = calibrate(np.stack([p, 1 - p], 1))
+    assert expected_calibration_error(y, shown[:, 0]) < expected_calibration_error(y, p)
+    train_set.labels[:, 1] = 0  # an output without positives: no calibration at all, probabilities stay raw
+    doc, calibrate = _fit_members_calibration(np.stack([p, 1 - p], 1), train_set, ["a", "b"], {"a": 0.5, "b": 0.4})
+    assert doc is None and calibrate(p) is p

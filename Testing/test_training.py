@@ -366,3 +366,6 @@ def test_an_ensemble_run_without_validation_patients_trains_on_every_patient_and
     assert bundle.manifest["metrics"]["out_of_fold"]["malignant"]["n"] == oof["malignant"]["n"] > 0
     assert not (tmp_path / "run" / "validation_metrics.json").exists()
     assert bundle.manifest["training"]["n_val"] == 0
+    # 30 nodules leave an output without positives: no calibrator can be fitted, and the bundle says so
+    # (the fitted case: test_calibration.py::test_an_ensemble_run_stores_the_calibrator_of_its_out_of_fold_predictions)
+    assert not bundle.calibrated and bundle.manifest["training"]["calibration"].startswith("none")
