@@ -79,7 +79,9 @@ class FakeAnalyzer:
             blob = np.exp(-(distance / (RADIUS_MM * (1 + n))) ** 2).astype(np.float32)
             outputs.append(OutputResult(name=name, kind=kind, description=f"fake {name}",
                                         probability=float(0.2 + 0.3 * n), threshold=threshold,
-                                        activation_map=_on_ct_grid(blob, ct)))
+                                        activation_map=_on_ct_grid(blob, ct),
+                                        # three members around the probability: spiculated's straddle 0.4
+                                        member_probabilities=[0.05 + 0.3 * n, 0.2 + 0.3 * n, 0.25 + 0.3 * n]))
         diameter, volume = mask_size(segmentation)
         return Finding(point_lps=tuple(float(v) for v in lps), outputs=outputs, segmentation=segmentation,
                        segmentation_probability=probability, diameter_mm=diameter, volume_mm3=volume,

@@ -255,3 +255,19 @@ def test_an_ensemble_run_stores_the_calibrator_of_its_out_of_fold_predictions() 
     train_set.labels[:, 1] = 0  # an output without positives: no calibration at all, probabilities stay raw
     doc, calibrate = _fit_members_calibration(np.stack([p, 1 - p], 1), train_set, ["a", "b"], {"a": 0.5, "b": 0.4})
     assert doc is None and calibrate(p) is p
+
+
+def test_the_report_table_shows_the_members_range_the_disagreement_and_whether_calibrated() -> None:
+    from types import SimpleNamespace
+
+    from LungNoduleExplainLib.finding import OutputResult
+    from LungNoduleExplainLib.reports.html import _outputs_table
+
+    spread = OutputResult("malignant", "diagnosis", "", 0.83, 0.5, None, member_probabilities=[0.71, 0.9, 0.8])
+    straddle = OutputResult("spiculated", "manifestation", "", 0.45, 0.4, None, member_probabilities=[0.3, 0.5])
+    html = _outputs_table(SimpleNamespace(outputs=[spread, straddle], calibrated=True))
+    assert "0.83 <span" in html and "(members 0.71-0.90)" in html and html.count("members disagree</span>") == 1
+    assert "calibrated on patients" in html
+    single = OutputResult("malignant", "diagnosis", "", 0.83, 0.5, None)
+    html = _outputs_table(SimpleNamespace(outputs=[single], calibrated=False))
+    assert "(members" not in html and "NOT calibrated" in html and "single network" in html.lower()

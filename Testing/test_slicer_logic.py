@@ -134,7 +134,11 @@ def test_analysis_puts_segmentation_table_and_maps_on_the_ct_grid_under_the_stud
 
     table = nodule.tableNode.GetTable()
     assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == \
-        ["output", "finding", "probability", "threshold", "result"]
+        ["output", "finding", "probability", "threshold", "result", "members"]
+    members = {table.GetValue(r, 0).ToString(): table.GetValue(r, 5).ToString() for r in range(table.GetNumberOfRows())}
+    # the fake's three members: only spiculated's (0.35-0.55) fall on both sides of its threshold 0.4
+    assert members == {"malignancy": "0.05-0.25", "spiculated": "0.35-0.55 · members disagree",
+                       "calcified": "0.65-0.85"}
     rows = {table.GetValue(r, 0).ToString(): (table.GetValue(r, 2).ToDouble(), table.GetValue(r, 4).ToString())
             for r in range(table.GetNumberOfRows())}
     # the call's meaning for the patient beside it: no malignancy and calcification reassure, spicules concern
@@ -658,3 +662,10 @@ def test_install_deletes_each_constraints_file_once_pip_is_done(monkeypatch, tmp
                  log=lambda message: None).install()
     assert len(constraints) == 2 and all("SimpleITK==2.4.0" in text.splitlines() for text in constraints)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_members_column_says_when_there_is_no_spread_or_no_field():
+    assert ResultNodes.membersText({"member_probabilities": [], "member_spread": None}) == "single network"
+    assert ResultNodes.membersText({"member_probabilities": [0.7, 0.9], "member_spread": {"min": 0.71, "max": 0.9},
+                                    "members_disagree": False}) == "0.71-0.90"
+    assert ResultNodes.membersText({}) == ""  # a finding.json written before the field existed

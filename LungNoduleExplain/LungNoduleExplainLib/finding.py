@@ -22,6 +22,10 @@ class OutputResult:
 
     activation_map: float32 image on the CT grid, values in [0, 1] (SAM map, min-max normalised on the patch,
     0 outside the patch). The paper hides values below 0.25 when displaying.
+    probability and threshold are on the calibrated scale when the bundle has a calibration (see `calibrated`
+    on the Finding); raw_probability and raw_threshold are the network's own score and the manifest's threshold.
+    member_probabilities: each ensemble member's probability through the same calibrator (one value for a single
+    network: no spread to show).
     """
 
     name: str
@@ -30,10 +34,39 @@ class OutputResult:
     probability: float
     threshold: float
     activation_map: sitk.Image
+    raw_probability: float | None = None
+    raw_threshold: float | None = None
+    member_probabilities: list[float] = field(default_factory=list)
 
     @property
     def positive(self) -> bool:
         return self.probability >= self.threshold
+
+    @property
+    def has_spread(self) -> bool:
+        """True when several ensemble members gave a probability (a single network has no spread)."""
+        return len(self.member_probabilities) > 1
+
+    @property
+    def member_range(self) -> tuple[float, float] | None:
+        """(lowest, highest) member probability, or None for a single network."""
+        if not self.has_spread:
+            return None
+        return min(self.member_probabilities), max(self.member_probabilities)
+
+    @property
+    def members_disagree(self) -> bool:
+        """The members fall on both sides of the threshold: the call hangs on which network is asked."""
+        calls = {p >= self.threshold for p in self.member_probabilities}
+        return len(calls) == 2
+
+    @property
+    def spread_text(self) -> str:
+        """'members 0.71-0.90' (with ', members disagree' when they straddle the threshold), or '' when single."""
+        if not self.has_spread:
+            return ""
+        low, high = self.member_range
+        return f"members {low:.2f}-{high:.2f}" + (", members disagree" if self.members_disagree else "")
 
     @property
     def verdict(self) -> str:
@@ -77,6 +110,7 @@ class Finding:
     device: str
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    calibrated: bool = False  # probabilities through the bundle's calibration.json (False: raw scores)
 
     @cached_property
     def axial(self) -> AxialDiameters:
@@ -105,7 +139,8 @@ class Finding:
             "point_ras_mm": list(self.point_ras),
             "outputs": [{"name": o.name, "kind": o.kind, "description": o.description,
                          "probability": round(float(o.probability), 4), "threshold": float(o.threshold),
-                         "positive": bool(o.positive)} for o in self.outputs],
+                         "positive": bool(o.positive), **_uncertainty(o)} for o in self.outputs],
+            "calibrated": bool(self.calibrated),
             "diameter_mm": round(float(self.diameter_mm), 2),
             "long_axis_mm": round(float(self.axial.long_mm), 2),
             "short_axis_mm": round(float(self.axial.short_mm), 2),
@@ -116,6 +151,20 @@ class Finding:
             "timings_s": {k: round(float(v), 4) for k, v in self.timings_s.items()},
             "warnings": list(self.warnings),
         }
+
+
+def _uncertainty(o: OutputResult) -> dict:
+    """finding.json fields of the raw score and the members' spread (spread null for a single network)."""
+    fields = {"raw_probability": None if o.raw_probability is None else round(float(o.raw_probability), 4),
+              "raw_threshold": None if o.raw_threshold is None else float(o.raw_threshold),
+              "member_probabilities": [round(float(p), 4) for p in o.member_probabilities],
+              "member_spread": None, "members_disagree": None}
+    if o.has_spread:
+        low, high = o.member_range
+        fields.update(member_spread={"min": round(low, 4), "max": round(high, 4),
+                                     "sd": round(float(np.std(o.member_probabilities)), 4)},
+                      members_disagree=bool(o.members_disagree))
+    return fields
 
 
 def mask_size(mask: sitk.Image) -> tuple[float, float]:

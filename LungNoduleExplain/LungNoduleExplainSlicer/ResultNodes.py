@@ -28,7 +28,8 @@ NODULE_KEY_ATTRIBUTE = "LungNoduleExplain.NoduleKey"
 ROLE_ATTRIBUTE = "LungNoduleExplain.Role"
 OUTPUT_ATTRIBUTE = "LungNoduleExplain.Output"
 SOURCE_VOLUME_ATTRIBUTE = "LungNoduleExplain.SourceVolumeID"  # on each map: the ID of the CT it was computed on
-TABLE_COLUMNS = ("output", "finding", "probability", "threshold", "result")
+TABLE_COLUMNS = ("output", "finding", "probability", "threshold", "result", "members")
+CALIBRATED_ATTRIBUTE = "LungNoduleExplain.Calibrated"  # on the table: "true" / "false" (raw scores)
 # finding.json size fields -> table attributes (mm, mm^3); the table's name also says the axial axes
 SIZE_ATTRIBUTES = {"long_axis_mm": "LungNoduleExplain.LongAxisMm", "short_axis_mm": "LungNoduleExplain.ShortAxisMm",
                    "diameter_mm": "LungNoduleExplain.EquivalentDiameterMm", "volume_mm3": "LungNoduleExplain.VolumeMm3"}
@@ -98,7 +99,7 @@ def checkSameGrid(node, ctNode, path: Path) -> None:
 def _makeTable(finding: dict) -> "slicer.vtkMRMLTableNode":
     table = slicer.vtkMRMLTableNode()
     columns = {"output": vtk.vtkStringArray(), "finding": vtk.vtkStringArray(), "probability": vtk.vtkDoubleArray(),
-               "threshold": vtk.vtkDoubleArray(), "result": vtk.vtkStringArray()}
+               "threshold": vtk.vtkDoubleArray(), "result": vtk.vtkStringArray(), "members": vtk.vtkStringArray()}
     for name, array in columns.items():
         array.SetName(name)
     for output in finding["outputs"]:
@@ -109,8 +110,15 @@ def _makeTable(finding: dict) -> "slicer.vtkMRMLTableNode":
         columns["threshold"].InsertNextValue(threshold)
         positive = output.get("positive", probability >= threshold)
         columns["result"].InsertNextValue(resultText(output["name"], bool(positive)))
+    # members: one row per output, after any row the writer put above the outputs
+    for _ in range(columns["output"].GetNumberOfValues() - len(finding["outputs"])):
+        columns["members"].InsertNextValue("")
+    for output in finding["outputs"]:
+        columns["members"].InsertNextValue(membersText(output))
     for name in TABLE_COLUMNS:
         table.GetTable().AddColumn(columns[name])
+    if isinstance(finding.get("calibrated"), bool):
+        table.SetAttribute(CALIBRATED_ATTRIBUTE, "true" if finding["calibrated"] else "false")
     for key, attribute in SIZE_ATTRIBUTES.items():
         if isinstance(finding.get(key), (int, float)):
             table.SetAttribute(attribute, f"{float(finding[key]):g}")
@@ -131,6 +139,16 @@ def sizeText(finding: dict) -> str:
     if not isinstance(long_mm, (int, float)) or not isinstance(short_mm, (int, float)):
         return ""
     return f"{long_mm:.1f} x {short_mm:.1f} mm axial"
+
+
+def membersText(output: dict) -> str:
+    """The members' range as the table shows it: '0.71-0.90', with ' · members disagree' when they fall on both
+    sides of the threshold; 'single network' when there is no spread; '' for a finding.json without the fields."""
+    spread = output.get("member_spread")
+    if isinstance(spread, dict) and {"min", "max"} <= spread.keys():
+        text = f"{float(spread['min']):.2f}-{float(spread['max']):.2f}"
+        return text + (" · members disagree" if output.get("members_disagree") else "")
+    return "single network" if "member_probabilities" in output else ""
 
 
 def _geometryInOwnFrame(volumeNode) -> str:

@@ -215,8 +215,9 @@ def print_summary(findings: Sequence[Finding], report: Path) -> None:
         diagnosis = finding.diagnosis
         positives = [o.name for o in finding.outputs if o.kind == "manifestation" and o.positive]
         probability, threshold = diagnosis.shown
+        spread = f"; {diagnosis.spread_text}" if diagnosis.has_spread else ""
         print(f"nodule-{index:02d}: {diagnosis.name} {probability} "
-              f"({diagnosis.verdict} at {threshold}), "
+              f"({diagnosis.verdict} at {threshold}{spread}), "
               f"axial {finding.axial.long_mm:.1f} x {finding.axial.short_mm:.1f} mm (long x short axis), "
               f"equivalent diameter {finding.diameter_mm:.1f} mm, volume {finding.volume_mm3:.0f} mm3; "
               f"manifestations present: {', '.join(positives) or 'none'}")

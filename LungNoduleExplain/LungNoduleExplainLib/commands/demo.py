@@ -110,7 +110,8 @@ def summary_paragraph(finding: Finding, diameter_mm: float, size: Sequence[int],
             f"{diameter_mm:.0f} mm solid nodule and clicked its centre. {finding.model_name} "
             f"{finding.model_version} on {finding.device.upper()} segmented a nodule of {finding.diameter_mm:.1f} mm "
             f"({finding.volume_mm3:.0f} mm3{checked}) and gives {diagnosis.name} {diagnosis.shown[0]} "
-            f"({diagnosis.verdict} at threshold {diagnosis.shown[1]})"
+            f"({diagnosis.verdict} at threshold {diagnosis.shown[1]}"
+            f"{'; ' + diagnosis.spread_text if diagnosis.has_spread else ''})"
             f"{'; manifestations: ' + manifestations if manifestations else ''}, in {total_s:.1f} s.{missed} "
             "The image is a phantom, not a patient: these numbers only show that the pipeline runs. "
             "Research use only, not for clinical decisions.")

@@ -116,8 +116,8 @@ def _nodule_card(index: int, section: NoduleSection) -> str:
         "</div>",
         f"<div><span>Equivalent diameter</span><b>{f.diameter_mm:.1f} mm</b></div>",
         f"<div><span>Volume</span><b>{f.volume_mm3:.0f} mm³</b></div>",
-        f"<div><span>{escape(_label(diagnosis.name))}</span><b>{probability}</b> · {verdict_html(diagnosis)} "
-        f"(threshold {threshold})</div>",
+        f"<div><span>{escape(_label(diagnosis.name))}</span><b>{probability}</b>{_spread_html(diagnosis)} · "
+        f"{verdict_html(diagnosis)}{_disagree_html(diagnosis)} (threshold {threshold})</div>",
         f"<div><span>Clicked point</span>RAS ({ras}) mm · LPS ({lps}) mm</div>",
         "</div>",
         "<p class=\"legend\">Long and short axis: on the axial slice where the automatic segmentation is "
@@ -158,11 +158,41 @@ def _outputs_table(f: Finding) -> str:
         probability, threshold = o.shown
         rows.append(f"<tr{cls}><td>{escape(_label(o.name))}</td><td>{escape(o.kind)}</td>"
                     f'<td class="num"><span class="bar"><span style="width:{width:.0f}%"></span></span>'
-                    f"{probability}</td><td class=\"num\">{threshold}</td><td>{result}</td>"
+                    f"{probability}{_spread_html(o)}</td><td class=\"num\">{threshold}</td>"
+                    f"<td>{result}{_disagree_html(o)}</td>"
                     f"<td>{escape(o.description)}</td></tr>")
     head = ("<tr><th>Output</th><th>Kind</th><th>Probability</th><th>Threshold</th><th>Result</th>"
             "<th>Meaning</th></tr>")
-    return f"<h3>Outputs</h3><table>{head}{''.join(rows)}</table>"
+    return f"<h3>Outputs</h3><table>{head}{''.join(rows)}</table>{_probability_note(f)}"
+
+
+def _spread_html(o: OutputResult) -> str:
+    """' (members 0.71-0.90)' after the probability of an ensemble's output; '' for a single network."""
+    if not o.has_spread:
+        return ""
+    low, high = o.member_range
+    return f' <span style="color:#5b6375;font-size:0.88em">(members {low:.2f}-{high:.2f})</span>'
+
+
+def _disagree_html(o: OutputResult) -> str:
+    return (' <span style="color:#8a5a00;font-weight:600">· members disagree</span>'
+            if o.members_disagree else "")
+
+
+def _probability_note(f: Finding) -> str:
+    """What the probability column means: calibrated or raw scores, and what the members' range says."""
+    if f.calibrated:
+        text = ("Probabilities are calibrated on patients the networks did not train on: of nodules shown 0.30, "
+                "about 30 in 100 had the finding in the LIDC readers' ratings.")
+    else:
+        text = ("Probabilities are the network's raw scores, NOT calibrated (the model bundle has no "
+                "calibration.json): read them as a ranking, not as a chance.")
+    if any(o.has_spread for o in f.outputs):
+        text += (" Members: the lowest and highest probability of the ensemble's networks; 'members disagree': "
+                 "they fall on both sides of the threshold, so the call is uncertain.")
+    else:
+        text += " A single network: no spread between ensemble members to show."
+    return f'<p class="legend">{escape(text)}</p>'
 
 
 def verdict_html(o: OutputResult) -> str:
