@@ -20,7 +20,8 @@ from LungNoduleExplainLib.errors import BundleError, ConfigError, DatasetError, 
 from LungNoduleExplainLib.segmentation import NoduleSegmenter, bootstrap_mean_ci, dice, export_nnunet_dataset
 from LungNoduleExplainLib.segmentation import segmentation_dice
 from LungNoduleExplainLib.segmentation.export import pad_voxels
-from LungNoduleExplainLib.segmentation.predict import crop_around, paste_crop, select_component
+from LungNoduleExplainLib.segmentation.predict import (crop_around, paste_crop, recentred_crop_centre,
+                                                      select_component)
 from LungNoduleExplainLib.volume import read_ct, lps_to_ras
 
 
@@ -354,3 +355,52 @@ def test_onednn_convolutions_give_pytorchs_results_and_keep_loading_weights():
     with torch.inference_mode():
         torch.testing.assert_close(network(x), reference(x), atol=1e-4, rtol=1e-4)
     assert use_onednn_convolutions(network) == 0  # already switched
+
+
+def _threshold_segmenter(recentre: bool) -> NoduleSegmenter:
+    """A NoduleSegmenter whose network is a HU threshold (translation-equivariant, no weights), to test cropping."""
+    segmenter = object.__new__(NoduleSegmenter)
+    segmenter.crop_mm, segmenter.threshold, segmenter.recentre = (48.0, 48.0, 40.0), 0.5, recentre
+    segmenter.calls = []
+    segmenter.predict_array = lambda hu, spacing: segmenter.calls.append(hu.shape) or (hu > -300).astype(np.float32)
+    return segmenter
+
+
+def _ball_ct() -> tuple[sitk.Image, np.ndarray]:
+    """Lung (-800 HU) with a 10 mm ball (40 HU) centred at voxel (60, 58, 30); 0.7 x 0.7 x 1.25 mm; its centre."""
+    zz, yy, xx = np.meshgrid(np.arange(60) * 1.25, np.arange(120) * 0.7, np.arange(120) * 0.7, indexing="ij")
+    ball = (xx - 60 * 0.7) ** 2 + (yy - 58 * 0.7) ** 2 + (zz - 30 * 1.25) ** 2 <= 5.0 ** 2
+    ct = sitk.GetImageFromArray(np.where(ball, 40, -800).astype(np.int16))
+    ct.SetSpacing((0.7, 0.7, 1.25))
+    ct.SetOrigin((-20.0, 35.0, -110.0))
+    return ct, np.asarray(ct.TransformContinuousIndexToPhysicalPoint((60.0, 58.0, 30.0)))
+
+
+def test_the_second_pass_centres_the_crop_on_the_nodule_wherever_inside_it_the_click_lies():
+    ct, centre = _ball_ct()
+    moves = [np.zeros(3)] + [3.0 * v for v in np.vstack([np.eye(3), -np.eye(3)])]
+    recentred = [_threshold_segmenter(True).segment(ct, centre + m) for m in moves]
+    assert len({r.crop.origin for r in recentred}) == 1, "one crop, placed by the nodule, for every click"
+    np.testing.assert_allclose(recentred[0].crop.origin, centre - (np.asarray(recentred[0].crop.size) - 1) / 2.0
+                               * np.asarray(ct.GetSpacing()), atol=0.7)
+    for r in recentred[1:]:
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(r.probability),
+                                      sitk.GetArrayViewFromImage(recentred[0].probability))
+    plain = [_threshold_segmenter(False).segment(ct, centre + m) for m in moves]
+    assert len({r.crop.origin for r in plain}) == len(moves), "without it the crop follows the click"
+
+
+def test_a_click_at_the_nodule_centre_is_segmented_once_and_a_far_reaching_structure_keeps_its_first_field():
+    ct, centre = _ball_ct()
+    segmenter = _threshold_segmenter(True)
+    segmenter.segment(ct, centre)
+    assert len(segmenter.calls) == 1, "the crop would not move: no second prediction"
+    segmenter.segment(ct, centre + (3.0, 0.0, 0.0))
+    assert len(segmenter.calls) == 3
+    # a slab reaching 30 mm from the click: centring on it would put the click within 4 mm of the crop's edge
+    slab = np.zeros((32, 68, 68), dtype=bool)
+    slab[10:20, 30:38, 0:68] = True
+    start = np.array([0, 0, 0])
+    click = np.asarray(ct.TransformContinuousIndexToPhysicalPoint((2.0, 34.0, 15.0)))
+    assert recentred_crop_centre(ct, slab, start, click, (48.0, 48.0, 40.0)) is None
+    assert recentred_crop_centre(ct, np.zeros_like(slab), start, click, (48.0, 48.0, 40.0)) is None

@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--diagonals", action="store_true", help="also the 8 cube diagonals")
     parser.add_argument("--seed", type=int, default=0, help="seed of the patient sample")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--no-recentre", action="store_true",
+                        help="segment once, the crop centred on the click (the engine before the second pass)")
     parser.add_argument("--out", type=Path, default=HERE / "click_stability",
                         help="output path without suffix (.json and .md are written)")
     return parser.parse_args(argv)
@@ -127,7 +129,12 @@ def ct_nodules(args: argparse.Namespace, moves: dict[str, np.ndarray], diagnosis
     from LungNoduleExplainLib.analysis import Analyzer
     from LungNoduleExplainLib.volume import read_ct
 
-    analyzer = Analyzer(args.model, device="cpu")
+    from LungNoduleExplainLib.bundle import load_bundle
+    from LungNoduleExplainLib.segmentation.predict import NoduleSegmenter
+
+    bundle = load_bundle(args.model, device="cpu")
+    segmenter = NoduleSegmenter(bundle.segmentation_dir, device="cpu", recentre=not args.no_recentre)
+    analyzer = Analyzer(bundle, device="cpu", segmenter=segmenter)
     ct_dir = args.data / "lidc-ct"
     rows = []
     for nodule in json.loads((ct_dir / "nodules.json").read_text()):
@@ -172,7 +179,8 @@ def voi_nodules(args: argparse.Namespace, moves: dict[str, np.ndarray], diagnosi
     sample = voi_sample(table, fold_of_case, args.voi_sample, args.seed)
     rows = []
     for fold in sorted({fold_of_case[r["case_id"]] for r in sample}):
-        segmenter = NoduleSegmenter(bundle.segmentation_dir, folds=(fold,), device="cpu")
+        segmenter = NoduleSegmenter(bundle.segmentation_dir, folds=(fold,), device="cpu",
+                                    recentre=not args.no_recentre)
         analyzer = Analyzer(bundle, device="cpu", segmenter=segmenter)
         for r in (r for r in sample if fold_of_case[r["case_id"]] == fold):
             ct = sitk.ReadImage(str(voi / r["image"]))
@@ -191,7 +199,8 @@ def summary_line(row: dict) -> str:
     deltas = [abs(m["delta"][row["diagnosis"]]) for m in row["moves"] if "delta" in m]
     kept = sum(m["kept"] for m in row["moves"])
     return (f"{row['case']}: p={row['centre']['probability'][row['diagnosis']]:.3f} kept {kept}/{len(row['moves'])}"
-            f" max|d|={max(deltas, default=0.0):.3f} flips={sum(len(m['flips']) for m in row['moves'] if 'flips' in m)}")
+            f" max|d|={max(deltas, default=0.0):.3f}"
+            f" flips={sum(len(m['flips']) for m in row['moves'] if 'flips' in m)}")
 
 
 def summarise(rows: list[dict], diagnosis: str, outputs: list[str]) -> dict:
@@ -222,6 +231,8 @@ def summarise(rows: list[dict], diagnosis: str, outputs: list[str]) -> dict:
                 all("delta" in m and abs(m["delta"][diagnosis]) <= MAX_DELTA and not m["flips"]
                     for m in r["moves"] if m["kept"]) for r in subset if "refused" not in r["centre"]),
         }
+        seconds = [m["seconds"] for m in answered] + [r["centre"]["seconds"] for r in subset]
+        out[name]["median_click_s"] = round(float(np.median(seconds)), 2)
         out[name]["met"] = bool(len(deltas) and out[name]["share_within"] == 1.0
                                 and out[name]["moves_with_any_flip"] == 0)
     return out
@@ -233,7 +244,10 @@ def write_markdown(path: Path, result: dict) -> None:
              f"Tree: {result['commit']}{' (uncommitted changes)' if result['dirty'] else ''}; bundle "
              f"{result['bundle']} (calibration.json present: {result['calibrated']}); step {result['step_mm']} mm, "
              f"{len(result['directions'])} directions ({', '.join(result['directions'])}); "
-             f"{result['seconds']:.0f} s on {result['threads']} torch thread(s).", "",
+             f"{result['seconds']:.0f} s on {result['threads']} torch thread(s); segmentation "
+             + ("re-centred on the nodule (second pass)" if result["recentre"] else "once, crop centred on the click")
+             + "; median click " + ", ".join(f"{n} {s['median_click_s']} s" for n, s in result["summary"].items())
+             + " (wall time on a shared machine).", "",
              f"Criterion: every kept move has |delta malignancy| <= {MAX_DELTA} and flips no call.", "",
              "| set | nodules | centre refused | moves inside | refused | answered | share |d|<=0.05 | median |d| "
              "| p95 |d| | max |d| | moves with a flip | met |", "|" + "---|" * 12]
@@ -295,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
               "commit": commit, "dirty": dirty, "bundle": f"{bundle.name} {bundle.version}",
               "calibrated": (bundle.path / "calibration.json").is_file(), "step_mm": args.step_mm,
               "directions": list(moves), "threads": args.threads, "seconds": time.perf_counter() - start,
+              "recentre": not args.no_recentre,
               "criterion": {"max_abs_delta_malignancy": MAX_DELTA, "flips": 0}, "diagnosis": diagnosis,
               "outputs": outputs, "summary": summarise(rows, diagnosis, outputs), "nodules": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint_final.pth"
 DEFAULT_CROP_MM: tuple[float, float, float] = (48.0, 48.0, 40.0)
 DEFAULT_THRESHOLD = 0.5
+# The second pass is centred on the nodule only while the click stays this far (mm) inside the moved crop.
+RECENTRE_MARGIN_MM = 4.0
 # nnU-Net imports the classes plans.json names (pydoc.locate): allow only its architectures and torch.nn layers.
 ARCHITECTURE_PREFIX = "dynamic_network_architectures.architectures."
 LAYER_PREFIX = "torch.nn."
@@ -102,6 +104,9 @@ class NoduleSegmenter:
     folds: which folds to ensemble (default: all present). crop_mm: the crop (x, y, z) in mm around the point,
     taken at the CT's native resolution; the default 48 x 48 x 40 mm holds nodules up to 30 mm with context and is
     4 sliding windows of the shipped plans. threshold: probability at which a voxel is nodule.
+    recentre: segment a second time with the crop centred on the box of the component found at the click, so that
+    where inside a nodule the user clicked barely changes the result (the probability map, which feeds the
+    classifier's prior, otherwise follows the crop's edges and nnU-Net's tiling: benchmarks/click_stability).
     Raises BundleError naming the missing or unreadable file.
 
     On CPU the network's 3D convolutions are switched to oneDNN (devices.use_onednn_convolutions): nnU-Net predicts
@@ -110,7 +115,7 @@ class NoduleSegmenter:
 
     def __init__(self, model_dir: str | Path, folds: Sequence[int] | None = None, device: str | None = "auto",
                  use_mirroring: bool = False, crop_mm: Sequence[float] = DEFAULT_CROP_MM,
-                 threshold: float = DEFAULT_THRESHOLD, tile_step_size: float = 0.5):
+                 threshold: float = DEFAULT_THRESHOLD, tile_step_size: float = 0.5, recentre: bool = True):
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise BundleError(f"segmentation model folder {self.model_dir} does not exist")
@@ -127,6 +132,7 @@ class NoduleSegmenter:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.crop_mm = tuple(float(c) for c in crop_mm)
         self.threshold = float(threshold)
+        self.recentre = bool(recentre)
         self.device = resolve_device(device)
         self._predictor = self._make_predictor(plans, dataset_json, checkpoints, use_mirroring, tile_step_size)
 
@@ -186,6 +192,9 @@ class NoduleSegmenter:
         point_lps = point_to_lps(point, space, ct)
         crop_mm = self.crop_mm if crop_mm is None else crop_mm
         probability, mask, start, geometry = self._segment_crop(ct, point_lps, crop_mm)
+        centre = recentred_crop_centre(ct, mask, start, point_lps, crop_mm) if self.recentre else None
+        if centre is not None:
+            probability, mask, start, geometry = self._segment_crop(ct, point_lps, crop_mm, crop_centre_lps=centre)
         result = SegmentationResult(
             probability=paste_crop(probability, start, ct, np.float32),
             mask=paste_crop(mask.astype(np.uint8), start, ct, np.uint8),
@@ -195,14 +204,36 @@ class NoduleSegmenter:
         logger.debug("segmented at %s: %.0f mm3 in %.2f s", result.point_lps, result.volume_mm3, result.seconds)
         return result
 
-    def _segment_crop(self, ct: sitk.Image, point_lps: np.ndarray, crop_mm: Sequence[float]):
-        """Probability and selected component on the crop of `crop_mm` around the point, its start and geometry."""
-        crop_hu, geometry, start = crop_around(ct, point_lps, crop_mm)
+    def _segment_crop(self, ct: sitk.Image, point_lps: np.ndarray, crop_mm: Sequence[float],
+                      crop_centre_lps: np.ndarray | None = None):
+        """Probability and the component at the point on the crop of `crop_mm` around `crop_centre_lps` (default:
+        the point), its start and geometry."""
+        crop_hu, geometry, start = crop_around(ct, point_lps if crop_centre_lps is None else crop_centre_lps, crop_mm)
         spacing_zyx = ct.GetSpacing()[::-1]
         probability = self.predict_array(crop_hu, spacing_zyx)
         center_index = np.asarray(ct.TransformPhysicalPointToContinuousIndex(point_lps.tolist()))[::-1] - start[::-1]
         mask = select_component(probability >= self.threshold, center_index, spacing_zyx)
         return probability, mask, start, geometry
+
+
+def recentred_crop_centre(ct: sitk.Image, mask_zyx: np.ndarray, start: np.ndarray, point_lps: np.ndarray,
+                          crop_mm: Sequence[float]) -> np.ndarray | None:
+    """Centre (LPS mm) of the bounding box of the component `mask_zyx` (on the crop that starts at CT index
+    `start`), where a second crop should be centred; None when that crop would be the same one, when nothing was
+    segmented, or when the click would come closer than RECENTRE_MARGIN_MM to the moved crop's edge (a large
+    structure: the first field is kept)."""
+    k, j, i = np.nonzero(mask_zyx)
+    if len(i) == 0:
+        return None
+    index = np.array([(i.min() + i.max()) / 2.0, (j.min() + j.max()) / 2.0, (k.min() + k.max()) / 2.0]) + start
+    centre = np.asarray(ct.TransformContinuousIndexToPhysicalPoint([float(v) for v in index]))
+    # the click, in mm along the CT's axes from the new centre, must stay inside the crop with a margin
+    offset = np.abs(np.asarray(ct.TransformPhysicalPointToContinuousIndex([float(v) for v in point_lps])) - index)
+    if np.any(offset * np.asarray(ct.GetSpacing()) > np.asarray(crop_mm, dtype=float) / 2.0 - RECENTRE_MARGIN_MM):
+        return None
+    if np.array_equal(crop_around_start(ct, centre, crop_mm), start):
+        return None
+    return centre
 
 
 def check_architecture_imports(configuration_manager, plans_path: Path, configuration: str) -> None:  # noqa: ANN001
@@ -242,9 +273,8 @@ def crop_around(ct: sitk.Image, point_lps: Sequence[float],
     The crop's voxels are the CT's voxels: nothing is interpolated.
     """
     spacing = np.asarray(ct.GetSpacing())
-    n = np.maximum(np.round(np.asarray(crop_mm, dtype=float) / spacing).astype(int), 1)
-    center = np.asarray(ct.TransformPhysicalPointToContinuousIndex([float(v) for v in point_lps]))
-    start = np.round(center - (n - 1) / 2.0).astype(int)
+    n = crop_voxels(ct, crop_mm)
+    start = crop_around_start(ct, point_lps, crop_mm)
     size = np.asarray(ct.GetSize())
     lo, hi = np.maximum(start, 0), np.minimum(start + n, size)
     crop = np.full(n[::-1], AIR_HU, dtype=np.float32)
@@ -256,6 +286,17 @@ def crop_around(ct: sitk.Image, point_lps: Sequence[float],
     geometry = PatchGeometry(tuple(float(v) for v in origin), tuple(float(s) for s in spacing),
                              tuple(int(v) for v in n), tuple(float(v) for v in ct.GetDirection()))
     return crop, geometry, start
+
+
+def crop_voxels(ct: sitk.Image, crop_mm: Sequence[float]) -> np.ndarray:
+    """Voxels (i, j, k) of a crop of `crop_mm` (x, y, z) at the CT's own spacing."""
+    return np.maximum(np.round(np.asarray(crop_mm, dtype=float) / np.asarray(ct.GetSpacing())).astype(int), 1)
+
+
+def crop_around_start(ct: sitk.Image, point_lps: Sequence[float], crop_mm: Sequence[float]) -> np.ndarray:
+    """CT index (i, j, k) of the first voxel of the crop of `crop_mm` centred on the point (may be negative)."""
+    centre = np.asarray(ct.TransformPhysicalPointToContinuousIndex([float(v) for v in point_lps]))
+    return np.round(centre - (crop_voxels(ct, crop_mm) - 1) / 2.0).astype(int)
 
 
 def paste_crop(array_zyx: np.ndarray, start: np.ndarray, ct: sitk.Image, dtype) -> sitk.Image:
