@@ -93,6 +93,10 @@ def test_the_shipped_default_bundle_verifies_and_loads() -> None:
         pytest.skip("no default bundle in this checkout")
     bundle = load_bundle()
     assert bundle.output_names == load_task_set("lidc").names
+    # shipped calibrated: one map per output, thresholds mapped through it (docs: MODEL_CARD.md, Calibration)
+    assert bundle.calibrated and set(bundle.calibration.outputs) == set(bundle.output_names)
+    for name, params in bundle.calibration.outputs.items():
+        assert params["raw_threshold"] == bundle.thresholds[name]
     assert sum(f.stat().st_size for f in bundle.path.rglob("*") if f.is_file()) < 20 * 2 ** 20
 
 
