@@ -189,15 +189,32 @@ def test_the_calibrate_verb_adds_a_checksummed_calibration_and_leaves_the_weight
 
 # --- member spread ---------------------------------------------------------------------------------------------------
 
+class SphereSegmenter:
+    """Segments a 5 mm radius ball around the click (probability 0.9 inside): a nodule-sized component at a real
+    nodule's centre, so the analysis goes on to the classifier without an nnU-Net model."""
+
+    def segment(self, ct, point_lps, crop_mm=None):  # noqa: ANN001, ANN201 - as NoduleSegmenter.segment
+        from types import SimpleNamespace
+
+        import SimpleITK as sitk
+        from fake_engine import _distance_mm
+
+        inside = _distance_mm(ct, np.asarray(point_lps)) <= 5.0
+        images = [sitk.GetImageFromArray(a) for a in (inside.astype(np.float32) * 0.9, inside.astype(np.uint8))]
+        for image in images:
+            image.CopyInformation(ct)
+        return SimpleNamespace(probability=images[0], mask=images[1])
+
+
 def _analyze(bundle_path: Path, ct_dir: Path):  # noqa: ANN202
-    from test_cli_analyze import _nodules, threshold_segmenter
+    from test_cli_analyze import _nodules
 
     from LungNoduleExplainLib.analysis import Analyzer
     from LungNoduleExplainLib.volume import read_ct
 
     nodule = _nodules(ct_dir)["LIDC-IDRI-0003"]
     ct = read_ct(ct_dir / "LIDC-IDRI-0003" / "dicom")
-    analyzer = Analyzer(bundle_path, device="cpu", segmenter=threshold_segmenter())
+    analyzer = Analyzer(bundle_path, device="cpu", segmenter=SphereSegmenter())
     return analyzer.analyze(ct, nodule["centroid_lps_mm"], space="lps")
 
 
@@ -210,6 +227,11 @@ def test_an_ensemble_finding_carries_calibrated_member_probabilities_and_their_s
     assert finding.calibrated and UNCALIBRATED_NOTICE not in finding.warnings
     for k, o in enumerate(finding.outputs):
         assert len(o.member_probabilities) == 3
+        # the members' raw probabilities average to the ensemble's (Ensemble.forward): undo the logistic map
+        raw_members = [1 / (1 + math.exp(-((math.log(q / (1 - q)) + 1.0) / 0.5))) for q in o.member_probabilities] \
+            if bundle.calibration.method(o.name) == "logistic" else None
+        if raw_members is not None:
+            assert np.mean(raw_members) == pytest.approx(o.raw_probability, abs=1e-5)
         assert o.probability == pytest.approx(float(bundle.calibrate(np.array([[o.raw_probability] * 8]))[0, k]))
         assert o.threshold == bundle.call_thresholds[o.name] and o.raw_threshold == 0.5
         # each member through the same map: the members' calibrated values are monotone in their raw ones

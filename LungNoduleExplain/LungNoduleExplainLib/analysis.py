@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import explain
+from . import attribution, explain
 from .bundle import ModelBundle, load_bundle
 from .calibration import UNCALIBRATED_NOTICE
 from .descriptors import nodule_descriptors
@@ -87,8 +87,12 @@ class Analyzer:
     """
 
     def __init__(self, bundle: str | Path | ModelBundle | None = None, device: str = "auto",
-                 progress: ProgressCallback | None = None, segmenter=None) -> None:  # noqa: ANN001
+                 progress: ProgressCallback | None = None, segmenter=None,  # noqa: ANN001
+                 map_method: str = attribution.DEFAULT_MAP_METHOD) -> None:
         start = time.perf_counter()
+        if map_method not in attribution.MAP_METHODS:
+            raise ValueError(f"map method must be one of {attribution.MAP_METHODS}, got {map_method!r}")
+        self.map_method = map_method
         self.device = resolve_device(device)
         self.bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle, device=self.device)
         self.progress = progress
@@ -151,8 +155,13 @@ class Analyzer:
         descriptors = (to_tensor(nodule_descriptors(hu, prior, geometry.spacing))
                        if self.bundle.network.descriptors else None)
         lap("crop")
-        logits, maps = self.bundle.model.activation_maps(to_tensor(image), to_tensor(prior[None]),
-                                                         descriptors)
+        logits = self.bundle.model(to_tensor(image), to_tensor(prior[None]), descriptors)
+        # maps: set to 0 outside the CT the network saw (voi), on the output's reference scale (map_scale.json)
+        scales = (self.bundle.map_scales or {}).get(self.map_method)
+        maps = attribution.displayed_maps(self.bundle.model, to_tensor(image), to_tensor(prior[None]), descriptors,
+                                          voi, self.map_method, scales)
+        terms = attribution.mean_logit_terms(self.bundle.model, to_tensor(image), to_tensor(prior[None]),
+                                             descriptors)
         raw = torch.sigmoid(logits)[0].float().cpu().numpy()
         # each member once more, forward only (~0.02 s a member on CPU): the spread shown beside the probability
         members = member_probabilities(self.bundle.model, to_tensor(image), to_tensor(prior[None]), descriptors)
@@ -161,7 +170,6 @@ class Analyzer:
         thresholds = self.bundle.call_thresholds
         if not self.bundle.calibrated:
             warnings.append(UNCALIBRATED_NOTICE)
-        maps = maps[0].float().cpu().numpy()
         lap("classify")
         self._report(0.8, "mapping explanations onto the CT")
         outputs = []
@@ -172,7 +180,9 @@ class Analyzer:
                 probability=float(probabilities[k]), threshold=float(thresholds[name]),
                 activation_map=explain.to_ct_grid(maps[k], geometry, ct), raw_probability=float(raw[k]),
                 raw_threshold=float(self.bundle.thresholds[name]),
-                member_probabilities=[float(v) for v in members[:, k]] if len(members) > 1 else []))
+                member_probabilities=[float(v) for v in members[:, k]] if len(members) > 1 else [],
+                logit_terms={t: float(v[k]) for t, v in terms.items()}))
+        display = attribution.map_display(self.map_method, scales is not None)
         lap("paste")
         diameter, volume = mask_size(seg.mask)
         self._report(1.0, "done")
@@ -180,6 +190,7 @@ class Analyzer:
                        segmentation_probability=seg.probability, diameter_mm=diameter, volume_mm3=volume,
                        model_name=self.bundle.name, model_version=self.bundle.version, prior="nnunet",
                        device=self.device.type, timings_s=timings, warnings=warnings,
+                       map_display=display,
                        calibrated=self.bundle.calibrated)
 
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from . import __version__
 from .atomic import write_json_atomic
+from .attribution import MAP_SCALE_NAME, read_map_scale
 from .calibration import CALIBRATION_NAME, Calibration, read_calibration
 from .devices import use_onednn_convolutions
 from .errors import BundleError
@@ -71,6 +72,8 @@ class ModelBundle:
     model: nn.Module
     device: torch.device
     calibration: Calibration | None = None  # None: no calibration.json, probabilities are raw scores
+    # map_scale.json (attribution.py): {map method: reference scale [members, n_outputs]}; None: maps min-max
+    map_scales: dict | None = None
 
     @property
     def calibrated(self) -> bool:
@@ -180,6 +183,13 @@ def add_calibration(path: str | Path, calibration: dict) -> Path:
         calibration, names, f"calibration for {path}"))
 
 
+def add_map_scale(path: str | Path, document: dict) -> Path:
+    """Add (or replace) map_scale.json (attribution.read_map_scale's format) in a verified bundle folder and list
+    its checksum in the manifest (see add_bundle_file; the weights stay byte-identical)."""
+    return add_bundle_file(path, MAP_SCALE_NAME, document, lambda names, manifest: read_map_scale(
+        document, names, int(manifest.get("members", 1)), f"map scale for {path}"))
+
+
 def add_bundle_file(path: str | Path, name: str, document: dict,
                     check: Callable[[list[str], dict], object]) -> Path:
     """Write `document` as JSON file `name` into a verified bundle folder and list its checksum in the manifest.
@@ -279,4 +289,16 @@ def load_bundle(path: str | Path | None = None, device: str | torch.device = "cp
     thresholds = {k: float(v) for k, v in manifest["thresholds"].items()}
     names = task_set.names if network.multitask else task_set.names[:1]
     calibration = read_calibration(path, manifest, names)
-    return ModelBundle(path, manifest, task_set, network, thresholds, model, device, calibration)
+    return ModelBundle(path, manifest, task_set, network, thresholds, model, device, calibration,
+                       _read_map_scales(path, manifest, names, members))
+
+
+def _read_map_scales(path: Path, manifest: dict, names: list[str], members: int) -> dict | None:
+    """The bundle's map_scale.json (checksum verified by read_manifest) or None when the manifest lists none."""
+    if MAP_SCALE_NAME not in manifest["files"]:
+        return None
+    try:
+        document = json.loads((path / MAP_SCALE_NAME).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"model bundle {path}: {MAP_SCALE_NAME} is not valid JSON ({exc})") from exc
+    return read_map_scale(document, names, members, f"model bundle {path}: {MAP_SCALE_NAME}")

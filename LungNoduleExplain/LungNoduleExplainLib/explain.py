@@ -12,6 +12,11 @@ import SimpleITK as sitk
 from .patch import PatchGeometry, paste_to_reference
 
 DISPLAY_THRESHOLD = 0.25  # the paper hides map values below this when displaying
+# What a map can show (attribution.py computes them). "contribution" is the default: the SAM head's evidence with
+# the SAM layer's spatial weights (benchmarks/map_quality: faithful by deletion and randomisation, the paper's
+# formula "sam" is not); "occlusion" costs ~100-300 forward passes a member.
+MAP_METHODS = ("contribution", "sam", "occlusion")
+DEFAULT_MAP_METHOD = MAP_METHODS[0]
 
 
 def patch_box_in(reference: sitk.Image, geometry: PatchGeometry) -> tuple[np.ndarray, np.ndarray] | None:

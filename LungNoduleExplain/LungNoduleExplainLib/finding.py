@@ -37,6 +37,18 @@ class OutputResult:
     raw_probability: float | None = None
     raw_threshold: float | None = None
     member_probabilities: list[float] = field(default_factory=list)
+    # attribution.logit_terms averaged over members: image_map (what the map shows), image_global, descriptors, bias
+    logit_terms: dict[str, float] | None = None
+
+    @property
+    def descriptor_share(self) -> float | None:
+        """Share of the evidence (|image_map| + |image_global| + |descriptors|) that comes from the nodule
+        descriptors (size, shape, HU), which no map shows; None without logit terms."""
+        if not self.logit_terms:
+            return None
+        t = self.logit_terms
+        total = abs(t["image_map"]) + abs(t["image_global"]) + abs(t["descriptors"])
+        return abs(t["descriptors"]) / total if total > 0 else 0.0
 
     @property
     def positive(self) -> bool:
@@ -111,6 +123,8 @@ class Finding:
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     calibrated: bool = False  # probabilities through the bundle's calibration.json (False: raw scores)
+    # attribution.map_display: the map method, its scale ("reference" or "per-patch") and the colour legend
+    map_display: dict = field(default_factory=dict)
 
     @cached_property
     def axial(self) -> AxialDiameters:
@@ -139,8 +153,9 @@ class Finding:
             "point_ras_mm": list(self.point_ras),
             "outputs": [{"name": o.name, "kind": o.kind, "description": o.description,
                          "probability": round(float(o.probability), 4), "threshold": float(o.threshold),
-                         "positive": bool(o.positive), **_uncertainty(o)} for o in self.outputs],
+                         "positive": bool(o.positive), **_uncertainty(o), **_evidence(o)} for o in self.outputs],
             "calibrated": bool(self.calibrated),
+            "map_display": dict(self.map_display),
             "diameter_mm": round(float(self.diameter_mm), 2),
             "long_axis_mm": round(float(self.axial.long_mm), 2),
             "short_axis_mm": round(float(self.axial.short_mm), 2),
@@ -165,6 +180,17 @@ def _uncertainty(o: OutputResult) -> dict:
                                      "sd": round(float(np.std(o.member_probabilities)), 4)},
                       members_disagree=bool(o.members_disagree))
     return fields
+
+
+def _evidence(o: OutputResult) -> dict:
+    """finding.json fields of where the logit comes from (null when the network gave no terms)."""
+    if not o.logit_terms:
+        return {"logit_terms": None, "descriptor_share": None}
+    t = o.logit_terms
+    terms = {"image": t["image_map"] + t["image_global"], "image_mapped": t["image_map"],
+             "image_global": t["image_global"], "descriptors": t["descriptors"], "bias": t["bias"]}
+    return {"logit_terms": {k: round(float(v), 4) for k, v in terms.items()},
+            "descriptor_share": round(float(o.descriptor_share), 3)}
 
 
 def mask_size(mask: sitk.Image) -> tuple[float, float]:

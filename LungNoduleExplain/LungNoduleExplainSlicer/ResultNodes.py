@@ -28,6 +28,9 @@ NODULE_KEY_ATTRIBUTE = "LungNoduleExplain.NoduleKey"
 ROLE_ATTRIBUTE = "LungNoduleExplain.Role"
 OUTPUT_ATTRIBUTE = "LungNoduleExplain.Output"
 SOURCE_VOLUME_ATTRIBUTE = "LungNoduleExplain.SourceVolumeID"  # on each map: the ID of the CT it was computed on
+# on each map: what a colour means (finding.json map_display.legend) and how much of the output the map cannot show
+MAP_LEGEND_ATTRIBUTE = "LungNoduleExplain.MapLegend"
+DESCRIPTOR_SHARE_ATTRIBUTE = "LungNoduleExplain.DescriptorShare"
 TABLE_COLUMNS = ("output", "finding", "probability", "threshold", "result", "members")
 CALIBRATED_ATTRIBUTE = "LungNoduleExplain.Calibrated"  # on the table: "true" / "false" (raw scores)
 # finding.json size fields -> table attributes (mm, mm^3); the table's name also says the axial axes
@@ -119,6 +122,9 @@ def _makeTable(finding: dict) -> "slicer.vtkMRMLTableNode":
         table.GetTable().AddColumn(columns[name])
     if isinstance(finding.get("calibrated"), bool):
         table.SetAttribute(CALIBRATED_ATTRIBUTE, "true" if finding["calibrated"] else "false")
+    legend = (finding.get("map_display") or {}).get("legend")
+    if legend:
+        table.SetAttribute(MAP_LEGEND_ATTRIBUTE, legend)
     for key, attribute in SIZE_ATTRIBUTES.items():
         if isinstance(finding.get(key), (int, float)):
             table.SetAttribute(attribute, f"{float(finding[key]):g}")
@@ -203,6 +209,11 @@ def readNodule(folder: Path, ctNode, key: str, name: str) -> NoduleNodes:
         checkSameGrid(mapNode, ctNode, path)
         mapNode.SetName(f"{name} {output['name']} map")
         mapNode.SetAttribute(OUTPUT_ATTRIBUTE, output["name"])
+        legend = (finding.get("map_display") or {}).get("legend")
+        if legend:
+            mapNode.SetAttribute(MAP_LEGEND_ATTRIBUTE, legend)
+        if isinstance(output.get("descriptor_share"), (int, float)):
+            mapNode.SetAttribute(DESCRIPTOR_SHARE_ATTRIBUTE, f"{float(output['descriptor_share']):.3f}")
         maps[output["name"]] = mapNode
 
     segmentation = _importSegmentation(labelmap, ctNode, name)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import PointError
+from ..explain import MAP_METHODS
 from ..finding import Finding
 from ..volume import POINT_SPACES
 from ..worker import DEVICES
@@ -80,6 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help=f"where the networks run: {', '.join(DEVICES)} (default auto: CUDA if available)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument("--map-method", choices=MAP_METHODS, default=MAP_METHODS[0],
+                        help="what the maps show: contribution (default: the SAM head's evidence with its spatial "
+                             "weights), sam (the paper's map) or occlusion (slower); benchmarks/map_quality")
     parser.set_defaults(func=run, space="ras")
     # RAS points are often negative: let "--point -56.4,-86.3,-116" be a value, not an unknown option. argparse
     # only knows plain negative numbers ("-5", "-.5") by this (private, stable since Python 3.2) matcher.
@@ -98,7 +102,8 @@ def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = 
     ct = read_ct(args.ct)
     check_points(ct, points)
     findings = analyze_points(ct, points, bundle=args.model, device=args.device,
-                              analyzer_factory=analyzer_factory, quiet=getattr(args, "quiet", False))
+                              analyzer_factory=analyzer_factory, quiet=getattr(args, "quiet", False),
+                              map_method=getattr(args, "map_method", MAP_METHODS[0]))
     logger.info("writing segmentation, maps, overlays and report to %s", args.out)
     study = read_study_info(args.ct)  # patient, date and series of a DICOM header; else the file name
     report = write_findings(findings, ct, args.out, title=f"Lung nodule analysis: {study.title()}",
@@ -178,7 +183,8 @@ def check_points(ct: Any, points: Sequence[ClickedPoint]) -> None:
 
 
 def analyze_points(ct: Any, points: Sequence[ClickedPoint], *, bundle: Path | None, device: str,
-                   analyzer_factory: AnalyzerFactory | None = None, quiet: bool = False) -> list[Finding]:
+                   analyzer_factory: AnalyzerFactory | None = None, quiet: bool = False,
+                   map_method: str = MAP_METHODS[0]) -> list[Finding]:
     """Load the model once and analyse every point, with a tqdm bar on stderr (fractions within a nodule)."""
     from tqdm import tqdm
 
@@ -196,7 +202,8 @@ def analyze_points(ct: Any, points: Sequence[ClickedPoint], *, bundle: Path | No
 
     try:
         bar.set_description_str("loading the model")
-        analyzer = analyzer_factory(bundle=bundle, device=device, progress=on_progress)
+        extra = {} if map_method == MAP_METHODS[0] else {"map_method": map_method}  # test factories take none
+        analyzer = analyzer_factory(bundle=bundle, device=device, progress=on_progress, **extra)
         findings = []
         for index, point in enumerate(points):
             state["done"] = index

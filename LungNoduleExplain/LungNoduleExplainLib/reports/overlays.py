@@ -24,7 +24,7 @@ MAP_DISPLAY_THRESHOLD = 0.25
 MAP_COLORMAP = "jet"
 # what a map value means, said beside the colour bar of the PNGs and the HTML report
 MAP_SCALE_LOW, MAP_SCALE_HIGH = "weak", "strongest"
-MAP_SCALE_LABEL = "evidence for the output (1 = strongest in the nodule's patch)"
+MAP_SCALE_LABEL = "evidence for the output (scale: the report's map legend)"
 CONTOUR_COLOUR = "#ff2bd6"
 MIN_FIELD_OF_VIEW_MM = 60.0
 OUTSIDE_SCAN_HU = -3000.0  # below the window: beyond the scanned volume shows black, unlike air or lung
