@@ -5,7 +5,8 @@ output); `fake_write_findings` writes the same file layout as `reports.write_fin
 the worker with these fakes: `python fake_engine.py REQUEST.json`; environment variables FAKE_DELAY_S (seconds
 per nodule, for cancel tests), FAKE_FAIL ("input" or "crash"), FAKE_NOISE=1 (print to stdout as libraries do)
 FAKE_GRANDCHILD=1 (start a sleeping child process and log its pid, for process-tree kill tests) and
-FAKE_REAL_PIPELINE=1 (the real Analyzer and reports with an untrained bundle given in the request).
+FAKE_REAL_PIPELINE=1 (the real Analyzer and reports with an untrained bundle given in the request), FAKE_NO_NODULE
+("2" or "1,3": the points, counted from 1, where no nodule is found).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from LungNoduleExplainLib.errors import PointError
+from LungNoduleExplainLib.errors import NoNoduleError, PointError
+from LungNoduleExplainLib.nodule_check import NoduleCheck, NoNodule, refusal_message
 from LungNoduleExplainLib.finding import Finding, OutputResult, mask_size
 from LungNoduleExplainLib.volume import point_to_lps
 
@@ -53,10 +55,21 @@ class FakeAnalyzer:
     """Same constructor and analyze() as analysis.Analyzer; probabilities depend on the point's x."""
 
     def __init__(self, bundle=None, device: str = "cpu", progress: Callable[[float, str], None] | None = None,
-                 delay_s: float = 0.0, fail: str | None = None):
+                 delay_s: float = 0.0, fail: str | None = None, no_nodule_at: Sequence[int] = ()):
         self.device, self.progress, self.delay_s, self.fail = device, progress or (lambda f, m: None), delay_s, fail
+        self.no_nodule_at, self.calls = set(no_nodule_at), 0  # 1-based call numbers that find no nodule
 
-    def analyze(self, ct: sitk.Image, point: Sequence[float], space: str = "ras") -> Finding:
+    def analyze(self, ct: sitk.Image, point: Sequence[float], space: str = "ras", *,
+                classify_anyway: bool = False) -> Finding:
+        self.calls += 1
+        check, warnings = None, []
+        if self.calls in self.no_nodule_at:
+            lps = point_to_lps(point, space, ct)
+            check = NoduleCheck(False, "the nearest segmented structure is 7.8 mm from the point", False, 7.8,
+                                0.0, 0.01, 5.0, 4.0, 33.5, -40.0, 0.9)
+            if not classify_anyway:
+                raise NoNoduleError(refusal_message(lps, check), check, tuple(float(v) for v in lps))
+            warnings.append(f"NO NODULE FOUND at the point: {check.reason}. Classified anyway on request")
         if self.fail == "input":
             raise PointError(f"point {tuple(point)} lies in air far from any tissue")
         if self.fail == "crash":
@@ -85,7 +98,8 @@ class FakeAnalyzer:
         diameter, volume = mask_size(segmentation)
         return Finding(point_lps=tuple(float(v) for v in lps), outputs=outputs, segmentation=segmentation,
                        segmentation_probability=probability, diameter_mm=diameter, volume_mm3=volume,
-                       model_name="fake", model_version="0", prior="nnunet", device=self.device)
+                       model_name="fake", model_version="0", prior="nnunet", device=self.device,
+                       warnings=warnings, nodule_check=check)
 
 
 def fake_write_findings(findings: list[Finding], ct: sitk.Image, out_dir, *, title: str = "fake",
@@ -94,6 +108,10 @@ def fake_write_findings(findings: list[Finding], ct: sitk.Image, out_dir, *, tit
     out_dir = Path(out_dir)
     for index, finding in enumerate(findings):
         folder = out_dir / f"nodule-{index + 1:02d}"
+        if isinstance(finding, NoNodule):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "finding.json").write_text(json.dumps(finding.summary(), indent=1))
+            continue
         (folder / "maps").mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(finding.segmentation, str(folder / "segmentation.nrrd"))
         sitk.WriteImage(finding.segmentation_probability, str(folder / "segmentation_probability.nrrd"))
@@ -111,12 +129,29 @@ def fake_worker_main(argv: list[str]) -> int:
         return untrained_worker_main(argv)
     delay_s = float(os.environ.get("FAKE_DELAY_S", "0"))
     fail = os.environ.get("FAKE_FAIL") or None
+    no_nodule_at = [int(v) for v in os.environ.get("FAKE_NO_NODULE", "").split(",") if v]
 
     def factory(**kwargs) -> FakeAnalyzer:
-        return FakeAnalyzer(**kwargs, delay_s=delay_s, fail=fail)
+        return FakeAnalyzer(**kwargs, delay_s=delay_s, fail=fail, no_nodule_at=no_nodule_at)
 
     return worker.main(argv, analyzer_factory=factory, findings_writer=fake_write_findings,
                        cuda_available=lambda: False)
+
+
+def untrained_bundle(path: Path, name: str = "untrained-test") -> Path:
+    """A bundle of an untrained small HESAM network with threshold 0.5 for every LIDC output (seeded): the real
+    bundle format and Analyzer, for tests that must not wait for training."""
+    import torch
+    from LungNoduleExplainLib.bundle import save_bundle
+    from LungNoduleExplainLib.networks import NetworkConfig, build_network
+    from LungNoduleExplainLib.tasks import load_task_set
+
+    task_set = load_task_set("lidc")
+    network = NetworkConfig("hesam-mt-aag", (2, 4, 4, 8))
+    torch.manual_seed(0)
+    return save_bundle(path, build_network(network, len(task_set.manifestations)), task_set, network,
+                       {n: 0.5 for n in task_set.names}, name=name, prior="nnunet", training={"note": "untrained"},
+                       metrics={})
 
 
 def untrained_worker_main(argv: list[str]) -> int:

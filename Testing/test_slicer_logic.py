@@ -250,6 +250,40 @@ def test_a_failed_run_leaves_the_scene_unchanged(scene, ctNode, lidc_crop, monke
     assert sceneInventory(scene) == before
 
 
+def test_a_point_without_a_nodule_gets_a_table_saying_so_and_the_others_load(scene, ctNode, lidc_crop, monkeypatch):
+    monkeypatch.setenv("FAKE_NO_NODULE", "2")
+    outcome = run(AnalysisLogic(scene, workerCommand=FAKE_WORKER), ctNode, nodules(lidc_crop, 0.0, 2.0))
+    assert outcome.succeeded, outcome.message
+    found, missing = outcome.nodules
+    assert found.segmentationNode is not None and found.mapNodes
+    assert missing.segmentationNode is None and missing.mapNodes == {}
+    table = missing.tableNode.GetTable()
+    assert table.GetNumberOfRows() == 1 and table.GetValueByName(0, "result").ToString() == "no nodule found"
+    assert "7.8 mm from the point" in table.GetValueByName(0, "finding").ToString()
+    assert "no nodule found" in missing.tableNode.GetName() and scene.IsNodePresent(missing.tableNode)
+
+
+def test_a_single_point_without_a_nodule_fails_with_the_reason(scene, ctNode, lidc_crop, monkeypatch):
+    monkeypatch.setenv("FAKE_NO_NODULE", "1")
+    before = sceneInventory(scene)
+    outcome = run(AnalysisLogic(scene, workerCommand=FAKE_WORKER), ctNode, nodules(lidc_crop, 0.0))
+    assert outcome.status == "failed" and outcome.errorType == "NoNoduleError"
+    assert "no nodule found" in outcome.message and "7.8 mm" in outcome.message
+    assert sceneInventory(scene) == before
+
+
+def test_classify_anyway_puts_the_warning_in_the_table(scene, ctNode, lidc_crop, monkeypatch):
+    monkeypatch.setenv("FAKE_NO_NODULE", "1")
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    logic.startAnalysis(ctNode, nodules(lidc_crop, 0.0), device="cpu", classifyAnyway=True)
+    outcome = logic.waitForFinished(timeout_s=60)
+    assert outcome.succeeded, outcome.message
+    table = outcome.nodules[0].tableNode.GetTable()
+    assert table.GetValueByName(0, "result").ToString() == "no nodule found"
+    assert "classified anyway" in table.GetValueByName(0, "finding").ToString()
+    assert table.GetNumberOfRows() == 1 + len(outcome.nodules[0].mapNodes)
+
+
 class SecondNoduleFailure:
     """While armed, makes one loading step fail for the second nodule of a run."""
 

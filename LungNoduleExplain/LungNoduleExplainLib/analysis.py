@@ -24,8 +24,9 @@ from . import attribution, explain
 from .bundle import ModelBundle, load_bundle
 from .calibration import UNCALIBRATED_NOTICE
 from .descriptors import nodule_descriptors
-from .errors import BundleError, PointError
+from .errors import BundleError, NoNoduleError, PointError
 from .finding import Finding, OutputResult, mask_size
+from .nodule_check import refusal_message, segment_and_check
 from .networks.ensemble import member_probabilities
 from .patch import PatchGeometry, image_channels, resample_to_grid, resample_with_voi
 from .devices import resolve_device
@@ -116,8 +117,13 @@ class Analyzer:
             self.progress(fraction, message)
 
     @torch.inference_mode()
-    def analyze(self, ct: sitk.Image, point: Sequence[float], space: PointSpace = "ras") -> Finding:
-        """Analyse the nodule at `point` (RAS mm by default, as Slicer; or LPS mm, or voxel index i, j, k)."""
+    def analyze(self, ct: sitk.Image, point: Sequence[float], space: PointSpace = "ras", *,
+                classify_anyway: bool = False) -> Finding:
+        """Analyse the nodule at `point` (RAS mm by default, as Slicer; or LPS mm, or voxel index i, j, k).
+
+        Raises NoNoduleError (its message says what was found instead) when nodule_check finds no nodule at the
+        point, unless `classify_anyway` (research): then the Finding carries the reason as a warning and in
+        `nodule_check`."""
         timings: dict[str, float] = {}
         warnings: list[str] = []
         clock = time.perf_counter()
@@ -133,8 +139,14 @@ class Analyzer:
         check_tissue_near(ct, point_lps)
         lap("check")
         self._report(0.1, "segmenting the nodule")
-        seg = self.segmenter.segment(ct, point_lps)
+        seg, check = segment_and_check(self.segmenter, ct, point_lps)
         lap("segment")
+        if not check.found and not classify_anyway:
+            raise NoNoduleError(refusal_message(point_lps, check), check, tuple(float(v) for v in point_lps))
+        if not check.found:
+            warnings.append(f"NO NODULE FOUND at the point: {check.reason}. Classified anyway on request "
+                            "(research): the probabilities below do not describe a nodule")
+        warnings.extend(check.warnings)
         box = mask_box_lps(seg.mask)
         if box is None:
             warnings.append("no nodule was segmented at the point: the patch is centred on the click and the "
@@ -190,7 +202,7 @@ class Analyzer:
         return Finding(point_lps=tuple(float(v) for v in point_lps), outputs=outputs, segmentation=seg.mask,
                        segmentation_probability=seg.probability, diameter_mm=diameter, volume_mm3=volume,
                        model_name=self.bundle.name, model_version=self.bundle.version, prior="nnunet",
-                       device=self.device.type, timings_s=timings, warnings=warnings,
+                       device=self.device.type, timings_s=timings, warnings=warnings, nodule_check=check,
                        map_display=display,
                        calibrated=self.bundle.calibrated)
 

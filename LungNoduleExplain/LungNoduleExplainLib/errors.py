@@ -23,3 +23,13 @@ class BundleError(LungNoduleExplainError, ValueError):
 
 class ConfigError(LungNoduleExplainError, ValueError):
     """A configuration (tasks, training, network) is invalid."""
+
+
+class NoNoduleError(PointError):
+    """No nodule at a clicked point (nodule_check): the message says what was found instead; `check` holds the
+    measured facts (a NoduleCheck) and `point_lps` the point (LPS mm)."""
+
+    def __init__(self, message: str, check=None, point_lps=None) -> None:  # noqa: ANN001 - NoduleCheck, tuple
+        super().__init__(message)
+        self.check = check
+        self.point_lps = point_lps

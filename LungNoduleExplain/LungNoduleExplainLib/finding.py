@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .measurements import AxialDiameters, axial_diameters
+from .nodule_check import NoduleCheck
 from .volume import lps_to_ras
 
 
@@ -125,6 +126,7 @@ class Finding:
     calibrated: bool = False  # probabilities through the bundle's calibration.json (False: raw scores)
     # attribution.map_display: the map method, its scale ("reference" or "per-patch") and the colour legend
     map_display: dict = field(default_factory=dict)
+    nodule_check: NoduleCheck | None = None  # is there a nodule at the click (found False: classified anyway)
 
     @cached_property
     def axial(self) -> AxialDiameters:
@@ -165,6 +167,7 @@ class Finding:
             "device": self.device,
             "timings_s": {k: round(float(v), 4) for k, v in self.timings_s.items()},
             "warnings": list(self.warnings),
+            "nodule_check": self.nodule_check.to_json() if self.nodule_check is not None else None,
         }
 
 

@@ -16,7 +16,10 @@ The request (JSON object):
     ct: path of a CT (DICOM folder, NRRD, NIfTI, MHA); points: [[x, y, z], ...]; space: "ras" | "lps" | "ijk"
     (default "ras"); bundle: null (the shipped model) or a bundle path; device: "auto" | "cpu" | "cuda";
     out_dir: folder for write_findings' layout (nodule-01/finding.json, ..., report.html), absent or empty;
-    source (optional): how the user knows the CT, shown in the report.
+    source (optional): how the user knows the CT, shown in the report; classify_anyway (optional, default false):
+    classify a point where no nodule is found (research; the finding carries the warning). Without it such a point
+    is an error when it is the only one, and a "no nodule found" entry (nodule-0k/finding.json with
+    no_nodule_found, reason, nodule_check) among several.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class Request:
     bundle: Path | None = None
     device: str = "auto"
     source: str = ""  # how the user knows the CT (e.g. the Slicer volume's name), shown in the report
+    classify_anyway: bool = False  # classify points where no nodule is found (research)
 
     @classmethod
     def from_json(cls, data: Any, source: str = "request") -> "Request":
@@ -84,9 +88,13 @@ class Request:
         if device not in DEVICES:
             raise RequestError(f"{source}: 'device' is {device!r}; expected one of {DEVICES}")
         bundle = data.get("bundle")
+        classify_anyway = data.get("classify_anyway", False)
+        if not isinstance(classify_anyway, bool):
+            raise RequestError(f"{source}: 'classify_anyway' is {classify_anyway!r}; expected true or false")
         return cls(ct=Path(data["ct"]), points=[tuple(float(v) for v in p) for p in points],
                    out_dir=Path(data["out_dir"]), space=space,
-                   bundle=Path(bundle) if bundle else None, device=device, source=str(data.get("source") or ""))
+                   bundle=Path(bundle) if bundle else None, device=device, source=str(data.get("source") or ""),
+                   classify_anyway=classify_anyway)
 
     @classmethod
     def read(cls, path: str | Path) -> "Request":
@@ -102,7 +110,7 @@ class Request:
     def to_json(self) -> dict:
         return {"ct": str(self.ct), "points": [list(p) for p in self.points], "space": self.space,
                 "bundle": str(self.bundle) if self.bundle else None, "device": self.device,
-                "out_dir": str(self.out_dir), "source": self.source}
+                "out_dir": str(self.out_dir), "source": self.source, "classify_anyway": self.classify_anyway}
 
 
 class MessageWriter:
@@ -199,12 +207,15 @@ def run_request(request: Request, messages: MessageWriter, *,
         prefix = f"Nodule {current['index'] + 1}/{n}: " if n > 1 else ""
         messages.progress(overall, prefix + message)
 
+    from .nodule_check import analyze_or_refusal, require_a_nodule
     analyzer = analyzer_factory(bundle=request.bundle, device=device, progress=on_progress)
     findings = []
     for index, point in enumerate(request.points):
         current["index"] = index
         on_progress(0.0, f"analysing point {tuple(round(v, 1) for v in point)} ({request.space.upper()})")
-        findings.append(analyzer.analyze(ct, point, space=request.space))
+        findings.append(analyze_or_refusal(analyzer, ct, point, request.space,
+                                           classify_anyway=request.classify_anyway, several=n > 1))
+    require_a_nodule(findings)
     messages.progress(0.9, "Writing segmentation, maps and report")
     report = findings_writer(findings, ct, request.out_dir, source=request.source or str(request.ct),
                              progress=lambda fraction, message: messages.progress(0.9 + 0.1 * fraction, message))

@@ -109,8 +109,10 @@ class AnalysisLogic:
         return self.runner.isRunning()
 
     def startAnalysis(self, ctNode, nodules: Sequence[NoduleRequest], device: str = "auto",
-                      bundlePath: str | Path | None = None) -> None:
-        """Start the worker; returns at once. Raises ValueError (nothing started) when the inputs are unusable."""
+                      bundlePath: str | Path | None = None, classifyAnyway: bool = False) -> None:
+        """Start the worker; returns at once. Raises ValueError (nothing started) when the inputs are unusable.
+        classifyAnyway: classify points where no nodule is found (research; their table says so); by default
+        such a point gets a "no nodule found" table, and a single such point fails the run with the reason."""
         if self.isRunning():
             raise RuntimeError("an analysis is already running; cancel it first")
         if ctNode is None or ctNode.GetImageData() is None:
@@ -127,20 +129,21 @@ class AnalysisLogic:
         self._workDir = Path(tempfile.mkdtemp(prefix="LungNoduleExplain-"))
         self._ctNode, self._nodules, self._result, self._error = ctNode, list(nodules), None, None
         try:
-            self._startWorker(ctNode, nodules, device, bundlePath)
+            self._startWorker(ctNode, nodules, device, bundlePath, classifyAnyway)
         except (OSError, ValueError):
             _removeFolder(self._workDir)
             self._workDir = None
             raise
 
-    def _startWorker(self, ctNode, nodules: Sequence[NoduleRequest], device: str, bundlePath) -> None:
+    def _startWorker(self, ctNode, nodules: Sequence[NoduleRequest], device: str, bundlePath,
+                     classifyAnyway: bool = False) -> None:
         ctPath = self._workDir / "ct.nrrd"
         self.onProgress(0.0, f"Exporting {ctNode.GetName()} for the analysis")
         self._writeVolume(ctNode, ctPath)
         points = [volumeRasFromWorld(ctNode, n.pointRas) for n in nodules]
         request = Request(ct=ctPath, points=points, out_dir=self._workDir / "results",
                           space="ras", bundle=Path(bundlePath) if bundlePath else None, device=device,
-                          source=f"Slicer volume {ctNode.GetName()!r}")
+                          source=f"Slicer volume {ctNode.GetName()!r}", classify_anyway=classifyAnyway)
         requestPath = self._workDir / "request.json"
         requestPath.write_text(json.dumps(request.to_json(), indent=1), encoding="utf-8")
         env = dict(os.environ)
@@ -243,8 +246,9 @@ class AnalysisLogic:
             for nodule in loaded:
                 added.append(nodule)  # before addNodule, so that a nodule added part-way is removed too
                 addNodule(self.scene, nodule, ctNode, colorNode, self.mapThreshold)
-            if loaded:
-                first = loaded[0]
+            shown = [n for n in loaded if n.mapNodes]  # points without a nodule have no maps
+            if shown:
+                first = shown[0]
                 self.showMap(ctNode, first.mapNodes[first.finding["outputs"][0]["name"]])
         except BaseException:
             for nodule in added:

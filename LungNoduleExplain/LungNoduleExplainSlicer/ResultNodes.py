@@ -48,13 +48,13 @@ class NoduleNodes:
     key: str
     name: str
     finding: dict
-    segmentationNode: "slicer.vtkMRMLSegmentationNode"
+    segmentationNode: "slicer.vtkMRMLSegmentationNode | None"  # None where no nodule was found
     tableNode: "slicer.vtkMRMLTableNode"
     mapNodes: dict = field(default_factory=dict)  # output name -> vtkMRMLScalarVolumeNode
     folderItemID: int = 0  # set by addNodule as soon as the folder exists
 
     def nodes(self) -> list:
-        return [self.segmentationNode, self.tableNode, *self.mapNodes.values()]
+        return [n for n in (self.segmentationNode, self.tableNode, *self.mapNodes.values()) if n is not None]
 
 
 def readFindingJson(folder: Path) -> dict:
@@ -65,6 +65,10 @@ def readFindingJson(folder: Path) -> dict:
         finding = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ResultError(f"{path} is not valid JSON: {exc}") from exc
+    if isinstance(finding, dict) and finding.get("no_nodule_found") is True:
+        if not isinstance(finding.get("reason"), str):
+            raise ResultError(f"{path}: a 'no_nodule_found' result needs its 'reason' (text)")
+        return finding
     outputs = finding.get("outputs") if isinstance(finding, dict) else None
     if not outputs or not all(isinstance(o, dict) and {"name", "probability", "threshold"} <= o.keys()
                                for o in outputs):
@@ -105,6 +109,14 @@ def _makeTable(finding: dict) -> "slicer.vtkMRMLTableNode":
                "threshold": vtk.vtkDoubleArray(), "result": vtk.vtkStringArray(), "members": vtk.vtkStringArray()}
     for name, array in columns.items():
         array.SetName(name)
+    check = finding.get("nodule_check") or {}
+    if finding.get("no_nodule_found") or check.get("found") is False:  # refused, or classified anyway
+        reason = finding.get("reason") or check.get("reason", "")
+        extra = "" if finding.get("no_nodule_found") else "; classified anyway (research)"
+        for column, value in (("output", "no nodule found"), ("finding", f"{reason}{extra}"),
+                              ("probability", float("nan")), ("threshold", float("nan")),
+                              ("result", "no nodule found")):
+            columns[column].InsertNextValue(value)
     for output in finding["outputs"]:
         probability, threshold = float(output["probability"]), float(output["threshold"])
         columns["output"].InsertNextValue(output["name"])
@@ -194,6 +206,10 @@ def readNodule(folder: Path, ctNode, key: str, name: str) -> NoduleNodes:
     """Read one result folder into nodes that are NOT yet in any scene; raises ResultError on any problem."""
     folder = Path(folder)
     finding = readFindingJson(folder)
+    if finding.get("no_nodule_found"):  # a table saying so and why; nothing to draw
+        table = _makeTable(finding)
+        table.SetName(f"{name} results (no nodule found)")
+        return NoduleNodes(key=key, name=name, finding=finding, segmentationNode=None, tableNode=table)
     files = finding.get("files") or {}  # relative paths, when the writer lists them; else the default layout
 
     labelmap = slicer.vtkMRMLLabelMapVolumeNode()
@@ -227,7 +243,8 @@ def readNodule(folder: Path, ctNode, key: str, name: str) -> NoduleNodes:
 def addNodule(scene, nodule: NoduleNodes, ctNode, colorNode, threshold: float = DEFAULT_THRESHOLD) -> NoduleNodes:
     """Add a nodule read by readNodule to the scene, under a folder beside the CT (in its study). The nodes are
     in the CT's own frame, so they get the CT's parent transform. If this raises, `removeAddedNodule` undoes it."""
-    nodule.segmentationNode.SetAttribute(ROLE_ATTRIBUTE, "segmentation")
+    if nodule.segmentationNode is not None:
+        nodule.segmentationNode.SetAttribute(ROLE_ATTRIBUTE, "segmentation")
     nodule.tableNode.SetAttribute(ROLE_ATTRIBUTE, "table")
     for mapNode in nodule.mapNodes.values():
         mapNode.SetAttribute(ROLE_ATTRIBUTE, "map")
@@ -240,8 +257,9 @@ def addNodule(scene, nodule: NoduleNodes, ctNode, colorNode, threshold: float = 
             node.SetAndObserveTransformNodeID(transformID)
 
     segmentation = nodule.segmentationNode
-    segmentation.CreateDefaultDisplayNodes()
-    segmentation.GetDisplayNode().SetName(f"{segmentation.GetName()} display")
+    if segmentation is not None:
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.GetDisplayNode().SetName(f"{segmentation.GetName()} display")
     for mapNode in nodule.mapNodes.values():
         configureMapDisplay(mapNode, colorNode, threshold)
 

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import PointError
+from ..errors import NoNoduleError, PointError
 from ..explain import MAP_METHODS
 from ..finding import Finding
+from ..nodule_check import NoNodule, analyze_or_refusal, require_a_nodule
 from ..volume import POINT_SPACES
 from ..worker import DEVICES
 
@@ -81,6 +82,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help=f"where the networks run: {', '.join(DEVICES)} (default auto: CUDA if available)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument("--classify-anyway", action="store_true",
+                        help="classify a point where no nodule is found (research: the finding, report and "
+                             "Slicer table carry the warning); by default such a point is refused, and with "
+                             "several points it is reported as 'no nodule found' while the others go on")
     parser.add_argument("--map-method", choices=MAP_METHODS, default=MAP_METHODS[0],
                         help="what the maps show: contribution (default: the SAM head's evidence with its spatial "
                              "weights), sam (the paper's map) or occlusion (slower); benchmarks/map_quality")
@@ -103,6 +108,7 @@ def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = 
     check_points(ct, points)
     findings = analyze_points(ct, points, bundle=args.model, device=args.device,
                               analyzer_factory=analyzer_factory, quiet=getattr(args, "quiet", False),
+                              classify_anyway=getattr(args, "classify_anyway", False),
                               map_method=getattr(args, "map_method", MAP_METHODS[0]))
     logger.info("writing segmentation, maps, overlays and report to %s", args.out)
     study = read_study_info(args.ct)  # patient, date and series of a DICOM header; else the file name
@@ -184,8 +190,11 @@ def check_points(ct: Any, points: Sequence[ClickedPoint]) -> None:
 
 def analyze_points(ct: Any, points: Sequence[ClickedPoint], *, bundle: Path | None, device: str,
                    analyzer_factory: AnalyzerFactory | None = None, quiet: bool = False,
-                   map_method: str = MAP_METHODS[0]) -> list[Finding]:
-    """Load the model once and analyse every point, with a tqdm bar on stderr (fractions within a nodule)."""
+                   classify_anyway: bool = False, map_method: str = MAP_METHODS[0]) -> list[Finding | NoNodule]:
+    """Load the model once and analyse every point, with a tqdm bar on stderr (fractions within a nodule).
+
+    A point without a nodule raises NoNoduleError when it is the only one (or all are such), and is a NoNodule
+    entry among several."""
     from tqdm import tqdm
 
     if analyzer_factory is None:
@@ -208,7 +217,12 @@ def analyze_points(ct: Any, points: Sequence[ClickedPoint], *, bundle: Path | No
         for index, point in enumerate(points):
             state["done"] = index
             on_progress(0.0, f"nodule {index + 1}: starting")
-            findings.append(analyzer.analyze(ct, point.coordinates, space=point.space))
+            try:
+                findings.append(analyze_or_refusal(analyzer, ct, point.coordinates, point.space,
+                                                   classify_anyway=classify_anyway, several=len(points) > 1))
+            except NoNoduleError as exc:
+                raise NoNoduleError(f"{point.origin}: {exc}", exc.check, exc.point_lps) from exc
+        require_a_nodule(findings)
         state["done"] = len(points)
         on_progress(0.0, "done")
     finally:
@@ -216,12 +230,17 @@ def analyze_points(ct: Any, points: Sequence[ClickedPoint], *, bundle: Path | No
     return findings
 
 
-def print_summary(findings: Sequence[Finding], report: Path) -> None:
+def print_summary(findings: Sequence[Finding | NoNodule], report: Path) -> None:
     """One line per nodule on stdout, then where the report is."""
     for index, finding in enumerate(findings, start=1):
+        if isinstance(finding, NoNodule):
+            print(f"nodule-{index:02d}: no nodule found: {finding.check.reason}")
+            continue
         diagnosis = finding.diagnosis
         positives = [o.name for o in finding.outputs if o.kind == "manifestation" and o.positive]
         probability, threshold = diagnosis.shown
+        if finding.nodule_check is not None and not finding.nodule_check.found:
+            print(f"nodule-{index:02d}: NO NODULE FOUND ({finding.nodule_check.reason}); classified anyway:")
         spread = f"; {diagnosis.spread_text}" if diagnosis.has_spread else ""
         print(f"nodule-{index:02d}: {diagnosis.name} {probability} "
               f"({diagnosis.verdict} at {threshold}{spread}), "

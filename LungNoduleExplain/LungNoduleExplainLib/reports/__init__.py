@@ -30,6 +30,7 @@ from .. import __version__
 from ..atomic import write_json_atomic
 from ..errors import LungNoduleExplainError
 from ..finding import Finding
+from ..nodule_check import NoNodule
 from ..study import StudyInfo
 from .html import PHANTOM_NOTICE, RESEARCH_NOTICE, NoduleSection, render_report
 from .overlays import OverlayRenderer, PlaneStack
@@ -57,13 +58,15 @@ def write_findings(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | P
     report that the image is a synthetic phantom, not a patient. extra_images: file name -> image written at the
     top of `out_dir` (e.g. {"phantom_ct.nrrd": ct}). A non-empty existing `out_dir` is refused with
     OutputExistsError unless `overwrite`. Raises ValueError when a finding's images are not on the CT grid or a
-    map leaves [0, 1]. study: patient, study date and series of a DICOM header (study.read_study_info), shown in
+    map leaves [0, 1]. A NoNodule entry (a point where no nodule was found) gets a folder with its finding.json
+    (no_nodule_found, reason, nodule_check) and a "no nodule found" section in the report. study: patient, study date and series of a DICOM header (study.read_study_info), shown in
     the study card and written to findings.json and each finding.json; the caller puts study.title() in `title`.
     """
     if not findings:
         raise ValueError("write_findings needs at least one Finding")
     for index, finding in enumerate(findings, start=1):
-        _check_finding(finding, ct, f"nodule {index}")
+        if not isinstance(finding, NoNodule):
+            _check_finding(finding, ct, f"nodule {index}")
     for name in extra_images or {}:
         _check_file_name(name, "extra image")
     out_dir = Path(out_dir).absolute()
@@ -164,6 +167,11 @@ def _write_nodule(root: Path, index: int, finding: Finding, ct: sitk.Image, sour
                   study: StudyInfo | None = None) -> NoduleSection:
     name = f"nodule-{index:02d}"
     folder = root / name
+    if isinstance(finding, NoNodule):  # only the reason and the facts: nothing was segmented or classified
+        folder.mkdir()
+        write_json_atomic(folder / "finding.json", {"nodule": index, "source": source, "notice": RESEARCH_NOTICE,
+                                                    **finding.summary(), "files": {"finding": "finding.json"}})
+        return NoduleSection(finding, name, {})
     (folder / "maps").mkdir(parents=True)
     (folder / "overlays").mkdir()
     files: dict = {"finding": "finding.json", "segmentation": "segmentation.nrrd",

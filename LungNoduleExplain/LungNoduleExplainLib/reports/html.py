@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..finding import Finding, OutputResult
+from ..nodule_check import NoNodule
 from ..meaning import TONE_COLOURS, tone
 from ..study import StudyInfo
 from .overlays import MAP_COLORMAP, MAP_DISPLAY_THRESHOLD, MAP_SCALE_HIGH, MAP_SCALE_LABEL, MAP_SCALE_LOW
@@ -70,7 +71,7 @@ def render_report(sections: Sequence[NoduleSection], ct: sitk.Image, *, title: s
                   is_phantom: bool, study: StudyInfo | None = None) -> str:
     """The whole report as one HTML string; `study` (patient, date, series of a DICOM header) goes in the study
     card."""
-    first = sections[0].finding
+    first = next((s.finding for s in sections if not isinstance(s.finding, NoNodule)), sections[0].finding)
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -84,7 +85,8 @@ def render_report(sections: Sequence[NoduleSection], ct: sitk.Image, *, title: s
     if is_phantom:
         parts.append(f'<div class="notice phantom">{escape(PHANTOM_NOTICE)}</div>')
     parts.append(_study_card(ct, first, source, study))
-    parts.extend(_nodule_card(index, section) for index, section in enumerate(sections, start=1))
+    parts.extend(_no_nodule_card(index, section) if isinstance(section.finding, NoNodule) else
+                 _nodule_card(index, section) for index, section in enumerate(sections, start=1))
     parts.append(f"<footer>Generated {escape(_now())} by lungnodule-explain {escape(__version__)}. "
                  "Method: nnU-Net v2 segmentation, 3D HESAM multi-task classifier with anatomical attention "
                  "gates, soft activation maps. " + escape(RESEARCH_NOTICE) + "</footer>")
@@ -125,6 +127,10 @@ def _nodule_card(index: int, section: NoduleSection) -> str:
         "perpendicular to it, as Lung-RADS and Fleischner measure; equivalent diameter: of a sphere of the "
         "segmentation's volume. Colours: red concerning, green reassuring, grey neutral for the patient.</p>",
     ]
+    if f.nodule_check is not None and not f.nodule_check.found:
+        parts.append(f'<div class="warn"><b>No nodule found at the point: {escape(f.nodule_check.reason)}.</b> '
+                     "Classified anyway on request (research): the probabilities below do not describe a "
+                     "nodule.</div>")
     if f.warnings:
         items = "".join(f"<li>{escape(w)}</li>" for w in f.warnings)
         parts.append(f'<div class="warn"><b>Warnings</b><ul>{items}</ul></div>')
@@ -140,6 +146,25 @@ def _nodule_card(index: int, section: NoduleSection) -> str:
     parts.append(f'<p class="legend">Files: folder <code>{escape(section.folder)}/</code> (finding.json, '
                  "segmentation, maps as NRRD on the CT grid, overlays).</p></section>")
     return "\n".join(parts)
+
+
+def _no_nodule_card(index: int, section: NoduleSection) -> str:
+    """A point where no nodule was found: the reason and the measured facts, nothing classified."""
+    entry = section.finding
+    ras = ", ".join(f"{v:.1f}" for v in entry.point_ras)
+    lps = ", ".join(f"{v:.1f}" for v in entry.point_lps)
+    c = entry.check
+    facts = [("Clicked point", f"RAS ({ras}) mm · LPS ({lps}) mm"),
+             ("nnU-Net probability at the point", f"{c.probability_at_click:.2f}")]
+    if c.distance_mm is not None:
+        facts += [("Nearest segmented structure", f"{c.distance_mm:.1f} mm from the point, "
+                   f"{c.longest_diameter_mm:.1f} mm long, mean {c.mean_hu:.0f} HU")]
+    rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in facts)
+    return (f'<section class="card" id="nodule-{index:02d}"><h2>Point {index}: no nodule found</h2>'
+            f'<div class="warn"><b>No nodule found: {escape(c.reason)}.</b> Nothing was classified at this point '
+            "(analyze --classify-anyway classifies it for research).</div>"
+            f'<table class="meta">{rows}</table><p class="legend">Files: folder <code>{escape(section.folder)}/'
+            "</code> (finding.json with the measured facts).</p></section>")
 
 
 def _figure(section: NoduleSection, output: OutputResult) -> str:
