@@ -155,15 +155,14 @@ def real_ct_clicks(ct_dir: Path, bundle: Path, points_csv: Path) -> tuple[list[d
     return off, true
 
 
-FACTS = ("click_inside", "distance_mm", "probability_at_click", "longest_diameter_mm", "equivalent_diameter_mm",
-         "mean_hu", "volume_edges", "field_edges")
+FACTS = ("distance_mm", "longest_diameter_mm", "volume_edges")
 
 
 def lean(row: dict) -> dict:
     """A click's row for results.json: its outcome and the facts the rules read (the full check where refused)."""
     if row["outcome"].startswith("refused"):
         return row
-    return {**{k: v for k, v in row.items() if k not in ("nodule_check", "reason", "warnings")},
+    return {**{k: v for k, v in row.items() if k not in ("nodule_check", "reason", "warnings", "patient_id")},
             **{k: row["nodule_check"][k] for k in FACTS}}
 
 
