@@ -95,14 +95,14 @@ def main(argv: list[str] | None = None) -> int:
              f"{len(rows)} lidc-voi nodules: nodules.csv diameter_mm against the long axis and the equivalent-sphere "
              "diameter of the reference mask (see the script's docstring: the column is not the readers' long "
              "axis).", "",
-             "| measure | median diff (ours - readers) | mean diff | median abs diff | p90 abs diff | Pearson r |",
+             "| measure | median diff (ours - table) | mean diff | median abs diff | p90 abs diff | Pearson r |",
              "|---|---|---|---|---|---|"]
     for name, key in (("axial long axis", "long_axis"), ("equivalent-sphere diameter", "equivalent_sphere")):
         a = summary[key]
         lines.append(f"| {name} | {a['median_diff_mm']} mm | {a['mean_diff_mm']} mm | {a['median_abs_diff_mm']} mm"
                      f" | {a['p90_abs_diff_mm']} mm | {a['pearson_r']} |")
     lines += ["", f"Median short/long axis ratio: {summary['short_over_long_median']}. Criterion (long axis closer "
-              f"to the readers than the equivalent diameter, by median absolute difference): "
+              f"to the table than the equivalent diameter, by median absolute difference): "
               f"{'met' if summary['met'] else 'not met'}.", "",
               "lidc-ct: the readers' greatest axial diameter (nodules.json diam_mm_mean, mean over readers) against "
               "the engine's nnU-Net mask at the centroid:", "",
