@@ -370,16 +370,23 @@ def test_an_unreadable_bundle_is_one_clear_error(phantom_file, tmp_path, capsys)
 
 def threshold_segmenter():
     """nnU-Net's crop, paste-back and component choice (NoduleSegmenter.segment), with the network replaced
-    by a -400 HU threshold: the real pipeline around a stand-in model, for tests that must not wait for training."""
+    by a -400 HU threshold within 15 mm of the crop's centre (focal, as a nodule model's output is: a bare threshold
+    joins the nodule to the chest wall, which the nodule check rightly refuses): the real pipeline around a
+    stand-in model, for tests that must not wait for training."""
     from LungNoduleExplainLib.segmentation import predict
 
     class ThresholdSegmenter(predict.NoduleSegmenter):
         def __init__(self) -> None:  # no model folder: only the attributes segment() reads
             self.crop_mm = predict.DEFAULT_CROP_MM
             self.threshold = predict.DEFAULT_THRESHOLD
+            self.recentre = False
 
         def predict_array(self, hu_zyx: np.ndarray, spacing_zyx) -> np.ndarray:
-            return (hu_zyx > -400).astype(np.float32)
+            grid = np.indices(hu_zyx.shape, dtype=np.float32)
+            centre = (np.asarray(hu_zyx.shape, dtype=np.float32) - 1) / 2
+            step = np.asarray(spacing_zyx, dtype=np.float32)[:, None, None, None]
+            near = np.sqrt((((grid - centre[:, None, None, None]) * step) ** 2).sum(axis=0)) <= 15.0
+            return ((hu_zyx > -400) & near).astype(np.float32)
 
     return ThresholdSegmenter()
 
