@@ -15,7 +15,8 @@ import SimpleITK as sitk
 
 from LungNoduleExplainLib import cli
 from LungNoduleExplainLib.errors import NoNoduleError
-from LungNoduleExplainLib.nodule_check import MAX_NODULE_DIAMETER_MM, check_nodule, longest_diameter_mm, segment_and_check
+from LungNoduleExplainLib.nodule_check import (MAX_NODULE_DIAMETER_MM, check_nodule, longest_diameter_mm,
+                                               segment_and_check)
 from LungNoduleExplainLib.volume import lps_to_ras, read_ct
 
 from fake_engine import FakeAnalyzer, untrained_bundle
@@ -176,6 +177,7 @@ def test_several_points_with_one_off_nodule_write_the_others_and_mark_that_one(p
     assert [n.get("no_nodule_found", False) for n in index["nodules"]] == [False, True, False]
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "Point 2: no nodule found" in html and "7.8 mm from the point" in html
+    assert "3 nodules analysed (1 point without a nodule)" in html
 
 
 def test_a_single_point_without_a_nodule_exits_non_zero_with_the_reason(phantom_file, tmp_path, capsys):
@@ -262,7 +264,8 @@ def off_nodule_points(kinds: tuple[str, ...]) -> list[dict]:
         return [r for r in csv.DictReader(handle) if r["kind"] in kinds and r["patient_id"] == "LIDC-IDRI-0001"]
 
 
-@pytest.mark.parametrize("row", off_nodule_points(("lung", "chest_wall")), ids=lambda r: f"{r['patient_id']}-{r['kind']}")
+@pytest.mark.parametrize("row", off_nodule_points(("lung", "chest_wall")),
+                         ids=lambda r: f"{r['patient_id']}-{r['kind']}")
 def test_off_nodule_clicks_on_real_cts_are_refused_or_flagged(row, real_cts, shipped_segmenter):
     """LIDC-IDRI-0001's lung and chest wall clicks of the benchmark's list (the whole list: benchmarks/nodule_gate):
     none may come back as a silent nodule."""
@@ -289,7 +292,10 @@ def test_an_off_nodule_click_is_refused_by_analyze_and_classified_with_the_optio
     assert row["patient_id"] == "LIDC-IDRI-0001"
     ras = lps_to_ras([float(row[k]) for k in ("x_lps", "y_lps", "z_lps")])
     point = ",".join(f"{v:.2f}" for v in ras)
-    factory = lambda **kw: Analyzer(bundle, device="cpu", progress=kw.get("progress"), segmenter=shipped_segmenter)  # noqa: E731
+
+    def factory(**kw):
+        return Analyzer(bundle, device="cpu", progress=kw.get("progress"), segmenter=shipped_segmenter)
+
     ct_path = str(ct_dir / "LIDC-IDRI-0001" / "dicom")
     args = cli.build_parser().parse_args(["--quiet", "analyze", ct_path, "--point", point, "--out",
                                           str(tmp_path / "refused")])

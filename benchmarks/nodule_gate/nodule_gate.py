@@ -206,7 +206,8 @@ def summarise(voi_rows: list[dict], off: list[dict], true: list[dict]) -> dict:
 
 def markdown(summary: dict, voi_rows: list[dict], off: list[dict], true: list[dict], command: str) -> str:
     def pct(r: dict) -> str:
-        return f"{r['count']}/{r['n']} = {100 * r['rate']:.2f}% (95% CI {100 * r['ci95'][0]:.2f}-{100 * r['ci95'][1]:.2f}%)"
+        low, high = (100 * v for v in r["ci95"])
+        return f"{r['count']}/{r['n']} = {100 * r['rate']:.2f}% (95% CI {low:.2f}-{high:.2f}%)"
 
     lines = ["# Nodule gate: measured results", "", f"Command: `{command}`", "",
              "Criterion (README.md, written before the run): false refusals on real nodules <= 1%; off-nodule "

@@ -77,7 +77,7 @@ def render_report(sections: Sequence[NoduleSection], ct: sitk.Image, *, title: s
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body><main>",
         f"<h1>{escape(title)}</h1>",
-        f'<p class="sub">{len(sections)} nodule{"s" if len(sections) != 1 else ""} analysed · '
+        f'<p class="sub">{len(sections)} nodule{"s" if len(sections) != 1 else ""} analysed{_without(sections)} · '
         f"{escape(first.model_name)} {escape(first.model_version)}</p>",
         f'<div class="notice research">{escape(RESEARCH_NOTICE)} The probabilities come from a model trained on '
         "radiologists' ratings (LIDC-IDRI), not on pathology.</div>",
@@ -146,6 +146,12 @@ def _nodule_card(index: int, section: NoduleSection) -> str:
     parts.append(f'<p class="legend">Files: folder <code>{escape(section.folder)}/</code> (finding.json, '
                  "segmentation, maps as NRRD on the CT grid, overlays).</p></section>")
     return "\n".join(parts)
+
+
+def _without(sections: Sequence[NoduleSection]) -> str:
+    """' (1 point without a nodule)' when some points found none, else ''."""
+    missing = sum(isinstance(s.finding, NoNodule) for s in sections)
+    return f" ({missing} point{'s' if missing != 1 else ''} without a nodule)" if missing else ""
 
 
 def _no_nodule_card(index: int, section: NoduleSection) -> str:
