@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--diagonals", action="store_true", help="also the 8 cube diagonals")
     parser.add_argument("--seed", type=int, default=0, help="seed of the patient sample")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--calibration", type=Path, default=None,
+                        help="a calibration.json (calibration.py) to apply to the raw probabilities as well, e.g. "
+                             "one not yet in the bundle: its malignancy changes are reported beside")
     parser.add_argument("--no-recentre", action="store_true",
                         help="segment once, the crop centred on the click (the engine before the second pass)")
     parser.add_argument("--out", type=Path, default=HERE / "click_stability",
@@ -88,7 +91,9 @@ def click(analyzer, ct, point_lps: np.ndarray) -> dict:  # noqa: ANN001
         finding = analyzer.analyze(ct, [float(v) for v in point_lps], space="lps")
     except LungNoduleExplainError as exc:
         return {"refused": f"{type(exc).__name__}: {exc}", "seconds": round(time.perf_counter() - start, 2)}
+    raw = {o.name: getattr(o, "raw_probability", None) for o in finding.outputs}
     return {"probability": {o.name: round(float(o.probability), 5) for o in finding.outputs},
+            "raw": {k: round(float(v), 5) for k, v in raw.items() if v is not None},
             "positive": {o.name: bool(o.positive) for o in finding.outputs},
             "diameter_mm": round(float(finding.diameter_mm), 2), "warnings": list(finding.warnings),
             "seconds": round(time.perf_counter() - start, 2), "finding": finding}
@@ -203,6 +208,25 @@ def summary_line(row: dict) -> str:
             f" flips={sum(len(m['flips']) for m in row['moves'] if 'flips' in m)}")
 
 
+def add_scale(rows: list[dict], name: str, calibrate) -> None:  # noqa: ANN001
+    """Each answered click gets `name`: {output: calibrate(output, raw probability)}."""
+    for r in rows:
+        for entry in [r["centre"], *r["moves"]]:
+            if entry.get("raw"):
+                entry[name] = {k: round(float(calibrate(k, v)), 5) for k, v in entry["raw"].items()}
+
+
+def scale_summary(subset: list[dict], diagnosis: str, key: str) -> dict | None:
+    """Share within MAX_DELTA, median, p95 and max |change| of the diagnosis on the probabilities under `key`."""
+    deltas = np.asarray([abs(m[key][diagnosis] - r["centre"][key][diagnosis]) for r in subset
+                         if key in r["centre"] for m in r["moves"] if key in m])
+    if not len(deltas):
+        return None
+    return {"answered": len(deltas), "share_within": round(float(np.mean(deltas <= MAX_DELTA)), 4),
+            "median_abs_delta": round(float(np.median(deltas)), 4),
+            "p95_abs_delta": round(float(np.percentile(deltas, 95)), 4), "max_abs_delta": round(float(deltas.max()), 4)}
+
+
 def summarise(rows: list[dict], diagnosis: str, outputs: list[str]) -> dict:
     """Share of answered moves within MAX_DELTA, max delta, flips per output, refusals; per set and overall."""
     out = {}
@@ -231,6 +255,8 @@ def summarise(rows: list[dict], diagnosis: str, outputs: list[str]) -> dict:
                 all("delta" in m and abs(m["delta"][diagnosis]) <= MAX_DELTA and not m["flips"]
                     for m in r["moves"] if m["kept"]) for r in subset if "refused" not in r["centre"]),
         }
+        out[name]["scales"] = {key: scale_summary(subset, diagnosis, key)
+                               for key in ("probability", "raw", "calibration_file")}
         seconds = [m["seconds"] for m in answered] + [r["centre"]["seconds"] for r in subset]
         out[name]["median_click_s"] = round(float(np.median(seconds)), 2)
         out[name]["met"] = bool(len(deltas) and out[name]["share_within"] == 1.0
@@ -264,6 +290,15 @@ def write_markdown(path: Path, result: dict) -> None:
               "| set | " + " | ".join(outputs) + " |", "|" + "---|" * (len(outputs) + 1)]
     for name, s in result["summary"].items():
         lines.append(f"| {name} | " + " | ".join(str(s["flips"][o]) for o in outputs) + " |")
+    labels = {"probability": "as shown", "raw": "raw network score",
+              "calibration_file": f"raw through {result['calibration_file']}"}
+    lines += ["", "Malignancy change per scale (answered moves):", "",
+              "| set | scale | answered | share |d|<=0.05 | median |d| | p95 |d| | max |d| |", "|" + "---|" * 7]
+    for name, s in result["summary"].items():
+        for key, v in s["scales"].items():
+            if v:
+                lines.append(f"| {name} | {labels[key]} | {v['answered']} | {v['share_within']} | "
+                             f"{v['median_abs_delta']} | {v['p95_abs_delta']} | {v['max_abs_delta']} |")
     worst = sorted(((abs(m["delta"][result["diagnosis"]]), r["case"], m["direction"], m["flips"])
                     for r in result["nodules"] for m in r["moves"] if "delta" in m), reverse=True)[:10]
     lines += ["", "Largest malignancy changes:", "", "| case | direction | |delta| | flips |", "|---|---|---|---|"]
@@ -303,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = [] if args.no_ct else ct_nodules(args, moves, diagnosis)
     if args.voi_sample > 0:
         rows += voi_nodules(args, moves, diagnosis)
+    if args.calibration is not None:
+        from LungNoduleExplainLib.calibration import Calibration
+
+        calibration = Calibration.from_dict(json.loads(args.calibration.read_text()), outputs, str(args.calibration))
+        add_scale(rows, "calibration_file", lambda k, v: calibration.apply(k, np.asarray([v]))[0])
     commit, dirty = git_state()
     result = {"generated_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": "python " + shlex.join([os.path.relpath(__file__, REPO)] + (argv or sys.argv[1:])),
@@ -310,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
               "calibrated": (bundle.path / "calibration.json").is_file(), "step_mm": args.step_mm,
               "directions": list(moves), "threads": args.threads, "seconds": time.perf_counter() - start,
               "recentre": not args.no_recentre,
+              "calibration_file": str(args.calibration) if args.calibration else None,
               "criterion": {"max_abs_delta_malignancy": MAX_DELTA, "flips": 0}, "diagnosis": diagnosis,
               "outputs": outputs, "summary": summarise(rows, diagnosis, outputs), "nodules": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
