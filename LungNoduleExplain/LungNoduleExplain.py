@@ -9,6 +9,7 @@ in a background process (its worker entry point) so the UI never freezes.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pathlib
 from typing import Annotated, Optional
@@ -27,14 +28,25 @@ from LungNoduleExplainSlicer.AnalysisLogic import AnalysisLogic, AnalysisOutcome
 from LungNoduleExplainSlicer.InstallLogic import InstallCancelled, InstallLogic
 from LungNoduleExplainSlicer.MapDisplay import DEFAULT_OPACITY, DEFAULT_THRESHOLD
 
-# The sample: LIDC-IDRI-0001's 16-slice sub-stack around its nodule (real CT, LIDC-IDRI, CC BY 3.0), written as
-# NRRD by Resources/make_sample_data.py and attached to the extension's "sample-data" release.
+# The sample: LIDC-IDRI-0001 cropped around its nodule (real CT, LIDC-IDRI, CC BY 3.0), a file inside the engine
+# (LungNoduleExplainLib/sample, written by Resources/make_sample_data.py); SampleData copies it from a file:// URI
+# and checks its SHA256 from sample.json: no download.
 SAMPLE_NAME = "LungNoduleExplainLIDC0001"
-SAMPLE_FILE = "LIDC-IDRI-0001-substack.nrrd"
-SAMPLE_URL = ("https://github.com/LungNoduleExplain/SlicerLungNoduleExplain/releases/download/sample-data/"
-              + SAMPLE_FILE)
-SAMPLE_SHA256 = "SHA256:a3bc5f34b29f8cca2bff7779f6b998c80beef74a332757cc19c313b372eed2f8"
-SAMPLE_NODULE_RAS = (-56.4, -86.34, -115.96)  # the readers' centroid of its 33 mm nodule (nodules.json)
+SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "LungNoduleExplainLib", "sample")
+SAMPLE_FILE = "LIDC-IDRI-0001-crop.nrrd"
+
+
+def sampleInfo() -> dict:
+    """sample.json beside the sample: its SHA256 and the readers' centroid of its nodule (LPS mm)."""
+    with open(os.path.join(SAMPLE_DIR, "sample.json"), encoding="utf-8") as file:
+        return json.load(file)
+
+
+def sampleNoduleRas() -> tuple:
+    x, y, z = sampleInfo()["point_lps_mm"]
+    return (-x, -y, z)
+
+
 POLL_INTERVAL_MS = 100
 SUBMODULES = ("WorkerProcess", "MapDisplay", "ResultNodes", "InstallLogic", "AnalysisLogic", "HeadlessScene")
 
@@ -64,9 +76,9 @@ def registerSampleData() -> None:
         category="LungNoduleExplain",
         sampleName=SAMPLE_NAME,
         thumbnailFileName=os.path.join(iconsPath, "LungNoduleExplain.png"),
-        uris=SAMPLE_URL,
+        uris=pathlib.Path(SAMPLE_DIR, SAMPLE_FILE).as_uri(),
         fileNames=SAMPLE_FILE,
-        checksums=SAMPLE_SHA256,
+        checksums="SHA256:" + sampleInfo()["sha256"][SAMPLE_FILE],
         nodeNames="LIDC-IDRI-0001",
     )
 
@@ -323,7 +335,7 @@ class LungNoduleExplainTest(ScriptedLoadableModuleTest):
         registerSampleData()
         ctNode = SampleData.downloadSample(SAMPLE_NAME)
         points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Nodule")
-        points.AddControlPoint(vtk.vtkVector3d(*SAMPLE_NODULE_RAS), "Nodule-1")
+        points.AddControlPoint(vtk.vtkVector3d(*sampleNoduleRas()), "Nodule-1")
         return ctNode, points
 
     def test_AnalyzeSampleNodule(self) -> None:

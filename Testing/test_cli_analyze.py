@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -236,9 +237,23 @@ def test_a_folder_of_corrupt_dicom_files_is_refused(tmp_path, capsys):
     assert "no DICOM series found" in line
 
 
-def test_demo_writes_the_phantom_and_says_it_is_not_a_patient(tmp_path, capsys):
+def test_demo_analyses_the_real_sample_ct_and_cites_it(tmp_path, capsys):
     out = tmp_path / "demo"
     assert run_with_fake(["demo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "LIDC-IDRI-0001" in printed and "against the LIDC readers' mask" in printed
+    assert f"report: {out.absolute() / 'report.html'}" in printed
+    index = json.loads((out / "findings.json").read_text())
+    assert index["is_phantom"] is False and "CC BY 3.0" in index["source"] and "Armato" in index["source"]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "LIDC-IDRI" in html and "not a patient" not in html
+    assert demo.is_previous_demo(out)
+    assert run_with_fake(["demo", "--out", str(out)]) == 0  # its own previous output is replaced without asking
+
+
+def test_demo_writes_the_phantom_and_says_it_is_not_a_patient(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert run_with_fake(["demo", "--phantom", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "phantom, not a patient" in printed and f"report: {out.absolute() / 'report.html'}" in printed
     assert sitk.ReadImage(str(out / "phantom_ct.nrrd")).GetSize() == (192, 192, 96)
@@ -252,6 +267,12 @@ def test_demo_writes_the_phantom_and_says_it_is_not_a_patient(tmp_path, capsys):
     assert not demo.is_previous_demo(other)
     assert cli.main(["demo", "--out", str(other)]) == 2
     assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_demo_phantom_options_without_phantom_are_one_clear_error(tmp_path, capsys):
+    line = _main_error(["demo", "--seed", "3", "--out", str(tmp_path / "out")], capsys)
+    assert "--phantom" in line
+    assert not (tmp_path / "out").exists()
 
 
 # --- End to end with the real model (needs the lead's analysis module and the shipped bundle) -----------------
@@ -346,14 +367,17 @@ def test_the_segmented_diameter_approaches_the_readers_diameter(patient, ct_dir,
     assert body["diameter_mm"] > 0.6 * nodule["diam_mm_mean"]
 
 
-def test_demo_runs_the_default_model_on_the_phantom(real_analyzer, tmp_path, capsys):
+def test_demo_segments_the_real_sample_nodule_as_well_as_real_nodules_are(real_analyzer, tmp_path, capsys):
+    """The first run a new user sees: the shipped model on the shipped real CT, no warning, the readers' nodule."""
     out = tmp_path / "demo"
     args = cli.build_parser().parse_args(["--quiet", "demo", "--out", str(out), "--device", "cpu"])
     assert args.func(args, analyzer_factory=lambda **kwargs: real_analyzer) == 0
     printed = capsys.readouterr().out
-    assert "not a patient" in printed and "report: " in printed
+    dice = float(re.search(r"Dice (\d\.\d\d) against the LIDC readers' mask", printed).group(1))
+    assert dice >= demo.TRUTH_DICE_WARNING  # out-of-fold mean on LIDC 0.83
     body = json.loads((out / "nodule-01" / "finding.json").read_text())
-    assert 8.0 < body["diameter_mm"] < 20.0  # the phantom's nodule is 14 mm
+    assert body["warnings"] == [] and body["nodule_check"]["found"]
+    assert 20.0 < body["long_axis_mm"] < 45.0  # the readers: 33 mm
 
 
 def test_an_unreadable_bundle_is_one_clear_error(phantom_file, tmp_path, capsys):
@@ -457,7 +481,7 @@ def test_a_bundle_without_a_threshold_for_an_output_is_refused(tmp_path):
 @pytest.mark.parametrize("diameter", ["50", "nan", "1"])
 def test_demo_refuses_an_unsupported_diameter_with_one_clear_error(diameter, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["demo", "--out", str(tmp_path / "out"), "--diameter", diameter])
+        cli.main(["demo", "--phantom", "--out", str(tmp_path / "out"), "--diameter", diameter])
     assert exit_info.value.code == 2
     assert "--diameter" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -492,7 +516,7 @@ def test_the_printed_summary_carries_the_research_notice_and_every_threshold(pha
     finding = FakeAnalyzer().analyze(read_ct(path), ras)
     # the axial long x short axis (as Lung-RADS measures) beside the equivalent diameter
     assert f"axial {finding.axial.long_mm:.1f} x {finding.axial.short_mm:.1f} mm (long x short axis)" in printed
-    paragraph = demo.summary_paragraph(finding, 8.0, (96, 96, 48))
+    paragraph = demo.summary_paragraph(finding, demo.phantom_case(0, 8.0))
     for output in finding.outputs:
         assert f"{output.name} {output.probability:.2f} (" in paragraph  # verdict and threshold follow
         assert f"threshold {output.threshold:.2f}" in paragraph
@@ -524,7 +548,9 @@ def test_the_demo_checks_its_segmentation_against_the_phantoms_known_nodule():
     phantom = make_phantom_ct(seed=5, size=(96, 96, 48), diameter_mm=8.0, n_vessels=6)
     good = FakeAnalyzer().analyze(phantom.ct, phantom.nodule_center_lps, space="lps")
     good.segmentation = sitk.Cast(phantom.nodule_mask > 0, sitk.sitkUInt8)
-    assert demo.check_against_truth(good, phantom.nodule_mask) == pytest.approx(1.0)
+    case = demo.DemoCase(phantom.ct, demo.ClickedPoint(phantom.nodule_center_lps, "lps", "centre"), phantom.nodule_mask,
+                         "the phantom's true nodule", "t", "s", "made.", True)
+    assert demo.check_against_truth(good, case) == pytest.approx(1.0)
     assert not good.warnings
     half = FakeAnalyzer().analyze(phantom.ct, phantom.nodule_center_lps, space="lps")
     array = sitk.GetArrayFromImage(phantom.nodule_mask).astype(np.uint8)
@@ -532,9 +558,9 @@ def test_the_demo_checks_its_segmentation_against_the_phantoms_known_nodule():
     array[:, :, x0:] = 0  # the mask of one side only, as the shipped nnU-Net gives on some phantoms
     half.segmentation = sitk.GetImageFromArray(array)
     half.segmentation.CopyInformation(phantom.ct)
-    dice = demo.check_against_truth(half, phantom.nodule_mask)
+    dice = demo.check_against_truth(half, case)
     assert 0.3 < dice < demo.TRUTH_DICE_WARNING
     assert len(half.warnings) == 1 and f"Dice {dice:.2f}" in half.warnings[0]
-    text = demo.summary_paragraph(half, 8.0, phantom.ct.GetSize(), dice)
-    assert f"Dice {dice:.2f} against the true nodule" in text and "missed much of the phantom's nodule" in text
-    assert "missed" not in demo.summary_paragraph(good, 8.0, phantom.ct.GetSize(), 1.0)
+    text = demo.summary_paragraph(half, case, dice)
+    assert f"Dice {dice:.2f} against the phantom's true nodule" in text and "missed much of the phantom's" in text
+    assert "missed" not in demo.summary_paragraph(good, case, 1.0)

