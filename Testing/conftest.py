@@ -30,3 +30,19 @@ def voi_dir() -> Path:
 @pytest.fixture(scope="session")
 def ct_dir() -> Path:
     return _require(DATA_DIR / "lidc-ct")
+
+
+def untrained_bundle(folder: Path, *, prior: str = "reference-mask", name: str = "untrained-test") -> Path:
+    """A real bundle (format, manifest, the lidc task set) around a small untrained network, seeded: for tests
+    of everything but the weights."""
+    import torch
+    from LungNoduleExplainLib.bundle import save_bundle
+    from LungNoduleExplainLib.networks import NetworkConfig, build_network
+    from LungNoduleExplainLib.tasks import load_task_set
+
+    task_set = load_task_set("lidc")
+    network = NetworkConfig("hesam-mt-aag", (2, 4, 4, 8))
+    torch.manual_seed(0)
+    return save_bundle(folder, build_network(network, len(task_set.manifestations)), task_set, network,
+                       {n: 0.5 for n in task_set.names}, name=name, prior=prior, training={"note": "untrained"},
+                       metrics={})

@@ -33,3 +33,7 @@ class NoNoduleError(PointError):
         super().__init__(message)
         self.check = check
         self.point_lps = point_lps
+
+
+class OutputExistsError(LungNoduleExplainError, FileExistsError):
+    """The output folder already holds files and replacing it was not asked for, or it is not ours to replace."""

@@ -135,24 +135,23 @@ def plot_reliability(names: list[str], probs: np.ndarray, patches: PatchSet, met
 
 def write_evaluation(out: Path, metrics: dict, predictions: str, plot: Callable[[Path], None],
                      plot_calibration: Callable[[Path], None] | None = None) -> None:
-    """Write metrics.json, predictions.csv, roc_curves.png and reliability.png together: all built in a temporary
-    folder first, so a failure leaves `out` as it was."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".evaluation.", dir=out))
+    """Write metrics.json, predictions.csv, roc_curves.png and reliability.png together: built in a folder beside
+    `out` and renamed into place (output_folder's rule, checked by the caller), so a failure leaves `out` as it was."""
+    from .output_folder import replace_folder, staging_folder
+
+    tmp = staging_folder(out)
     try:
         # strict JSON: an undefined figure (e.g. the AUC of an output with one class only) is null, not NaN
         (tmp / "metrics.json").write_text(json.dumps(_nan_to_none(metrics), indent=2, default=float,
                                                      allow_nan=False) + "\n")
         (tmp / "predictions.csv").write_text(predictions)
         plot(tmp / "roc_curves.png")
-        names = ["predictions.csv", "roc_curves.png", "metrics.json"]
         if plot_calibration is not None:
             plot_calibration(tmp / "reliability.png")
-            names.insert(2, "reliability.png")
-        for name in names:
-            os.replace(tmp / name, out / name)
-    finally:
+        replace_folder(tmp, out, verb="evaluate")
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _nan_to_none(value):  # noqa: ANN001, ANN202 - any JSON-like value
@@ -209,7 +208,8 @@ def _saved_maps_prior(folder: Path, dice_by_case: dict[str, tuple[float, str]]) 
 
 
 def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str | Path, *, prior: str = "auto",
-                    device: str = "auto", n_boot: int = 1000, progress: ProgressCallback | None = None) -> dict:
+                    device: str = "auto", n_boot: int = 1000, progress: ProgressCallback | None = None,
+                    overwrite: bool = False) -> dict:
     """Evaluate a bundle on a dataset folder it has never seen; returns the metrics written to OUT/metrics.json.
 
     prior: "reference-mask" (the folder's masks feed the AAG), "segmentation" (the bundle's nnU-Net model segments
@@ -217,9 +217,10 @@ def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str |
     `<case_id>.nii.gz` on each image's grid (e.g. out-of-fold nnU-Net maps of patients the segmentation model never
     saw; Dice of the component at the centre is reported too) or "auto": the prior the classifier was trained with
     (reference masks for a "reference-mask" bundle, nnU-Net for an "nnunet-oof" one). Nothing is written unless
-    every nodule was read and scored.
+    every nodule was read and scored. A non-empty `out` is refused unless `overwrite` and written by this program.
     """
     from .bundle import load_bundle
+    from .output_folder import check_output_folder
     from .data.patches import PRIOR_REFERENCE_MASK, build_patch_set
     from .data.voi_table import read_voi_table
     from .errors import ConfigError
@@ -227,6 +228,7 @@ def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str |
     from .metrics import mean_with_ci
     from .training import predict
 
+    check_output_folder(Path(out), overwrite=overwrite)  # before the work, not after it
     bundle = load_bundle(bundle_path, device=resolve_device(device))
     if prior == "auto":
         prior = PRIOR_REFERENCE_MASK if bundle.prior == PRIOR_REFERENCE_MASK else "segmentation"

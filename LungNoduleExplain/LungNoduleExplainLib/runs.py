@@ -31,6 +31,7 @@ from .data.voi_table import patient_folds, patient_split, read_voi_table
 from .errors import BundleError, ConfigError
 from .evaluation import output_metrics
 from .metrics import safe_auc
+from .output_folder import start_folder
 from .tasks import TaskSet, load_task_set
 from .networks import Ensemble
 from .training import RESUMABLE_CHANGES, Trainer, TrainConfig, TrainResult, predict
@@ -70,10 +71,13 @@ class RunSpec:
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
 
 
-def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False,
+def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
               progress: ProgressCallback | None = None, show_progress_bar: bool = True) -> Path:
-    """Train a classifier as `spec` and `config` say; returns the bundle folder."""
+    """Train a classifier as `spec` and `config` say; returns the bundle folder. The run folder must be empty,
+    or one of ours to continue (`resume`) or replace (`overwrite`): output_folder's rule."""
     task_set = load_task_set(spec.tasks)
+    if distributed.is_main_process():
+        start_folder(spec.run_dir, "train", overwrite=overwrite, resume=resume)
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     config_path = spec.run_dir / "config.json"
     run_config = {"spec": spec.to_dict(), "training": config.to_dict(), "tasks": task_set.to_dict()}

@@ -146,8 +146,12 @@ def check_against_truth(finding: Finding, case: DemoCase) -> float:
 
 
 def is_previous_demo(out: Path) -> bool:
-    """True when `out` holds a report this command wrote (findings.json whose title is a demo's)."""
+    """True when `out` holds a report this command wrote (ours, and findings.json's title is a demo's)."""
+    from ..output_folder import is_ours
+
     index = out / "findings.json"
+    if not is_ours(out):
+        return False
     try:
         return str(json.loads(index.read_text(encoding="utf-8")).get("title", "")).startswith(
             "LungNoduleExplain demo on ")

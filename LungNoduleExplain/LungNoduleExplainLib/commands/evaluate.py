@@ -14,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(keys in README.md).")
     p.add_argument("--data", required=True, help="dataset folder: nodules.csv, images/, masks/")
     p.add_argument("--model", default=None, help="model bundle folder (default: the bundle shipped with the package)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (refused when not empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it holds an earlier evaluation (never a folder this program did not write)")
     p.add_argument("--prior", default="auto",
                    help="what feeds the attention gates: auto (what the classifier was trained with), "
                         "reference-mask, segmentation (the bundle's nnU-Net model, as at analysis time; reports "
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate_folder
 
     metrics = evaluate_folder(args.data, args.model, args.out, prior=args.prior, device=args.device,
-                              n_boot=args.bootstrap)
+                              n_boot=args.bootstrap, overwrite=args.overwrite)
     print(f"{metrics['n_nodules']} nodules of {metrics['n_patients']} patients, prior: {metrics['prior']}, "
           f"probabilities {'calibrated' if metrics['calibrated'] else 'raw (uncalibrated)'}")
     for warning in metrics["warnings"]:

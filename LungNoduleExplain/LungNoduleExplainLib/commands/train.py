@@ -71,6 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--name", default="lungnodule-explain", help="model name recorded in the bundle")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it holds an earlier run (never a folder this program did not write)")
     p.set_defaults(func=run)
 
 
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     spec = RunSpec(args.data, args.out, args.tasks, args.prior, args.val_fraction, args.device, args.name,
                    args.members)
     # Progress also goes to the log (with the fraction attached) so the Slicer CLI module can show it.
-    bundle = train_run(spec, config, resume=args.resume, show_progress_bar=not args.quiet,
+    bundle = train_run(spec, config, resume=args.resume, overwrite=args.overwrite, show_progress_bar=not args.quiet,
                        progress=lambda fraction, message: logger.info(message, extra={"progress": fraction}))
     from ..distributed import is_main_process
     if is_main_process():

@@ -27,6 +27,7 @@ import SimpleITK as sitk
 
 from ..atomic import write_text_atomic
 from ..errors import DatasetError
+from ..output_folder import start_folder
 from .voi_table import REQUIRED_COLUMNS, TABLE_NAME
 
 logger = logging.getLogger(__name__)
@@ -192,6 +193,10 @@ class VoiFolderWriter:
         self.columns = list(columns)
         self.source = source
         self.settings = dict(settings or {})
+        # output_folder's rule for a verb that resumes: continue only a folder of ours (earlier versions left
+        # progress.json and no marker), never write into someone else's
+        if not (self.out_dir / PROGRESS_NAME).is_file():
+            start_folder(self.out_dir, "prepare", overwrite=False, resume=True)
         (self.out_dir / "images").mkdir(parents=True, exist_ok=True)
         (self.out_dir / "masks").mkdir(parents=True, exist_ok=True)
         self._units: dict[str, list[dict]] = {}
@@ -305,7 +310,7 @@ class VoiFolderWriter:
         if not export_nnunet:
             summary.nnunet = "skipped: --no-nnunet"
         elif self.rows:
-            export_nnunet_if_available(self.out_dir, summary)
+            export_for_nnunet(self.out_dir, summary)
         self.write_summary(summary)
         return summary
 
@@ -321,17 +326,11 @@ def table_cell(value: object) -> str:
     return str(value)
 
 
-def export_nnunet_if_available(out_dir: Path, summary: PrepareSummary) -> None:
-    """Write the nnU-Net raw dataset `<out>/nnUNet_raw/Dataset..._LungNodule` when the exporter is installed.
-
-    The exporter lives in `segmentation/export.py` (another part of the engine); if it is not there, the summary
-    says the export was skipped. Only rows with a mask can be exported.
+def export_for_nnunet(out_dir: Path, summary: PrepareSummary) -> None:
+    """Write the nnU-Net raw dataset `<out>/nnUNet_raw/Dataset..._LungNodule` (segmentation/export.py, which needs
+    no nnunetv2 to write the format). Only rows with a mask can be exported.
     """
-    try:
-        from ..segmentation.export import export_nnunet_dataset  # noqa: PLC0415 (optional at run time)
-    except ImportError as exc:
-        summary.nnunet = f"skipped: the nnU-Net exporter is not available ({exc})"
-        return
+    from ..segmentation.export import export_nnunet_dataset  # noqa: PLC0415 (segmentation imports this module)
     with (out_dir / TABLE_NAME).open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     if any(not (row.get("mask") or "").strip() for row in rows):

@@ -19,7 +19,6 @@ import datetime as _dt
 import logging
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -28,8 +27,9 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..atomic import write_json_atomic
-from ..errors import LungNoduleExplainError
+from ..errors import OutputExistsError
 from ..finding import Finding
+from ..output_folder import check_output_folder, replace_folder, staging_folder
 from ..nodule_check import NoNodule
 from ..study import StudyInfo
 from .html import PHANTOM_NOTICE, RESEARCH_NOTICE, NoduleSection, render_report
@@ -41,10 +41,6 @@ __all__ = ["write_findings", "OutputExistsError", "check_on_grid", "check_out_di
 
 Progress = Callable[[float, str], None]
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-
-
-class OutputExistsError(LungNoduleExplainError, FileExistsError):
-    """The output folder already holds files and overwriting was not asked for."""
 
 
 def write_findings(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | Path, *,
@@ -71,13 +67,11 @@ def write_findings(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | P
         _check_file_name(name, "extra image")
     out_dir = Path(out_dir).absolute()
     check_out_dir(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.partial"
-    staging.mkdir()  # not mkdtemp: its 0700 mode would make the report unreadable to others (umask applies here)
+    staging = staging_folder(out_dir)
     try:
         report = _write_all(staging, findings, ct, title=title, source=source, is_phantom=is_phantom,
                             extra_images=extra_images or {}, progress=progress or (lambda f, m: None), study=study)
-        _move_into_place(staging, out_dir)
+        replace_folder(staging, out_dir, verb="analyze")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -118,27 +112,8 @@ def _check_file_name(name: str, what: str) -> None:
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Raise OutputExistsError when `out_dir` is a file, or a non-empty folder and not `overwrite`."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExistsError(f"output path {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise OutputExistsError(f"output folder {out_dir} already exists and is not empty; "
-                                "choose another folder or pass --overwrite")
-
-
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename `staging` to `out_dir`, replacing an existing `out_dir` (kept until the rename succeeded)."""
-    if not out_dir.exists():
-        staging.rename(out_dir)
-        return
-    previous = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.previous"
-    out_dir.rename(previous)
-    try:
-        staging.rename(out_dir)
-    except BaseException:
-        previous.rename(out_dir)
-        raise
-    shutil.rmtree(previous, ignore_errors=True)
+    """OutputExistsError unless `out_dir` may take a report (output_folder's one rule)."""
+    check_output_folder(out_dir, overwrite=overwrite)
 
 
 def _write_all(folder: Path, findings: Sequence[Finding], ct: sitk.Image, *, title: str, source: str,

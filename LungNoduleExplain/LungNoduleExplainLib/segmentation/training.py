@@ -27,6 +27,7 @@ import SimpleITK as sitk
 from ..atomic import write_json_atomic
 from ..data.voi_table import read_image, read_voi_table
 from ..errors import ConfigError, DatasetError
+from ..output_folder import check_output_folder, replace_folder
 from .export import DEFAULT_DATASET_ID, DEFAULT_NAME, DEFAULT_PAD_MM, dataset_name, export_nnunet_dataset
 from .metrics import dice, seed_point
 from .plans import CONFIGURATION, PLANS_NAME, SmallPlansConfig, fingerprint_and_preprocess, plan, use_work_folder
@@ -177,11 +178,10 @@ def cross_validate(voi_folder: str | Path, work: str | Path, out: str | Path,
                    progress: Progress | None = None) -> CrossValidationResult:
     """Train `config.folds` on `voi_folder` (lidc-voi format), package them into `out`, write OOF maps and Dice.
 
-    Raises DatasetError if `out` exists already (unless `overwrite`).
+    Raises OutputExistsError if `out` holds files, unless `overwrite` and this program wrote it (output_folder).
     """
     voi_folder, work, out = Path(voi_folder), Path(work), Path(out)
-    if out.exists() and not overwrite:
-        raise DatasetError(f"segmentation model folder {out} exists already; choose another --out or remove it")
+    check_output_folder(out, overwrite=overwrite)
     report = progress or (lambda message, fraction: logger.info("%s (%.0f%%)", message, 100 * fraction))
     work.mkdir(parents=True, exist_ok=True)
     report("exporting and preprocessing with nnU-Net", 0.0)
@@ -223,9 +223,7 @@ def cross_validate(voi_folder: str | Path, work: str | Path, out: str | Path,
         state["folds_done"].append(fold)
         write_json_atomic(results_file, state)
         report(f"fold {fold}: mean out-of-fold Dice {np.mean(list(fold_dice.values())):.3f}", (i + 1) / n)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
+    replace_folder(partial, out, verb="train-segmentation")
     if oof_dir is None:
         oof = out / "oof"
     return CrossValidationResult(out, oof, {k: float(v) for k, v in state["dice"].items()},
