@@ -214,12 +214,116 @@ def test_slicer_cancel_stops_the_cli_process(tmp_path):
     assert process.wait(timeout=10) == 130
 
 
-# --- packaging ------------------------------------------------------------------------------------------------
+# --- packaging: what the Extensions Index checks --------------------------------------------------------------
+
+INDEX_DIR = Path(__file__).with_name("extensions_index")
+RAW_PREFIX = "https://raw.githubusercontent.com/LungNoduleExplain/SlicerLungNoduleExplain/main/"
+SCHEMA_URL = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json"
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
+
 
 def cmake_sets(path: Path) -> dict[str, str]:
     text = path.read_text(encoding="utf-8")
     values = dict(re.findall(r'set\((\w+)\s+"([^"]*)"', text))
     return {k: re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), v) for k, v in values.items()}
+
+
+class OfflineRequests:
+    """The checker's `requests`, offline: the schema URL serves the vendored schema; a raw.githubusercontent URL of
+    this repository serves the committed file at that path, typed by extension as GitHub does; anything else is
+    unreachable. `fetched` records every URL asked for, so a test sees that a check really looked."""
+
+    class RequestException(Exception):
+        pass
+
+    def __init__(self, root: Path):
+        self.root, self.fetched = root, []
+
+    def get(self, url: str, timeout: float = 0, headers=None):
+        self.fetched.append(url)
+        if url == SCHEMA_URL:
+            return self._response((INDEX_DIR / SCHEMA_URL.rsplit("/", 1)[1]).read_bytes(), "application/json")
+        if not url.startswith(RAW_PREFIX):
+            raise self.RequestException(f"{url} is not reachable from the test (no network)")
+        relative = url[len(RAW_PREFIX):]
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", relative], cwd=self.root,
+                                 capture_output=True).returncode == 0
+        if not tracked:
+            raise self.RequestException(f"404 Client Error for url {url}: {relative} is not committed")
+        path = self.root / relative
+        return self._response(path.read_bytes(), IMAGE_TYPES.get(path.suffix.lower(), "text/plain"))
+
+    @staticmethod
+    def _response(content: bytes, content_type: str):
+        class Response:
+            headers = {"Content-Type": content_type}
+
+            def raise_for_status(self):
+                return None
+
+            def json(self):
+                return json.loads(content)
+
+        return Response()
+
+
+@pytest.fixture()
+def index_checker(monkeypatch):
+    """The Extensions Index's check_description_files module (vendored, unmodified), offline."""
+    import types
+    source = (INDEX_DIR / "check_description_files.py").read_text(encoding="utf-8")
+    if sys.version_info < (3, 12):  # one line (print_categories, not used here) needs 3.12's f-strings (PEP 701)
+        line = next(line for line in source.splitlines() if "print(f\"[\\n{'\\n'.join(" in line)
+        source = source.replace(line, line[:len(line) - len(line.lstrip())] + "pass  # 3.12-only f-string")
+    module = types.ModuleType("check_description_files")
+    module.__file__ = str(INDEX_DIR / "check_description_files.py")
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    jsonschema = pytest.importorskip("jsonschema", reason="the test extra installs jsonschema (pyproject.toml)")
+    offline = OfflineRequests(REPO_ROOT)
+    monkeypatch.setattr(module, "requests", offline)
+    monkeypatch.setattr(module, "jsonschema", jsonschema)
+    module.offline = offline
+    return module
+
+
+def test_the_index_json_passes_the_index_schema_and_format_checks(index_checker):
+    path = REPO_ROOT / "LungNoduleExplain.json"
+    metadata = index_checker.parse_json(str(path))
+    name = path.stem
+    index_checker.check_json_schema(name, metadata)
+    index_checker.check_json_file_format(name, metadata, str(path))
+    for check in (index_checker.check_extension_name, index_checker.check_category,
+                  index_checker.check_git_repository_name, index_checker.check_scm_url_syntax):
+        check(name, metadata)
+    index_checker.check_license_file(name, metadata, str(REPO_ROOT))
+    assert SCHEMA_URL in index_checker.offline.fetched
+    assert metadata["tier"] == 1  # experimental: a new research extension (ExtensionsIndex README, "tiers")
+
+
+def test_the_cmake_file_passes_the_index_checks_with_literal_image_urls_that_serve_committed_images(index_checker):
+    metadata = json.loads((REPO_ROOT / "LungNoduleExplain.json").read_text(encoding="utf-8"))
+    index_checker.check_cmakelists_content("LungNoduleExplain", metadata, cloned_repository_folder=str(REPO_ROOT))
+    images = [u for u in index_checker.offline.fetched if u.startswith(RAW_PREFIX)]
+    assert len(images) == 2, images  # the icon and the screenshot, both looked up
+
+
+def test_the_index_checks_fail_where_the_index_would_refuse(index_checker, tmp_path):
+    """The same checks must be able to fail: a URL through a CMake variable, a missing $schema, a tier of 0."""
+    metadata = json.loads((REPO_ROOT / "LungNoduleExplain.json").read_text(encoding="utf-8"))
+    text = (REPO_ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    (tmp_path / "CMakeLists.txt").write_text(re.sub(r'set\(EXTENSION_ICONURL "[^"]+"\)',
+                                                    'set(EXTENSION_ICONURL "${EXTENSION_HOMEPAGE}/icon.png")', text))
+    with pytest.raises(index_checker.ExtensionCheckError, match="starting with 'http'"):
+        index_checker.check_cmakelists_content("LungNoduleExplain", metadata, cloned_repository_folder=str(tmp_path))
+    for broken in ({k: v for k, v in metadata.items() if k != "$schema"}, {**metadata, "tier": 0}):
+        with pytest.raises(index_checker.ExtensionCheckError):
+            index_checker.check_json_schema("LungNoduleExplain", broken)
+
+
+def test_the_screenshot_is_a_small_png_of_slicers_views():
+    path = REPO_ROOT / "Resources" / "Screenshots" / "analysis.png"
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 500_000, f"{len(data)} bytes"
 
 
 def test_the_top_level_cmake_has_the_extension_metadata_and_both_modules():
@@ -228,15 +332,25 @@ def test_the_top_level_cmake_has_the_extension_metadata_and_both_modules():
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert values.get(f"EXTENSION_{key}"), f"EXTENSION_{key} is not set"
     assert "add_subdirectory(LungNoduleExplain)" in text and "add_subdirectory(LungNoduleExplainTraining)" in text
-    assert values["EXTENSION_ICONURL"].endswith("Resources/LungNoduleExplain.png")
+    assert values["EXTENSION_ICONURL"] == RAW_PREFIX + "Resources/LungNoduleExplain.png"
+
+
+def test_the_minimum_slicer_version_is_the_same_in_cmake_metadata_and_module():
+    from LungNoduleExplainSlicer.InstallLogic import MINIMUM_SLICER_VERSION
+    minimum = ".".join(map(str, MINIMUM_SLICER_VERSION))
+    values = cmake_sets(REPO_ROOT / "CMakeLists.txt")
+    assert values["LungNoduleExplain_MINIMUM_SLICER_VERSION"] == minimum
+    assert f"Requires Slicer {minimum} or later" in values["EXTENSION_DESCRIPTION"]
+    assert f"Slicer {minimum}" in (REPO_ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_the_index_json_matches_the_cmake_metadata():
     entry = json.loads((REPO_ROOT / "LungNoduleExplain.json").read_text(encoding="utf-8"))
     values = cmake_sets(REPO_ROOT / "CMakeLists.txt")
-    assert entry["build_dependencies"] == values["EXTENSION_DEPENDS"].split(";")
+    assert entry["build_dependencies"] == re.split(r"[\s;]+", values["EXTENSION_DEPENDS"].strip())
     assert entry["category"] == values["EXTENSION_CATEGORY"]
-    assert entry["scm_url"] == values["EXTENSION_REPOSITORY_URL"]
+    assert values["EXTENSION_HOMEPAGE"].startswith(entry["scm_url"])
+    assert RAW_PREFIX.startswith(entry["scm_url"].replace("github.com", "raw.githubusercontent.com"))
     assert {"scm_revision", "build_subdirectory"} <= entry.keys()
 
 
@@ -338,7 +452,7 @@ def test_check_names_missing_and_too_old_packages():
     environment = FakeEnvironment({**COMPLETE, "matplotlib": "3.5.0"})
     del environment.versions["nnunetv2"]
     status = install_logic(environment).check()
-    assert status.missing == ["nnunetv2==2.8.1"]
+    assert status.missing == ["nnunetv2>=2.7,<3"]
     assert status.incompatible == ["matplotlib installed 3.5.0, needs >=3.7"]
 
 
@@ -346,8 +460,8 @@ def test_install_gets_torch_through_pytorchutils_and_never_lets_pip_replace_simp
     environment = FakeEnvironment({k: v for k, v in COMPLETE.items() if k not in ("torch", "nnunetv2")})
     status = install_logic(environment).install()
     assert status.ok
-    assert environment.torchCalls == [{"ask": False, "requirement": ">=2.1"}]
-    assert len(environment.pip) == 1 and '"nnunetv2==2.8.1"' in environment.pip[0]
+    assert environment.torchCalls == [{"ask": False, "requirement": "!=2.9.*,>=2.1.2"}]
+    assert len(environment.pip) == 1 and '"nnunetv2>=2.7,<3"' in environment.pip[0]
     assert "SimpleITK" not in environment.pip[0].split(" -c ")[0]
     constraints = environment.constraints[0].splitlines()
     assert "SimpleITK==2.4.0" in constraints and "torch==2.5.1" in constraints
@@ -357,7 +471,7 @@ def test_install_gets_torch_through_pytorchutils_and_never_lets_pip_replace_simp
 def test_without_the_pytorch_extension_torch_comes_from_pip_with_simpleitk_pinned():
     environment = FakeEnvironment({k: v for k, v in COMPLETE.items() if k != "torch"})
     install_logic(environment, torch=False).install()
-    assert environment.pip[0].startswith('"torch>=2.1" -c ')
+    assert environment.pip[0].startswith('"torch>=2.1.2,!=2.9.*" -c ')
     assert "SimpleITK==2.4.0" in environment.constraints[0].splitlines()
 
 
@@ -399,3 +513,71 @@ def test_the_slicer_install_asks_for_what_the_engine_package_declares():
     assert {n: s for n, s in declared.items() if n != "SimpleITK"} == {n: asked[n] for n in declared
                                                                        if n != "SimpleITK" and n in asked}
     assert set(declared) - {"SimpleITK"} <= set(asked)
+
+
+def test_torch_2_9_is_refused_with_the_reason_and_replaced_through_the_pytorch_extension():
+    environment = FakeEnvironment({**COMPLETE, "torch": "2.9.1"})
+    logic = install_logic(environment)
+    status = logic.check()
+    assert not status.ok and status.incompatible[0].startswith("torch installed 2.9.1, needs !=2.9.*,>=2.1.2: ")
+    assert "nnU-Net excludes torch 2.9" in status.incompatible[0]
+    assert logic.plannedSteps() == ["torch (PyTorch extension)"]
+    assert logic.install().ok and environment.torchCalls[0]["requirement"] == "!=2.9.*,>=2.1.2"
+
+
+@pytest.mark.parametrize("torch_version, ok", [("2.8.0", True), ("2.10.0", True), ("2.9.0", False),
+                                               ("2.1.1", False), ("2.14.1", True)])
+def test_the_torch_range_admits_what_nnunet_admits(torch_version, ok):
+    from packaging.requirements import Requirement
+
+    from LungNoduleExplainSlicer.InstallLogic import TORCH_REQUIREMENT
+    nnunet_torch = Requirement("torch>=2.1.2,!=2.9.*")  # nnunetv2 2.7.0-2.8.1's own Requires-Dist
+    assert (torch_version in Requirement(TORCH_REQUIREMENT).specifier) == ok
+    assert (torch_version in nnunet_torch.specifier) == ok
+
+
+def test_an_nnunet_another_extension_installed_in_range_is_kept():
+    for version in ("2.7.0", "2.8.1"):
+        environment = FakeEnvironment({**COMPLETE, "nnunetv2": version})
+        assert install_logic(environment).install().ok and environment.pip == []
+    environment = FakeEnvironment({**COMPLETE, "nnunetv2": "2.6.4"})  # cannot build the shipped model
+    assert install_logic(environment).plannedSteps() == ["packages: nnunetv2"]
+
+
+def test_install_reports_its_steps_as_progress_up_to_done():
+    environment = FakeEnvironment({k: v for k, v in COMPLETE.items() if k not in ("torch", "nnunetv2")})
+    reports = []
+    from LungNoduleExplainSlicer.InstallLogic import InstallLogic
+    logic = InstallLogic(pipInstall=environment.pipInstall, versionOf=environment.versionOf,
+                         torchLogicFactory=environment.torchLogic, log=lambda message: None,
+                         progress=lambda fraction, message: reports.append((fraction, message)))
+    assert logic.plannedSteps() == ["torch (PyTorch extension)", "packages: nnunetv2"]
+    logic.install()
+    assert [f for f, _ in reports] == [0.0, 0.5, 1.0]
+    assert "PyTorch" in reports[0][1] and "nnunetv2" in reports[1][1] and reports[2][1] == "Installed"
+
+
+@pytest.mark.parametrize("slicer_version, python_version, says", [
+    ((5, 6), (3, 9), "needs Slicer 5.10 or later; this is Slicer 5.6 (Python 3.9)"),
+    ((5, 8), (3, 9), "this is Slicer 5.8"),
+    ((5, 10), (3, 12), None),
+    ((5, 11), (3, 12), None),
+    (None, (3, 9), "needs Python 3.10 or later"),
+    (None, (3, 11), None),
+])
+def test_the_module_says_on_load_which_slicer_it_needs(slicer_version, python_version, says):
+    from LungNoduleExplainSlicer.InstallLogic import environmentProblem
+    problem = environmentProblem(slicer_version, python_version)
+    assert (problem is None) == (says is None)
+    if says:
+        assert says in problem
+
+
+def test_the_cuda_note_says_when_and_why_the_analysis_runs_on_the_cpu():
+    from LungNoduleExplainSlicer.InstallLogic import cudaNote
+    assert cudaNote(cudaBuilt=True, cudaAvailable=True) == ""
+    assert "CPU-only build" in cudaNote(cudaBuilt=False, cudaAvailable=False)
+    assert "runs on the CPU" in cudaNote(cudaBuilt=False, cudaAvailable=False)
+    assert "finds no usable NVIDIA GPU" in cudaNote(cudaBuilt=True, cudaAvailable=False)
+    assert "Analyze will fail" in cudaNote(cudaBuilt=True, cudaAvailable=False, device="cuda")
+    assert cudaNote(cudaBuilt=True, cudaAvailable=True, device="cpu").startswith("Device: CPU (as chosen)")

@@ -1,4 +1,18 @@
-"""First use: check the engine's Python packages in Slicer's Python and install what is missing, once asked.
+"""First use: check the Slicer version and the engine's Python packages, and install what is missing, once asked.
+
+Which Slicer: 5.10 or later (MINIMUM_SLICER_VERSION). Slicer 5.6 and 5.8 run Python 3.9; nnU-Net v2 needs Python
+3.10 from 2.6 on, the releases that run on 3.9 (<= 2.5.2) predate its exclusion of torch 2.9, and the engine is
+tested on 3.10+ only. Rather than an untested 3.9 path, the module says on load which Slicer it needs
+(`environmentProblem`), and CMakeLists.txt refuses to build against an older one.
+
+Versions are ranges, not pins, so that this extension, NNUNet and TotalSegmentator can share one Slicer Python:
+- torch >=2.1.2, !=2.9.*: nnU-Net (>= 2.6.4) excludes torch 2.9 (its 3D convolutions fall back to a slow,
+  memory-hungry path: pytorch/pytorch#166122, MIC-DKFZ/nnUNet#3002). Asking PyTorchUtils for the same range means
+  it never installs a torch that pip then has to refuse; an installed 2.9 is reported with what to do instead.
+- nnunetv2 >=2.7,<3: the shipped model was trained with 2.8.1; on 2.7.0 it segments LIDC-IDRI-0001's nodule
+  voxel for voxel as on 2.8.1, while 2.6.4 cannot build it (an older build_network_architecture; README).
+  TotalSegmentator asks >=2.3.1 (>=2.7 on macOS) and NNUNet any version, so an nnunetv2 >= 2.7 they installed
+  is kept as it is.
 
 What users of Slicer AI extensions complain about, and what this does instead:
 - a wrong torch build: torch comes through the PyTorch extension's PyTorchUtils (it picks the CUDA build that
@@ -6,8 +20,9 @@ What users of Slicer AI extensions complain about, and what this does instead:
 - a replaced SimpleITK (Slicer's own has its IO plugins): every pip call carries a constraints file pinning the
   installed SimpleITK (and torch) version, so pip fails rather than replace them.
 - unclear restarts: `needsRestart` is set when a package that is already imported in this session changed.
+- a silent CPU fallback: `cudaNote` says when the analysis will run on the CPU and why.
 
-Slicer calls are injected (pipInstall, torchLogicFactory, confirm), so it is tested outside Slicer.
+Slicer calls are injected (pipInstall, torchLogicFactory, confirm, progress), so it is tested outside Slicer.
 """
 
 from __future__ import annotations
@@ -19,28 +34,68 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from packaging.requirements import Requirement
 from packaging.version import Version
 
 logger = logging.getLogger(__name__)
 
-TORCH_REQUIREMENT = "torch>=2.1"
-REQUIREMENTS = ("nnunetv2==2.8.1", "numpy>=1.24", "scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60",
+MINIMUM_SLICER_VERSION = (5, 10)
+MINIMUM_PYTHON_VERSION = (3, 10)
+TORCH_REQUIREMENT = "torch>=2.1.2,!=2.9.*"
+NNUNET_REQUIREMENT = "nnunetv2>=2.7,<3"
+REQUIREMENTS = (NNUNET_REQUIREMENT, "numpy>=1.24", "scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60",
                 "safetensors>=0.4", "packaging")
 PINNED_AS_INSTALLED = ("SimpleITK", "torch")  # never replaced by a dependency's requirement
 IMPORT_NAMES = {"scikit-learn": "sklearn", "nnunetv2": "nnunetv2", "torch": "torch", "numpy": "numpy"}
+# Why a version is refused, where the bare specifier would not say it.
+EXCLUSION_REASONS = {
+    ("torch", "2.9"): "nnU-Net excludes torch 2.9 (its 3D convolutions are slow and memory-hungry there); "
+                      "'Install required packages' replaces it with a later torch through the PyTorch extension "
+                      "(or set the version requirement '>=2.10' in the PyTorch Utils module), then restart Slicer",
+}
 
 
 class InstallCancelled(RuntimeError):
     """The user declined the installation."""
 
 
+def environmentProblem(slicerVersion: Sequence[int] | None,
+                       pythonVersion: Sequence[int] = tuple(sys.version_info[:2])) -> str | None:
+    """Why this Slicer cannot run the module (shown on load, instead of an install that would fail), or None.
+    slicerVersion: (major, minor), e.g. (slicer.app.majorVersion, slicer.app.minorVersion); None outside Slicer."""
+    minimum = ".".join(map(str, MINIMUM_SLICER_VERSION))
+    if slicerVersion is not None and tuple(slicerVersion[:2]) < MINIMUM_SLICER_VERSION:
+        found = ".".join(map(str, slicerVersion[:2]))
+        return (f"Lung Nodule Explain needs Slicer {minimum} or later; this is Slicer {found} (Python "
+                f"{'.'.join(map(str, pythonVersion[:2]))}). nnU-Net v2 needs Python 3.10 or later, which Slicer "
+                f"ships from {minimum} on. Install Slicer {minimum} or later from download.slicer.org.")
+    if tuple(pythonVersion[:2]) < MINIMUM_PYTHON_VERSION:
+        return (f"Lung Nodule Explain needs Python {'.'.join(map(str, MINIMUM_PYTHON_VERSION))} or later (nnU-Net "
+                f"v2), this Python is {'.'.join(map(str, pythonVersion[:2]))}; use Slicer {minimum} or later.")
+    return None
+
+
+def cudaNote(cudaBuilt: bool, cudaAvailable: bool, device: str = "auto") -> str:
+    """What the user should know about where the analysis runs; '' when it runs on the GPU as asked."""
+    if device == "cpu":
+        return "Device: CPU (as chosen). Each nodule takes seconds to tens of seconds."
+    if cudaAvailable:
+        return ""
+    if not cudaBuilt:
+        why = ("the installed PyTorch is a CPU-only build; to use an NVIDIA GPU, reinstall PyTorch in the "
+               "PyTorch Utils module (it picks the CUDA build for the driver), then restart Slicer")
+    else:
+        why = "PyTorch has CUDA support but finds no usable NVIDIA GPU or driver"
+    action = "Analyze will fail: choose 'auto' or 'cpu'" if device == "cuda" else "the analysis runs on the CPU"
+    return f"No CUDA GPU: {why}. With device '{device}', {action} (seconds to tens of seconds per nodule)."
+
+
 @dataclass
 class DependencyStatus:
     missing: list[str] = field(default_factory=list)  # requirement strings not installed
-    incompatible: list[str] = field(default_factory=list)  # "name installed X, needs SPEC"
+    incompatible: list[str] = field(default_factory=list)  # "name installed X, needs SPEC[: why]"
 
     @property
     def ok(self) -> bool:
@@ -63,6 +118,12 @@ def _satisfies(requirement: Requirement, version: str | None) -> bool:
     return version is not None and requirement.specifier.contains(Version(version), prereleases=True)
 
 
+def _whyRefused(name: str, version: str) -> str:
+    release = Version(version).release
+    reason = EXCLUSION_REASONS.get((name, ".".join(map(str, release[:2]))))
+    return f": {reason}" if reason else ""
+
+
 def _slicerPipInstall(arguments: str) -> None:
     import slicer
     slicer.util.pip_install(arguments)
@@ -82,9 +143,10 @@ class InstallLogic:
                  versionOf: Callable[[str], str | None] = installedVersion,
                  torchLogicFactory: Callable[[], object | None] = _pyTorchUtilsLogic,
                  confirm: Callable[[str], bool] = lambda message: True,
-                 log: Callable[[str], None] = logger.info):
+                 log: Callable[[str], None] = logger.info,
+                 progress: Callable[[float, str], None] = lambda fraction, message: None):
         self.pipInstall, self.versionOf, self.torchLogicFactory = pipInstall, versionOf, torchLogicFactory
-        self.confirm, self.log = confirm, log
+        self.confirm, self.log, self.progress = confirm, log, progress
         self.needsRestart = False
 
     def check(self) -> DependencyStatus:
@@ -95,24 +157,42 @@ class InstallLogic:
             if version is None:
                 status.missing.append(text)
             elif not _satisfies(requirement, version):
-                status.incompatible.append(f"{requirement.name} installed {version}, needs {requirement.specifier}")
+                status.incompatible.append(f"{requirement.name} installed {version}, needs {requirement.specifier}"
+                                           f"{_whyRefused(requirement.name, version)}")
         return status
+
+    def plannedSteps(self) -> list[str]:
+        """What install() would do, in order, as the progress bar counts it: 'torch (PyTorch extension)',
+        'torch (pip)', 'packages: ...'. Empty when nothing is missing."""
+        steps = []
+        if self._needsInstall(TORCH_REQUIREMENT):
+            steps.append("torch (PyTorch extension)" if self.torchLogicFactory() is not None else "torch (pip)")
+        others = [r for r in REQUIREMENTS if self._needsInstall(r)]
+        if others:
+            steps.append("packages: " + ", ".join(Requirement(r).name for r in others))
+        return steps
 
     def install(self) -> DependencyStatus:
         """Install what check() finds missing; raises InstallCancelled if the user says no. Returns the new
-        status (check `needsRestart` afterwards)."""
+        status (check `needsRestart` afterwards). Reports progress as (fraction done, what is running)."""
         status = self.check()
         if status.ok:
             self.log("All required Python packages are installed.")
             return status
+        steps = self.plannedSteps()
         if not self.confirm("LungNoduleExplain needs these Python packages in Slicer "
                             f"({status.describe()}).\nInstall them now? This may take several minutes; "
                             "Slicer's own SimpleITK is kept."):
             raise InstallCancelled("installation of the required Python packages was cancelled")
         before = {name: self.versionOf(name) for name in self._names()}
-        self._installTorch()
+        done = 0
+        if self._needsInstall(TORCH_REQUIREMENT):
+            self.progress(done / len(steps), f"Installing PyTorch ({steps[0]}); this can take several minutes")
+            self._installTorch()
+            done += 1
         others = [r for r in REQUIREMENTS if self._needsInstall(r)]
         if others:
+            self.progress(done / len(steps), f"Installing {', '.join(Requirement(r).name for r in others)}")
             self.log(f"Installing {', '.join(others)} (keeping {', '.join(PINNED_AS_INSTALLED)} as installed)")
             with self._constraintsFile() as constraints:  # written after torch's install, so it pins that torch
                 self.pipInstall(" ".join(f'"{r}"' for r in others) + f' -c "{constraints}"')
@@ -120,7 +200,10 @@ class InstallLogic:
         if any(IMPORT_NAMES.get(n, n.replace("-", "_")) in sys.modules for n in changed):
             self.needsRestart = True
             self.log(f"Restart Slicer to use the updated packages: {', '.join(changed)}")
-        return self.check()
+        status = self.check()
+        self.progress(1.0, "Installed; restart Slicer to use them" if self.needsRestart else
+                      ("Installed" if status.ok else f"Still {status.describe()}"))
+        return status
 
     @staticmethod
     def _names() -> list[str]:
@@ -131,8 +214,6 @@ class InstallLogic:
         return not _satisfies(requirement, self.versionOf(requirement.name))
 
     def _installTorch(self) -> None:
-        if not self._needsInstall(TORCH_REQUIREMENT):
-            return
         torchLogic = self.torchLogicFactory()
         specifier = str(Requirement(TORCH_REQUIREMENT).specifier)
         if torchLogic is not None:
