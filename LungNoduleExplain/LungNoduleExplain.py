@@ -24,8 +24,9 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from LungNoduleExplainSlicer import NoduleSelection
 from LungNoduleExplainSlicer.AnalysisLogic import AnalysisLogic, AnalysisOutcome
-from LungNoduleExplainSlicer.InstallLogic import InstallCancelled, InstallLogic
+from LungNoduleExplainSlicer.InstallLogic import InstallCancelled, InstallLogic, cudaNote, environmentProblem
 from LungNoduleExplainSlicer.MapDisplay import DEFAULT_OPACITY, DEFAULT_THRESHOLD
 
 # The sample: LIDC-IDRI-0001 cropped around its nodule (real CT, LIDC-IDRI, CC BY 3.0), a file inside the engine
@@ -48,7 +49,8 @@ def sampleNoduleRas() -> tuple:
 
 
 POLL_INTERVAL_MS = 100
-SUBMODULES = ("WorkerProcess", "MapDisplay", "ResultNodes", "InstallLogic", "AnalysisLogic", "HeadlessScene")
+SUBMODULES = ("WorkerProcess", "MapDisplay", "ResultNodes", "NoduleSelection", "InstallLogic", "AnalysisLogic",
+              "HeadlessScene")
 
 
 class LungNoduleExplain(ScriptedLoadableModule):
@@ -106,6 +108,9 @@ class LungNoduleExplainLogic(AnalysisLogic, ScriptedLoadableModuleLogic):
 
 
 class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    environmentProblem: Optional[str] = None  # why this Slicer cannot run the module (too old), else None
+    _selectedKey: Optional[str] = None  # the nodule whose results the Results section shows
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -138,7 +143,14 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.opacitySlider.connect("valueChanged(double)", self.logic.setMapOpacity)
         self.ui.thresholdSlider.connect("valueChanged(double)", self.logic.setMapThreshold)
         self.ui.pointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.placeWidget.setCurrentNode)
+        # One point per click of "Place": a further click in a view does not add another nodule.
+        self.ui.placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
+        self.ui.noduleSelector.connect("currentIndexChanged(int)", self.onNoduleSelected)
+        self.ui.resultsTableView.connect("clicked(QModelIndex)", self.onTableRowClicked)
+        self.ui.restartButton.connect("clicked(bool)", slicer.util.restart)
+        self.ui.restartButton.hide()
         self.ui.progressBar.hide()
+        self.environmentProblem = environmentProblem((slicer.app.majorVersion, slicer.app.minorVersion))
         self.updateDependencyStatus()
         self.initializeParameterNode()
 
@@ -192,12 +204,17 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if points is self._observedPoints:
             return
         events = (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent,
-                  slicer.vtkMRMLMarkupsNode.PointPositionUndefinedEvent)
+                  slicer.vtkMRMLMarkupsNode.PointPositionUndefinedEvent, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
         for event in events:
             if self._observedPoints is not None:
                 self.removeObserver(self._observedPoints, event, self.updateButtons)
             if points is not None:
                 self.addObserver(points, event, self.updateButtons)
+        if self._observedPoints is not None:
+            self.removeObserver(self._observedPoints, slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent,
+                                self.onPointClicked)
+        if points is not None:
+            self.addObserver(points, slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent, self.onPointClicked)
         self._observedPoints = points
 
     def updateButtons(self, caller=None, event=None) -> None:
@@ -211,9 +228,23 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         p = self._parameterNode
         # Only placed points count: skipped, unplaced and preview points are not analysed (nodulesFromMarkups).
         ready = bool(p and p.inputVolume and p.points and p.points.GetNumberOfDefinedControlPoints())
-        self.ui.analyzeButton.enabled = ready
-        self.ui.analyzeButton.toolTip = _("Analyze every nodule point.") if ready else \
-            _("Select a CT volume and place at least one nodule point.")
+        todo = self._pointsToAnalyze() if ready else []
+        self.ui.analyzeButton.enabled = ready and not self.environmentProblem
+        if not ready:
+            self.ui.analyzeButton.toolTip = _("Select a CT volume and place at least one nodule point.")
+        elif todo:
+            self.ui.analyzeButton.toolTip = _("Analyze the new or moved points: {names}.").format(
+                names=", ".join(n.name for n in todo))
+        else:
+            self.ui.analyzeButton.toolTip = _("Every point has its result; click to analyse them all again.")
+
+    def _pointsToAnalyze(self) -> list:
+        p = self._parameterNode
+        return self.logic.nodulesToAnalyze(p.inputVolume, self.logic.nodulesFromMarkups(p.points), self._bundle())
+
+    def _bundle(self) -> Optional[str]:
+        p = self._parameterNode
+        return str(p.bundlePath) if p.bundlePath and str(p.bundlePath) not in ("", ".") else None
 
     # --- running (Analyze doubles as Cancel) -------------------------------------------------------------------
 
@@ -224,13 +255,14 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if not InstallLogic().check().ok and not self.onInstallButton():
             return
         p = self._parameterNode
-        bundle = str(p.bundlePath) if p.bundlePath and str(p.bundlePath) not in ("", ".") else None
-        self.ui.deviceNoteLabel.text = ""
+        self.ui.deviceNoteLabel.text = self._cudaNote(p.device)
         self.ui.logTextEdit.clear()
+        # Only new or moved points run; with none, every point runs again (the button's tooltip says which).
+        nodules = self._pointsToAnalyze() or self.logic.nodulesFromMarkups(p.points)
         with slicer.util.tryWithErrorDisplay(_("Cannot start the analysis."), waitCursor=True):
             self.logic.mapOpacity, self.logic.mapThreshold = p.opacity, p.threshold
-            self.logic.startAnalysis(p.inputVolume, self.logic.nodulesFromMarkups(p.points), device=p.device,
-                                     bundlePath=bundle)
+            self.logic.startAnalysis(p.inputVolume, nodules, device=p.device, bundlePath=self._bundle())
+            self._selectedKey = nodules[-1].key  # the results of the last point clicked are shown
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
             self.timer.start()
@@ -245,6 +277,11 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if level == "warning":
             self.ui.deviceNoteLabel.text = message  # e.g. "CUDA not available: running on CPU"
 
+    @staticmethod
+    def _cudaNote(device: str) -> str:
+        import torch  # installed by now (onAnalyzeButton checks first)
+        return cudaNote(torch.backends.cuda.is_built(), torch.cuda.is_available(), device)
+
     def onFinished(self, outcome: AnalysisOutcome) -> None:
         self.timer.stop()
         self.ui.progressBar.hide()
@@ -254,25 +291,64 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             slicer.util.errorDisplay(_("The analysis failed: {message}").format(message=outcome.message))
             return
         if outcome.succeeded:
-            self.ui.resultsTableView.setMRMLTableNode(outcome.nodules[0].tableNode)
             self.ui.exportReportButton.enabled = True
-            self.updateMapSelector()
+            self.updateNoduleSelector()
 
-    # --- results -----------------------------------------------------------------------------------------------
+    # --- results: a nodule, its table, its maps ---------------------------------------------------------------
 
-    def updateMapSelector(self) -> None:
+    def updateNoduleSelector(self) -> None:
+        """List every analysed nodule in the scene and show the selected one (the last analysed by default)."""
+        views = NoduleSelection.noduleViews(slicer.mrmlScene)
+        wasBlocked = self.ui.noduleSelector.blockSignals(True)
+        self.ui.noduleSelector.clear()
+        for view in views:
+            self.ui.noduleSelector.addItem(view.name, view.key)
+        keys = [v.key for v in views]
+        self.ui.noduleSelector.currentIndex = keys.index(self._selectedKey) if self._selectedKey in keys else 0
+        self.ui.noduleSelector.blockSignals(wasBlocked)
+        self.onNoduleSelected(self.ui.noduleSelector.currentIndex)
+
+    def onPointClicked(self, caller, event) -> None:
+        """Clicking a nodule's point in a view shows that nodule's results."""
+        index = caller.GetDisplayNode().GetActiveControlPoint()  # the point under the mouse
+        if index < 0:
+            return
+        key = NoduleSelection.pointKey(caller, index)
+        found = self.ui.noduleSelector.findData(key)
+        if found >= 0:
+            self.ui.noduleSelector.currentIndex = found
+
+    def onNoduleSelected(self, index: int) -> None:
+        view = NoduleSelection.noduleView(slicer.mrmlScene, self.ui.noduleSelector.itemData(index)) \
+            if index >= 0 else None
+        self._selectedKey = view.key if view is not None else None
+        self.ui.resultsTableView.setMRMLTableNode(view.tableNode if view is not None else None)
         wasBlocked = self.ui.mapSelector.blockSignals(True)
+        previous = self.ui.mapSelector.currentText
         self.ui.mapSelector.clear()
-        for node in self.logic.mapNodes():
-            self.ui.mapSelector.addItem(node.GetName(), node.GetID())
+        for output, node in (view.mapNodes.items() if view is not None else ()):
+            self.ui.mapSelector.addItem(output, node.GetID())
+        kept = self.ui.mapSelector.findText(previous)  # the same output as before, on the new nodule
+        self.ui.mapSelector.currentIndex = kept if kept >= 0 else 0
         self.ui.mapSelector.blockSignals(wasBlocked)
+        self.onMapSelected(self.ui.mapSelector.currentIndex)
+
+    def onTableRowClicked(self, modelIndex) -> None:
+        """A table row shows its output's map (column 0 holds the output's name)."""
+        view = NoduleSelection.noduleView(slicer.mrmlScene, self._selectedKey) if self._selectedKey else None
+        mapNode = view.mapOfOutput(modelIndex.sibling(modelIndex.row(), 0).data()) if view is not None else None
+        if mapNode is not None:
+            self.ui.mapSelector.currentIndex = self.ui.mapSelector.findData(mapNode.GetID())
 
     def onMapSelected(self, index: int) -> None:
         node = slicer.mrmlScene.GetNodeByID(self.ui.mapSelector.itemData(index)) if index >= 0 else None
-        if node is not None:
-            # Over the CT it was computed on: the input selector may show another CT by now.
-            ctNode = self.logic.sourceVolume(node)
-            self.logic.showMap(ctNode if ctNode is not None else self._parameterNode.inputVolume, node)
+        if node is None:
+            self.ui.legendLabel.text = ""
+            return
+        # Over the CT it was computed on: the input selector may show another CT by now.
+        ctNode = self.logic.sourceVolume(node)
+        self.logic.showMap(ctNode if ctNode is not None else self._parameterNode.inputVolume, node)
+        self.ui.legendLabel.text = NoduleSelection.legendText(node, self.logic.mapThreshold)
 
     def onExportReport(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Export the report to"))
@@ -285,23 +361,40 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     # --- first use ---------------------------------------------------------------------------------------------
 
     def updateDependencyStatus(self) -> None:
+        if self.environmentProblem:  # too old a Slicer: say so, offer no install that would fail
+            self.ui.dependencyLabel.text = self.environmentProblem
+            self.ui.dependencyLabel.styleSheet = "color: #c0392b; font-weight: bold;"
+            self.ui.dependencyLabel.visible, self.ui.installButton.visible = True, False
+            return
         status = InstallLogic().check()
         self.ui.dependencyLabel.text = "" if status.ok else _("Required Python packages: {status}").format(
             status=status.describe())
         self.ui.dependencyLabel.visible = self.ui.installButton.visible = not status.ok
 
     def onInstallButton(self) -> bool:
-        logic = InstallLogic(confirm=slicer.util.confirmOkCancelDisplay, log=self.onLogInfo)
-        with slicer.util.tryWithErrorDisplay(_("Installing the required packages failed."), waitCursor=True):
-            try:
-                status = logic.install()
-            except InstallCancelled:
-                return False
+        logic = InstallLogic(confirm=slicer.util.confirmOkCancelDisplay, log=self.onLogInfo,
+                             progress=self.onInstallProgress)
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.show()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Installing the required packages failed."), waitCursor=True):
+                try:
+                    status = logic.install()
+                except InstallCancelled:
+                    return False
+        finally:
+            self.ui.progressBar.hide()
         self.updateDependencyStatus()
         if logic.needsRestart:
-            slicer.util.infoDisplay(_("The packages were updated. Restart Slicer before running the analysis."))
+            self.ui.statusLabel.text = _("The packages were updated: restart Slicer before running the analysis.")
+            self.ui.restartButton.show()
             return False
         return status.ok
+
+    def onInstallProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.statusLabel.text = message
+        slicer.app.processEvents()
 
     def onLogInfo(self, message: str) -> None:
         self.onLog("info", message)

@@ -581,3 +581,11 @@ def test_the_cuda_note_says_when_and_why_the_analysis_runs_on_the_cpu():
     assert "finds no usable NVIDIA GPU" in cudaNote(cudaBuilt=True, cudaAvailable=False)
     assert "Analyze will fail" in cudaNote(cudaBuilt=True, cudaAvailable=False, device="cuda")
     assert cudaNote(cudaBuilt=True, cudaAvailable=True, device="cpu").startswith("Device: CPU (as chosen)")
+
+
+def test_one_point_per_placement_and_the_research_notice_stays():
+    text = MODULE_FILE.read_text(encoding="utf-8")
+    assert "placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup" in text
+    root = ET.parse(UI_FILE).getroot()
+    notice = next(w for w in root.iter("widget") if w.get("name") == "disclaimerLabel")
+    assert "Research use only" in notice.find("property/string").text

@@ -646,9 +646,10 @@ def bareWidget(moduleFile, logic, inputVolume, points=None, mapID=None):
     widget = object.__new__(moduleFile.LungNoduleExplainWidget)
     moduleFile.VTKObservationMixin.__init__(widget)
     widget.logic, widget._observedPoints = logic, None
-    widget._parameterNode = types.SimpleNamespace(inputVolume=inputVolume, points=points)
+    widget._parameterNode = types.SimpleNamespace(inputVolume=inputVolume, points=points, bundlePath=None)
     widget.ui = types.SimpleNamespace(analyzeButton=types.SimpleNamespace(text="", toolTip="", enabled=None),
-                                      mapSelector=types.SimpleNamespace(itemData=lambda index: mapID))
+                                      mapSelector=types.SimpleNamespace(itemData=lambda index: mapID),
+                                      legendLabel=types.SimpleNamespace(text=""))
     return widget
 
 

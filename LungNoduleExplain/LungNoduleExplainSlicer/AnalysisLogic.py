@@ -30,7 +30,7 @@ import slicer
 import vtk
 from LungNoduleExplainLib.worker import Request
 
-from . import MapDisplay
+from . import MapDisplay, NoduleSelection
 from .ResultNodes import (ROLE_ATTRIBUTE, SOURCE_VOLUME_ATTRIBUTE, NoduleNodes, ResultError, addNodule,
                           foldersOfNodule, nodesOfNodule, readNodule, removeAddedNodule, removeNodes, removeNodule)
 from .WorkerProcess import ProcessRunnerProtocol, WorkerProcess
@@ -83,6 +83,7 @@ class AnalysisLogic:
         self._workDir: Path | None = None  # the running analysis' temporary folder
         self._ctNode = None
         self._nodules: list[NoduleRequest] = []
+        self._settings = ""  # NoduleSelection.analysisSettings of the running analysis
         self._result: dict | None = None
         self._error: dict | None = None
 
@@ -99,9 +100,16 @@ class AnalysisLogic:
             position = [0.0, 0.0, 0.0]
             pointsNode.GetNthControlPointPositionWorld(index, position)
             label = pointsNode.GetNthControlPointLabel(index) or f"Nodule {index + 1}"
-            nodules.append(NoduleRequest(key=f"{pointsNode.GetID()}/{pointsNode.GetNthControlPointID(index)}",
-                                         name=label, pointRas=tuple(position)))
+            nodules.append(NoduleRequest(key=NoduleSelection.pointKey(pointsNode, index), name=label,
+                                         pointRas=tuple(position)))
         return nodules
+
+    def nodulesToAnalyze(self, ctNode, nodules: Sequence[NoduleRequest], bundlePath: str | Path | None = None,
+                         classifyAnyway: bool = False) -> list[NoduleRequest]:
+        """Of `nodules`, those without a current result (new, moved, results deleted, or analysed with another CT,
+        bundle or classify-anyway): what Analyze runs (NoduleSelection.pointsToAnalyze)."""
+        settings = NoduleSelection.analysisSettings(ctNode, bundlePath, classifyAnyway)
+        return NoduleSelection.pointsToAnalyze(self.scene, nodules, settings)
 
     # --- running --------------------------------------------------------------------------------------------
 
@@ -128,6 +136,7 @@ class AnalysisLogic:
             raise ValueError(f"model bundle not found: {bundlePath}")
         self._workDir = Path(tempfile.mkdtemp(prefix="LungNoduleExplain-"))
         self._ctNode, self._nodules, self._result, self._error = ctNode, list(nodules), None, None
+        self._settings = NoduleSelection.analysisSettings(ctNode, bundlePath, classifyAnyway)
         try:
             self._startWorker(ctNode, nodules, device, bundlePath, classifyAnyway)
         except (OSError, ValueError):
@@ -220,6 +229,8 @@ class AnalysisLogic:
             self.onLog("error", traceback.format_exc())
             return AnalysisOutcome("failed", f"loading the results failed: {type(exc).__name__}: {exc}",
                                    type(exc).__name__)
+        for request, nodule in zip(self._nodules, nodules):  # what Analyze need not run again
+            NoduleSelection.markAnalysed(nodule.tableNode, request.pointRas, self._settings)
         return AnalysisOutcome("succeeded", f"Analysed {len(nodules)} nodule(s) on {result.get('device', '?')}",
                                nodules=nodules, outDir=Path(result["out_dir"]), device=result.get("device", ""))
 
@@ -261,8 +272,11 @@ class AnalysisLogic:
         return loaded
 
     def showMap(self, ctNode, mapNode) -> None:
-        """mapNode as the foreground over ctNode in every slice view, at the logic's opacity."""
+        """mapNode as the foreground over ctNode in every slice view, at the logic's opacity, with its colour
+        legend (and no other map's)."""
         MapDisplay.showMap(self.scene, ctNode, mapNode, self.mapOpacity)
+        if mapNode is not None:
+            NoduleSelection.showColorLegend(self.scene, mapNode)
 
     def setMapOpacity(self, opacity: float) -> None:
         MapDisplay.setMapOpacity(self.scene, opacity)

@@ -105,8 +105,8 @@ def checkSameGrid(node, ctNode, path: Path) -> None:
 
 def _makeTable(finding: dict) -> "slicer.vtkMRMLTableNode":
     table = slicer.vtkMRMLTableNode()
-    columns = {"output": vtk.vtkStringArray(), "finding": vtk.vtkStringArray(), "probability": vtk.vtkDoubleArray(),
-               "threshold": vtk.vtkDoubleArray(), "result": vtk.vtkStringArray(), "members": vtk.vtkStringArray()}
+    # probability and threshold as text with two decimals: a table view prints a double with six digits
+    columns = {name: vtk.vtkStringArray() for name in TABLE_COLUMNS}
     for name, array in columns.items():
         array.SetName(name)
     check = finding.get("nodule_check") or {}
@@ -114,15 +114,15 @@ def _makeTable(finding: dict) -> "slicer.vtkMRMLTableNode":
         reason = finding.get("reason") or check.get("reason", "")
         extra = "" if finding.get("no_nodule_found") else "; classified anyway (research)"
         for column, value in (("output", "no nodule found"), ("finding", f"{reason}{extra}"),
-                              ("probability", float("nan")), ("threshold", float("nan")),
+                              ("probability", ""), ("threshold", ""),
                               ("result", "no nodule found")):
             columns[column].InsertNextValue(value)
     for output in finding["outputs"]:
         probability, threshold = float(output["probability"]), float(output["threshold"])
         columns["output"].InsertNextValue(output["name"])
         columns["finding"].InsertNextValue(output.get("kind", ""))
-        columns["probability"].InsertNextValue(probability)
-        columns["threshold"].InsertNextValue(threshold)
+        columns["probability"].InsertNextValue(f"{probability:.2f}")
+        columns["threshold"].InsertNextValue(f"{threshold:.2f}")
         positive = output.get("positive", probability >= threshold)
         columns["result"].InsertNextValue(resultText(output["name"], bool(positive)))
     # members: one row per output, after any row the writer put above the outputs

@@ -1,0 +1,152 @@
+"""What the radiologist's clicks do, on the real MRML libraries (slicer-core) with the real LIDC CT and the fake
+engine as worker: Analyze runs only new or moved points, a nodule's table and maps are found from a selection, a
+table row gives its output's map, the colour legend follows the shown map, numbers print with two decimals."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import vtk
+from test_slicer_logic import FAKE_WORKER, ctNode, lidc_crop, lidc_nrrd, moduleFile, nodules, run, scene  # noqa: F401
+
+from LungNoduleExplainSlicer import NoduleSelection  # noqa: E402  (test_slicer_logic put the module on the path)
+from LungNoduleExplainSlicer.AnalysisLogic import AnalysisLogic, NoduleRequest  # noqa: E402
+from LungNoduleExplainSlicer.ResultNodes import removeNodule  # noqa: E402
+
+
+def moved(request: NoduleRequest, dx_mm: float) -> NoduleRequest:
+    x, y, z = request.pointRas
+    return NoduleRequest(request.key, request.name, (x + dx_mm, y, z))
+
+
+def test_analyze_runs_only_new_or_moved_points(scene, ctNode, lidc_crop):  # noqa: F811
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    first, second = requests = nodules(lidc_crop, 0.0, 20.0)
+    assert logic.nodulesToAnalyze(ctNode, requests) == requests  # nothing analysed yet
+    assert run(logic, ctNode, requests).succeeded
+    assert logic.nodulesToAnalyze(ctNode, requests) == []
+    assert logic.nodulesToAnalyze(ctNode, [moved(first, 0.3), second]) == []  # a nudge under 0.5 mm keeps it
+    assert logic.nodulesToAnalyze(ctNode, [first, moved(second, 2.0)]) == [moved(second, 2.0)]
+    third = NoduleRequest("points/new", "Nodule 3", first.pointRas)
+    assert logic.nodulesToAnalyze(ctNode, [*requests, third]) == [third]
+
+    # running only the moved one records its new place and leaves the other's result as it was
+    tableOfFirst = NoduleSelection.resultTables(scene)[first.key]
+    assert run(logic, ctNode, [moved(second, 2.0)]).succeeded
+    assert NoduleSelection.resultTables(scene)[first.key] is tableOfFirst
+    assert logic.nodulesToAnalyze(ctNode, [first, moved(second, 2.0)]) == []
+
+    removeNodule(scene, first.key)  # the user deleted its results
+    assert logic.nodulesToAnalyze(ctNode, [first, moved(second, 2.0)]) == [first]
+
+
+def test_another_ct_bundle_or_classify_setting_runs_every_point_again(scene, ctNode, lidc_crop, tmp_path):  # noqa: F811
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    requests = nodules(lidc_crop, 0.0)
+    assert run(logic, ctNode, requests).succeeded
+    other = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "another CT")
+    assert logic.nodulesToAnalyze(other, requests) == requests
+    assert logic.nodulesToAnalyze(ctNode, requests, bundlePath=tmp_path) == requests
+    assert logic.nodulesToAnalyze(ctNode, requests, classifyAnyway=True) == requests
+    assert logic.nodulesToAnalyze(ctNode, requests) == []
+
+
+def test_a_selected_nodule_gives_its_own_table_and_maps_and_a_row_gives_its_map(scene, ctNode, lidc_crop):  # noqa: F811
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    loaded = run(logic, ctNode, nodules(lidc_crop, 0.0, 20.0)).nodules
+    views = NoduleSelection.noduleViews(scene)
+    assert [v.key for v in views] == [n.key for n in loaded]
+    for view, nodule in zip(views, loaded):
+        assert view.tableNode is nodule.tableNode and view.ctNode is ctNode
+        assert view.mapNodes == nodule.mapNodes and view.name == nodule.name
+        outputs = [o["name"] for o in nodule.finding["outputs"]]
+        assert list(view.mapNodes) == outputs  # in the table's order
+        column = view.tableNode.GetTable().GetColumn(0)  # what a click on a row reads: its first cell
+        for row, output in enumerate(outputs):
+            assert view.mapOfOutput(column.GetValue(row)) is nodule.mapNodes[output]
+        assert view.mapOfOutput("output") is None and view.mapOfOutput(None) is None  # the header, nothing
+    assert NoduleSelection.noduleView(scene, loaded[1].key).tableNode is loaded[1].tableNode
+    assert NoduleSelection.noduleView(scene, "no/such") is None
+
+
+def test_a_point_without_a_nodule_has_a_table_but_no_map_to_select(scene, ctNode, lidc_crop, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("FAKE_NO_NODULE", "2")  # the fake engine finds no nodule at the 2nd point
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    requests = nodules(lidc_crop, 0.0, 2.0)
+    found, missing = run(logic, ctNode, requests).nodules
+    view = NoduleSelection.noduleView(scene, missing.key)
+    assert view.tableNode is missing.tableNode and view.mapNodes == {}
+    assert view.mapOfOutput(view.tableNode.GetTable().GetColumn(0).GetValue(0)) is None  # "no nodule found"
+    assert logic.nodulesToAnalyze(ctNode, requests) == []  # answered: not run again until it moves
+
+
+def test_probabilities_and_thresholds_read_with_two_decimals(scene, ctNode, lidc_crop):  # noqa: F811
+    nodule = run(AnalysisLogic(scene, workerCommand=FAKE_WORKER), ctNode, nodules(lidc_crop, 0.0)).nodules[0]
+    table = nodule.tableNode.GetTable()
+    for column in ("probability", "threshold"):
+        values = [table.GetColumnByName(column).GetValue(r) for r in range(table.GetNumberOfRows())]
+        assert values and all(re.fullmatch(r"\d\.\d\d", v) for v in values), values
+    expected = [f"{o['probability']:.2f}" for o in nodule.finding["outputs"]]
+    assert [table.GetColumnByName("probability").GetValue(r) for r in range(len(expected))] == expected
+
+
+def test_the_colour_legend_belongs_to_the_shown_map_and_a_line_says_what_the_colour_means(
+        scene, ctNode, lidc_crop):  # noqa: F811
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    nodule = run(logic, ctNode, nodules(lidc_crop, 0.0)).nodules[0]
+    first, second = list(nodule.mapNodes.values())[:2]
+
+    def legends() -> dict:
+        found = {}
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode")):
+            legend = scene.GetNthNodeByClass(i, "vtkMRMLColorLegendDisplayNode")
+            found[legend.GetDisplayableNode().GetID()] = legend
+        return found
+
+    logic.showMap(ctNode, first)  # what loading does for the first output, and what a selection does
+    logic.showMap(ctNode, second)
+    shown = legends()
+    assert shown[second.GetID()].GetVisibility() and not shown[first.GetID()].GetVisibility()
+    legend = shown[second.GetID()]
+    assert legend.GetTitleText() == second.GetAttribute("LungNoduleExplain.Output")
+    assert legend.GetLabelFormat() == "%.2f"
+    assert legend.GetPrimaryDisplayNode() is second.GetDisplayNode()
+    assert legend.GetPrimaryDisplayNode().GetColorNode().GetName() == "LungNoduleExplain Heat"  # what it draws
+    logic.showMap(ctNode, second)
+    assert len(legends()) == 2  # showing again adds no second legend
+
+    line = NoduleSelection.legendText(second, 0.25)
+    assert "values below 0.25 are not coloured" in line
+    assert second.GetAttribute("LungNoduleExplain.Output") in line
+    second.SetAttribute("LungNoduleExplain.DescriptorShare", "0.78")
+    assert "78% of this output comes from the nodule descriptors" in NoduleSelection.legendText(second, 0.4)
+
+
+def test_removing_a_nodule_removes_its_legends_too(scene, ctNode, lidc_crop):  # noqa: F811
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    nodule = run(logic, ctNode, nodules(lidc_crop, 0.0)).nodules[0]
+    logic.showMap(ctNode, next(iter(nodule.mapNodes.values())))
+    assert scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode") == 1
+    logic.removeNodule(nodule.key)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode") == 0
+
+
+def test_the_analyze_button_names_the_points_it_will_run(moduleFile, scene, ctNode, lidc_crop):  # noqa: F811
+    from test_slicer_logic import bareWidget
+    points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Nodule")
+    centroid = lidc_crop[1]
+    points.AddControlPoint(vtk.vtkVector3d(*centroid), "Nodule-1")
+    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    widget = bareWidget(moduleFile, logic, ctNode, points)
+    widget.updateButtons()
+    assert widget.ui.analyzeButton.enabled and widget.ui.analyzeButton.toolTip.endswith("Nodule-1.")
+    assert run(logic, ctNode, logic.nodulesFromMarkups(points)).succeeded
+    points.AddControlPoint(vtk.vtkVector3d(centroid[0] + 20, centroid[1], centroid[2]), "Nodule-2")
+    widget.updateButtons()
+    assert widget.ui.analyzeButton.toolTip.endswith(": Nodule-2.")  # only the new one
+    assert [n.name for n in widget._pointsToAnalyze()] == ["Nodule-2"]
+    widget.environmentProblem = "needs Slicer 5.10"
+    widget.updateButtons()
+    assert widget.ui.analyzeButton.enabled is False  # too old a Slicer: nothing runs
