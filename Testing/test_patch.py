@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from LungNoduleExplainLib.analysis import voi_like_patch
-from LungNoduleExplainLib.patch import INPUT_CHANNELS, SPACING_XYZ_MM, PatchGeometry, extract_patch
+from LungNoduleExplainLib.patch import INPUT_CHANNELS, SPACING_XYZ_MM, extract_patch
 
 
 def _voi(shape_zyx=(12, 40, 40)) -> sitk.Image:
@@ -27,7 +26,7 @@ def _centre(image: sitk.Image) -> np.ndarray:
 def test_percentile_voi_takes_the_percentiles_of_the_voi_and_pads_with_air_as_zero() -> None:
     image = _voi()
     channel = INPUT_CHANNELS.index("percentile-voi")
-    patch = extract_patch(image, _centre(image))
+    patch = extract_patch(image, _centre(image), channels=INPUT_CHANNELS)
     values = sitk.GetArrayFromImage(image).astype(float)
     lo, hi = np.percentile(values, (0.5, 99.5))
     x = patch.image[channel]
@@ -40,8 +39,8 @@ def test_percentile_voi_takes_the_percentiles_of_the_voi_and_pads_with_air_as_ze
 
 def test_only_the_older_channel_depends_on_how_much_padding_surrounds_the_voi() -> None:
     image = _voi()
-    small = extract_patch(image, _centre(image))
-    large = extract_patch(image, _centre(image), size=(96, 96, 48))
+    small = extract_patch(image, _centre(image), channels=INPUT_CHANNELS)
+    large = extract_patch(image, _centre(image), channels=INPUT_CHANNELS, size=(96, 96, 48))
     voi_small, voi_large = small.image[:, 10:22, 12:52, 12:52], large.image[:, 18:30, 28:68, 28:68]
     method = INPUT_CHANNELS.index("percentile-voi")
     np.testing.assert_allclose(voi_small[method], voi_large[method], atol=1e-6)
@@ -51,11 +50,20 @@ def test_only_the_older_channel_depends_on_how_much_padding_surrounds_the_voi() 
 
 def test_the_click_time_voi_box_marks_only_ct_voxels_inside_the_box() -> None:
     image = _voi((20, 60, 60))
-    geometry = PatchGeometry.centred_at(_centre(image))
     centre = _centre(image)
     box = (centre - 5.0, centre + 5.0)
-    hu, voi = voi_like_patch(image, geometry, box)
-    assert hu.shape == voi.shape == (32, 64, 64)
+    patch = extract_patch(image, centre, channels=("hu-window",), voi_box=box, with_descriptors=False)
+    hu = patch.image[0] * 2000.0 - 1000.0  # the HU window -1000..1000 back to HU
+    voi = patch.voi
+    assert hu.shape == voi.shape == (32, 64, 64) and patch.descriptors is None
     assert voi.any() and not voi.all()
-    assert (hu[~voi] == -1000).all()  # outside the box or the CT: air
-    assert (hu[voi] > -1000).all()  # inside both: the CT's own values
+    assert np.allclose(hu[~voi], -1000)  # outside the box or the CT: air
+    assert (hu[voi] > -999).all()  # inside both: the CT's own values
+
+
+def test_only_the_channels_asked_for_are_computed_in_the_order_asked() -> None:
+    image = _voi()
+    both = extract_patch(image, _centre(image), channels=INPUT_CHANNELS)
+    one = extract_patch(image, _centre(image), channels=("hu-window", "percentile-voi"))
+    order = [INPUT_CHANNELS.index("hu-window"), INPUT_CHANNELS.index("percentile-voi")]
+    np.testing.assert_array_equal(one.image, both.image[order])

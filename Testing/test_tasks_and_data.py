@@ -12,6 +12,7 @@ import pytest
 from LungNoduleExplainLib.data.patches import build_patch_set
 from LungNoduleExplainLib.data.voi_table import patient_folds, patient_split, read_voi_table
 from LungNoduleExplainLib.errors import ConfigError, DatasetError
+from LungNoduleExplainLib.patch import INPUT_CHANNELS
 from LungNoduleExplainLib.tasks import Task, TaskSet, load_task_set
 
 
@@ -159,8 +160,8 @@ def test_real_readers_ratings_become_targets_and_a_bad_cell_stops_training_namin
         writer.writerows(rows)
     records = read_voi_table(folder, task_set)
     with pytest.raises(DatasetError, match=r"case LIDC-IDRI-0003_R_2: .*malignancy_reader_ratings.*4;\?;2"):
-        build_patch_set(records, task_set, training_targets=True)  # training stops before cutting patches
-    evaluated = build_patch_set(records, task_set)  # evaluation never reads the readers' cells
+        build_patch_set(records, task_set, channels=INPUT_CHANNELS, training_targets=True)  # training stops before cutting patches
+    evaluated = build_patch_set(records, task_set, channels=INPUT_CHANNELS)  # evaluation never reads the readers' cells
     assert evaluated.targets is evaluated.labels and evaluated.labels[:, 0].tolist() == [1, 1, 1, 0]
 
 

@@ -36,7 +36,7 @@ def synthetic_patches(n: int = 12, seed: int = 0) -> PatchSet:
     hu = images[:, 1].astype(np.float32) * 2000.0 - 1000.0
     descriptors = np.stack([nodule_descriptors(h, p.astype(np.float32), (0.7, 0.7, 1.25)) for h, p in zip(hu, priors)])
     return PatchSet(images, priors, labels, [f"c{i}" for i in range(n)], [f"p{i // 2}" for i in range(n)],
-                    np.linspace(4, 30, n).astype(np.float32), descriptors)
+                    np.linspace(4, 30, n).astype(np.float32), descriptors, ("percentile", "hu-window"))
 
 
 def test_task_weights_are_inverse_validation_aucs_with_chance_as_the_floor() -> None:
@@ -65,10 +65,10 @@ def test_the_loss_fits_the_readers_share_where_there_is_one_and_metrics_keep_the
     targets = patches.labels.copy()
     targets[1, 0] = 2 / 3  # e.g. readers 4;5;3;2, mode 2
     soft = PatchSet(*(getattr(patches, f) for f in ("images", "priors", "labels", "case_ids", "patient_ids",
-                                                     "diameters_mm", "descriptors")), targets=targets)
+                                                     "diameters_mm", "descriptors", "channels")), targets=targets)
     part = soft.subset([0, 1])
     assert part.labels[1, 0] == 0 and part.targets[1, 0] == pytest.approx(2 / 3)
-    assert PatchDataset(part)[1][3][0].item() == pytest.approx(2 / 3)  # the loss sees the share
+    assert PatchDataset(part, inputs=("percentile",))[1][3][0].item() == pytest.approx(2 / 3)  # the loss sees the share
     # a share t counts as t of a positive and 1 - t of a negative in the class balance
     assert positive_weights(np.array([[2 / 3], [0.0], [1.0], [np.nan]])).tolist() == pytest.approx([0.8])
 
@@ -78,7 +78,7 @@ def test_augmentation_keeps_shape_and_applies_the_same_spatial_transform_to_the_
     volume = np.random.default_rng(0).random((16, 32, 32)).astype(np.float32)
     image = np.stack([volume, volume])
     for _ in range(10):
-        a, p = augment(image, volume.copy(), rng)
+        a, p = augment(image, volume.copy(), rng, ("percentile-voi", "hu-window"))
         assert a.shape == image.shape and p.shape == volume.shape
         # gamma changes intensities monotonically, never positions: in the prior's voxel order the image never
         # decreases (float32 rounding of the power may tie neighbours, so ranks are not compared exactly)
@@ -262,8 +262,8 @@ def test_a_short_real_training_run_lowers_the_loss(voi_dir: Path, tmp_path: Path
 
     task_set = load_task_set("lidc")
     records = read_voi_table(voi_dir, task_set)[:30]
-    patches = build_patch_set(records, task_set)
     network = NetworkConfig("hesam-mt-aag", (4, 8, 8, 16), inputs=("percentile", "hu-window"))
+    patches = build_patch_set(records, task_set, channels=network.inputs)
     config = TrainConfig(network=network, max_epochs=6, phase1_epochs=0,
                          batch_size=6, lr=0.01, seed=0, threads=2)
     result = Trainer(config, patches.subset(range(24)), patches.subset(range(24, 30)), tmp_path, 7,

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from LungNoduleExplainLib.data.patches import build_patch_set
+from LungNoduleExplainLib.patch import INPUT_CHANNELS
 from LungNoduleExplainLib.data.voi_table import patient_folds, read_voi_table
 from LungNoduleExplainLib.metrics import auc_with_ci
 from LungNoduleExplainLib.networks import DEFAULT_FEATURES, VARIANTS, NetworkConfig
@@ -59,7 +60,7 @@ def run_fold(args: argparse.Namespace, variant: str, fold: int, patches, folds, 
                       task_set.names, device=args.device, show_progress_bar=False)
     result = trainer.run(resume=(out / variant / f"run{fold}" / "checkpoint.pt").is_file())
     test = patches.subset(test_idx)
-    probs = predict(result.model, test, trainer.device, config.network.input_indices)
+    probs = predict(result.model, test, trainer.device, config.network.inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, probs=probs, index=np.asarray(test_idx), seconds=time.time() - t0, best_epoch=result.best_epoch)
     print(f"{variant} fold {fold}: {time.time() - t0:.0f} s, best epoch {result.best_epoch}", flush=True)
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     task_set = load_task_set(args.tasks)
     records = read_voi_table(args.data, task_set)
-    patches = build_patch_set(records, task_set, training_targets=True)
+    patches = build_patch_set(records, task_set, channels=INPUT_CHANNELS, training_targets=True)  # every variant's
     folds = patient_folds(records, args.folds, args.seed)
     for variant in args.variants:
         for fold in (args.only_folds if args.only_folds is not None else range(args.folds)):

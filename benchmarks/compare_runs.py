@@ -28,6 +28,7 @@ import torch
 
 from LungNoduleExplainLib.bundle import load_bundle
 from LungNoduleExplainLib.data.patches import build_patch_set
+from LungNoduleExplainLib.patch import INPUT_CHANNELS
 from LungNoduleExplainLib.data.voi_table import patient_folds, read_voi_table
 from LungNoduleExplainLib.metrics import auc_with_ci, patient_resamples, safe_auc
 from LungNoduleExplainLib.network_config import NetworkConfig
@@ -83,13 +84,13 @@ def run_predictions(run: Path, records: list, patches) -> tuple[np.ndarray, np.n
     validation = np.full((len(patches), 1 + n_manifestations), np.nan)
     if val:
         validation[val] = predict(load_bundle(run / "bundle").model, patches.subset(val), torch.device("cpu"),
-                                  network.input_indices)
+                                  network.inputs)
     oof = np.full_like(validation, np.nan)
     for k, fold in enumerate(folds):
         model = build_network(network, n_manifestations)
         state = torch.load(run / f"member{k}" / "checkpoint.pt", map_location="cpu", weights_only=True)["best_model"]
         model.load_state_dict(state)
-        oof[fold] = predict(model, patches.subset(fold), torch.device("cpu"), network.input_indices)
+        oof[fold] = predict(model, patches.subset(fold), torch.device("cpu"), network.inputs)
     return validation, oof
 
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     other = read_voi_table(configs[1]["spec"]["data"], require_masks=False, check_files=False)
     if [r.case_id for r in other] != [r.case_id for r in records]:
         sys.exit("the runs' tables hold different nodules: not a paired comparison")
-    patches = build_patch_set(records, task_set, spec["prior"])
+    patches = build_patch_set(records, task_set, spec["prior"], channels=INPUT_CHANNELS)
     groups = patches.patient_ids
     base, cand = (run_predictions(r, records, patches) for r in (args.baseline, args.candidate))
     if not same_validation:  # the candidate scores the baseline's validation patients out of fold

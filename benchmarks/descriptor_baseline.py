@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     task_set = load_task_set(args.tasks)
     records = read_voi_table(args.data, task_set)
-    patches = build_patch_set(records, task_set)
+    patches = build_patch_set(records, task_set, channels=("percentile-voi",))  # only descriptors are read
     x = patches.descriptors[:, :len(DESCRIPTOR_SETS[args.descriptor_set])].astype(np.float64)
     labels, groups = patches.labels, patches.patient_ids
     train_idx, val_idx = (np.asarray(i) for i in patient_split(records, args.val_fraction, args.seed))

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     config = json.loads((args.run / "config.json").read_text())
     spec, task_set = config["spec"], TaskSet.from_dict(config["tasks"])
     records = read_voi_table(spec["data"], task_set, require_masks=False)
-    patches = build_patch_set(records, task_set, spec["prior"])
+    patches = build_patch_set(records, task_set, spec["prior"], channels=("percentile-voi",))  # descriptors only
     network = run_predictions(args.run, records, patches)
     n_descriptors = NetworkConfig(**config["training"]["network"]).n_descriptors  # the network's own set
     regression = regression_predictions(args.run, records, patches.descriptors[:, :n_descriptors], patches.labels)

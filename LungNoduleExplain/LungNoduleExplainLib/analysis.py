@@ -23,51 +23,18 @@ import torch
 from . import attribution, explain
 from .bundle import ModelBundle, load_bundle
 from .calibration import UNCALIBRATED_NOTICE
-from .descriptors import nodule_descriptors
 from .errors import BundleError, NoNoduleError, PointError
 from .finding import Finding, OutputResult, mask_size
 from .nodule_check import refusal_message, segment_and_check
 from .networks.ensemble import member_probabilities
-from .patch import PatchGeometry, image_channels, resample_to_grid, resample_with_voi
+from .patch import PatchGeometry, extract_patch, mask_box_lps, resample_to_grid
 from .devices import resolve_device
 from .volume import PointSpace, point_to_lps, validate_ct
 
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[float, str], None]
 
-VOI_MIN_INPLANE_MM = 32.0
-VOI_MARGIN_INPLANE_MM = 6.0
-VOI_MARGIN_Z_MM = 1.0
 AIR_SEARCH_RADIUS_MM = 10.0
-
-
-def mask_box_lps(mask: sitk.Image) -> tuple[np.ndarray, np.ndarray] | None:
-    """(low corner, high corner) in LPS mm of the mask's voxels (voxel centres), or None when empty."""
-    k, j, i = np.nonzero(sitk.GetArrayViewFromImage(mask))
-    if len(i) == 0:
-        return None
-    corners = [mask.TransformIndexToPhysicalPoint((int(a), int(b), int(c)))
-               for a in (i.min(), i.max()) for b in (j.min(), j.max()) for c in (k.min(), k.max())]
-    corners = np.asarray(corners)
-    return corners.min(axis=0), corners.max(axis=0)
-
-
-def voi_like_patch(ct: sitk.Image, geometry: PatchGeometry,
-                   box: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
-    """HU on the patch grid with everything outside the VOI-like box around `box` set to air ([z, y, x]), and the
-    mask of the voxels that are CT inside that box (the VOI whose percentiles normalise "percentile-voi")."""
-    hu, inside_ct = resample_with_voi(ct, geometry)
-    if box is None:
-        return hu, inside_ct
-    low, high = box
-    half = (high - low) / 2.0
-    half[:2] = np.maximum(half[:2] + VOI_MARGIN_INPLANE_MM, VOI_MIN_INPLANE_MM / 2.0)
-    half[2] = half[2] + VOI_MARGIN_Z_MM
-    centre = (low + high) / 2.0
-    axes = [geometry.origin[a] + np.arange(geometry.size[a]) * geometry.spacing[a] for a in range(3)]
-    inside = [np.abs(axes[a] - centre[a]) <= half[a] for a in range(3)]  # x, y, z
-    keep = inside[2][:, None, None] & inside[1][None, :, None] & inside[0][None, None, :]
-    return np.where(keep, hu, -1000.0).astype(np.float32), keep & inside_ct
 
 
 def check_tissue_near(ct: sitk.Image, point_lps: np.ndarray, radius_mm: float = AIR_SEARCH_RADIUS_MM) -> None:
@@ -155,17 +122,15 @@ class Analyzer:
         else:
             centre = (box[0] + box[1]) / 2.0
         self._report(0.5, "classifying")
-        geometry = PatchGeometry.centred_at(centre, self.bundle.spacing, self.bundle.patch_size)
 
         def to_tensor(a: np.ndarray) -> torch.Tensor:  # [C, D, H, W] -> [1, C, D, H, W]
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(self.device)
 
-        hu, voi = voi_like_patch(ct, geometry, box)
-        image = image_channels(hu, voi)[self.bundle.network.input_indices]
-        prior = np.clip(resample_to_grid(seg.probability, geometry, default_value=0.0), 0.0, 1.0)
-        # Descriptors only for a network that takes them (the Feret diameter costs up to 0.2 s on large nodules).
-        descriptors = (to_tensor(nodule_descriptors(hu, prior, geometry.spacing))
-                       if self.bundle.network.descriptors else None)
+        network = self.bundle.network
+        patch = extract_patch(ct, centre, seg.probability, channels=network.inputs, spacing=self.bundle.spacing,
+                              size=self.bundle.patch_size, voi_box=box, with_descriptors=network.descriptors)
+        image, prior, voi, geometry = patch.image, patch.prior, patch.voi, patch.geometry
+        descriptors = to_tensor(patch.descriptors) if network.descriptors else None
         lap("crop")
         # each member's probability in one pass: the ensemble's is their mean (Ensemble.forward), their range the
         # spread shown beside it

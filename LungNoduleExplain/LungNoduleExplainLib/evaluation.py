@@ -248,10 +248,11 @@ def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str |
             raise ConfigError(f"bundle {bundle.path} has no segmentation model; use --prior reference-mask")
         prior_maps = _segmentation_prior(bundle, dice_by_case)
 
-    patches = build_patch_set(records, bundle.task_set, PRIOR_REFERENCE_MASK, prior_maps=prior_maps,
+    patches = build_patch_set(records, bundle.task_set, PRIOR_REFERENCE_MASK, channels=bundle.network.inputs,
+                              prior_maps=prior_maps,
                               spacing=bundle.spacing, size=bundle.patch_size,
                               progress=(lambda f, m: progress(0.8 * f, m)) if progress else None)
-    raw = predict(bundle.model, patches, bundle.device, bundle.network.input_indices)
+    raw = predict(bundle.model, patches, bundle.device, bundle.network.inputs)
     probs, thresholds = bundle.calibrate(raw), bundle.call_thresholds
     names = bundle.output_names
     metrics = {"bundle": {"name": bundle.name, "version": bundle.version, "path": str(bundle.path),

@@ -65,11 +65,6 @@ class NetworkConfig:
         return len(DESCRIPTOR_SETS[self.descriptor_set]) if self.descriptors else 0
 
     @property
-    def input_indices(self) -> list[int]:
-        from .patch import INPUT_CHANNELS
-        return [INPUT_CHANNELS.index(c) for c in self.inputs]
-
-    @property
     def multitask(self) -> bool:
         return self.variant != "hesam"
 

@@ -11,7 +11,7 @@ the same anatomical orientation. Arrays are numpy [z, y, x] (SimpleITK order); t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,8 +25,11 @@ CLIP_PERCENTILES = (0.5, 99.5)
 # A second input channel keeps absolute density, which percentile min-max removes: calcium (> 200 HU) and ground
 # glass (-700..-300 HU) look alike after per-patch min-max but not in Hounsfield units.
 HU_WINDOW = (-1000.0, 1000.0)
-# Channels only grow by appending: bundles name the channels they read.
-INPUT_CHANNELS: tuple[str, ...] = ("percentile", "hu-window", "percentile-voi")
+# The VOI-like box that analysis cuts around a segmented nodule, as the training VOIs were cut by prepare-lidc: in-plane
+# at least 32 mm or the nodule extent plus 6 mm a side, in z the nodule extent plus 1 mm; air outside.
+VOI_MIN_INPLANE_MM = 32.0
+VOI_MARGIN_INPLANE_MM = 6.0
+VOI_MARGIN_Z_MM = 1.0
 CHANNEL_DESCRIPTIONS = {
     "percentile": "HU clipped to the [0.5, 99.5] percentiles of the air-padded 64x64x32 patch, min-max to [0, 1] "
                   "(bundles v1-v10; the padding sets the lower bound at -1000 HU)",
@@ -101,10 +104,23 @@ def hu_window(hu: np.ndarray, window: tuple[float, float] = HU_WINDOW) -> np.nda
     return ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
 
 
-def image_channels(hu: np.ndarray, voi: np.ndarray | None = None) -> np.ndarray:
-    """[len(INPUT_CHANNELS), z, y, x] from HU padded with air; `voi` marks the voxels that are image, not padding
-    (default: all). Channels: percentile of the padded patch, fixed HU window, percentile of the VOI (METHOD.md)."""
-    return np.stack([normalise_intensity(hu), hu_window(hu), normalise_intensity(hu, voi=voi)])
+# name -> (HU padded with air, VOI mask) -> [z, y, x] in [0, 1]. Channels only grow by appending: bundles name the
+# channels they read, and PatchSets store them in this order.
+CHANNELS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "percentile": lambda hu, voi: normalise_intensity(hu),
+    "hu-window": lambda hu, voi: hu_window(hu),
+    "percentile-voi": lambda hu, voi: normalise_intensity(hu, voi=voi),
+}
+INPUT_CHANNELS: tuple[str, ...] = tuple(CHANNELS)
+
+
+def image_channels(hu: np.ndarray, voi: np.ndarray, channels: Sequence[str]) -> np.ndarray:
+    """[len(channels), z, y, x] from HU padded with air; `voi` marks the voxels that are image, not padding. Only
+    the channels asked for are computed (CHANNEL_DESCRIPTIONS says what each is)."""
+    unknown = [c for c in channels if c not in CHANNELS]
+    if unknown or not channels:
+        raise ValueError(f"image channels {list(channels)}: expected a non-empty subset of {INPUT_CHANNELS}")
+    return np.stack([CHANNELS[c](hu, voi) for c in channels])
 
 
 def resample_with_voi(image: sitk.Image, geometry: PatchGeometry) -> tuple[np.ndarray, np.ndarray]:
@@ -115,36 +131,72 @@ def resample_with_voi(image: sitk.Image, geometry: PatchGeometry) -> tuple[np.nd
     return hu, voi
 
 
+def mask_box_lps(mask: sitk.Image) -> tuple[np.ndarray, np.ndarray] | None:
+    """(low corner, high corner) in LPS mm of the mask's voxels (voxel centres), or None when empty."""
+    k, j, i = np.nonzero(sitk.GetArrayViewFromImage(mask))
+    if len(i) == 0:
+        return None
+    corners = [mask.TransformIndexToPhysicalPoint((int(a), int(b), int(c)))
+               for a in (i.min(), i.max()) for b in (j.min(), j.max()) for c in (k.min(), k.max())]
+    corners = np.asarray(corners)
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+def keep_voi_box(hu: np.ndarray, inside_ct: np.ndarray, geometry: PatchGeometry,
+                 box: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """HU with everything outside the VOI-like box around `box` (a nodule's mask_box_lps) set to air, and the mask
+    of the voxels that are CT inside that box (the VOI whose percentiles normalise "percentile-voi")."""
+    low, high = box
+    half = (high - low) / 2.0
+    half[:2] = np.maximum(half[:2] + VOI_MARGIN_INPLANE_MM, VOI_MIN_INPLANE_MM / 2.0)
+    half[2] = half[2] + VOI_MARGIN_Z_MM
+    centre = (low + high) / 2.0
+    axes = [geometry.origin[a] + np.arange(geometry.size[a]) * geometry.spacing[a] for a in range(3)]
+    inside = [np.abs(axes[a] - centre[a]) <= half[a] for a in range(3)]  # x, y, z
+    keep = inside[2][:, None, None] & inside[1][None, :, None] & inside[0][None, None, :]
+    return np.where(keep, hu, AIR_HU).astype(np.float32), keep & inside_ct
+
+
 @dataclass
 class Patch:
     """One classifier input: normalised image channels and prior on the patch grid, with that grid's geometry.
 
-    image: [C, z, y, x] float32 in [0, 1], channels INPUT_CHANNELS. prior: [z, y, x] float32 in [0, 1]
-    (nodule probability or mask). descriptors: shape and HU of the prior region (descriptors.DESCRIPTOR_NAMES).
+    image: [C, z, y, x] float32 in [0, 1], the channels asked for. prior: [z, y, x] float32 in [0, 1] (nodule
+    probability or mask). descriptors: shape and HU of the prior region (descriptors.DESCRIPTOR_NAMES), or None
+    when not asked for. voi: [z, y, x] the voxels that are CT inside the VOI (the rest is air padding).
     """
 
     image: np.ndarray
     prior: np.ndarray
     geometry: PatchGeometry
-    descriptors: np.ndarray
+    descriptors: np.ndarray | None
+    voi: np.ndarray
 
 
 def extract_patch(ct: sitk.Image, center_lps: Sequence[float], prior: sitk.Image | None = None, *,
-                  spacing: Sequence[float] = SPACING_XYZ_MM, size: Sequence[int] = PATCH_SIZE_XYZ) -> Patch:
-    """Cut the classifier patch centred at `center_lps` from `ct` (HU) and, if given, its prior map.
+                  channels: Sequence[str], spacing: Sequence[float] = SPACING_XYZ_MM,
+                  size: Sequence[int] = PATCH_SIZE_XYZ, voi_box: tuple[np.ndarray, np.ndarray] | None = None,
+                  with_descriptors: bool = True) -> Patch:
+    """The classifier's input, the one path of training, evaluation and analysis: the patch centred at
+    `center_lps` from `ct` (HU) with `channels`, and the prior map (probability in [0, 1] or binary mask, resampled
+    linearly; zeros when None).
 
-    Areas outside the CT are padded with air; a tight VOI is therefore padded, never stretched.
-    The prior (probability in [0, 1] or binary mask) is resampled linearly onto the same grid.
+    Areas outside the CT are padded with air; a tight VOI (a training case) is therefore padded, never stretched.
+    voi_box: at analysis, the segmented nodule's mask_box_lps: a whole CT is cut to the VOI-like box around it, as
+    the training VOIs were. with_descriptors: compute the nodule descriptors (up to 0.2 s on a large nodule).
     """
     geometry = PatchGeometry.centred_at(center_lps, spacing, size)
     hu, voi = resample_with_voi(ct, geometry)
+    if voi_box is not None:
+        hu, voi = keep_voi_box(hu, voi, geometry, voi_box)
     if prior is None:
         prior_array = np.zeros_like(hu)
     else:
         prior_array = np.clip(resample_to_grid(prior, geometry, default_value=0.0), 0.0, 1.0)
     prior_array = prior_array.astype(np.float32)
-    return Patch(image=image_channels(hu, voi), prior=prior_array, geometry=geometry,
-                 descriptors=nodule_descriptors(hu, prior_array, geometry.spacing))
+    descriptors = nodule_descriptors(hu, prior_array, geometry.spacing) if with_descriptors else None
+    return Patch(image=image_channels(hu, voi, channels), prior=prior_array, geometry=geometry,
+                 descriptors=descriptors, voi=voi)
 
 
 def paste_to_reference(array: np.ndarray, geometry: PatchGeometry, reference: sitk.Image, *,

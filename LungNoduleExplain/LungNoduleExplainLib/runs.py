@@ -103,7 +103,8 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False, overw
             progress(0.1 * fraction, message)
 
     logger.info("cutting %d patches from %s", len(records), spec.data)
-    patches = build_patch_set(records, task_set, spec.prior, progress=patch_progress, training_targets=True)
+    patches = build_patch_set(records, task_set, spec.prior, channels=config.network.inputs, progress=patch_progress,
+                              training_targets=True)
     train_set, val_set = patches.subset(train_idx), patches.subset(val_idx)
     logger.info("%d training nodules (%d patients), %d validation nodules (%d patients)", len(train_set),
                 len(set(train_set.patient_ids)), len(val_set), len(set(val_set.patient_ids)))
@@ -128,16 +129,16 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False, overw
         thresholds = {name: oof_metrics[name]["threshold"] for name in names}
         calibration, calibrate = _fit_members_calibration(oof, train_set, names, thresholds)
         model = Ensemble([r.model for r in results])
-        device, channels = next(model.parameters()).device, config.network.input_indices
+        device, inputs = next(model.parameters()).device, config.network.inputs
         metrics, member_aucs = oof_metrics, []  # without validation patients the figures are out of fold
         if len(val_set):
             shown_thresholds = thresholds if calibration is None else Calibration.from_dict(
                 calibration, names, "fitted calibration").thresholds
-            metrics = output_metrics(names, calibrate(predict(model, val_set, device, channels)), val_set,
+            metrics = output_metrics(names, calibrate(predict(model, val_set, device, inputs)), val_set,
                                      thresholds=shown_thresholds)
             # Each member alone on the validation patients: what the averaging adds, measured on the same patients.
             member_aucs = [[safe_auc(val_set.labels[:, j], p[:, j]) for j in range(len(names))]
-                           for p in (predict(r.model, val_set, device, channels) for r in results)]
+                           for p in (predict(r.model, val_set, device, inputs) for r in results)]
         if distributed.is_main_process():
             write_json_atomic(spec.run_dir / "members_oof_metrics.json", oof_metrics)
         facts = {"members": spec.members, "member_selection": "patient folds of the training patients",

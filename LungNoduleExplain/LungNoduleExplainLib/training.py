@@ -107,14 +107,15 @@ def selection_metric(aucs: list[float], multitask: bool) -> float:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, patches: PatchSet, device: torch.device, channels: Sequence[int] = (0,),
+def predict(model: nn.Module, patches: PatchSet, device: torch.device, inputs: Sequence[str],
             batch_size: int = 20) -> np.ndarray:
-    """Sigmoid probabilities [N, n_outputs] of `model` on every patch (no augmentation); `channels` are the image
-    channels the network takes (NetworkConfig.input_indices)."""
+    """Sigmoid probabilities [N, n_outputs] of `model` on every patch (no augmentation); `inputs` are the image
+    channels the network takes, by name (NetworkConfig.inputs)."""
     model.eval()
+    channels = patches.channel_indices(inputs)
     out = []
     for start in range(0, len(patches), batch_size):
-        image = torch.from_numpy(patches.images[start:start + batch_size, list(channels)].astype(np.float32))
+        image = torch.from_numpy(patches.images[start:start + batch_size, channels].astype(np.float32))
         prior = torch.from_numpy(patches.priors[start:start + batch_size].astype(np.float32))[:, None]
         image, prior = (t.to(device).contiguous(memory_format=torch.channels_last_3d) for t in (image, prior))
         descriptors = torch.from_numpy(patches.descriptors[start:start + batch_size]).to(device)
@@ -224,7 +225,7 @@ class Trainer:
         cfg = self.config
         self.model.train()
         rank, world = distributed.rank(), distributed.world_size()
-        dataset = PatchDataset(self.train_set, augment_seed=cfg.seed, channels=cfg.network.input_indices)
+        dataset = PatchDataset(self.train_set, inputs=cfg.network.inputs, augment_seed=cfg.seed)
         dataset.epoch = epoch
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(dataset))
         torch.manual_seed(cfg.seed * 100003 + epoch)
@@ -270,7 +271,7 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]  # read now: scheduler.step below may lower it for the next epoch
             loss = self._train_epoch(epoch, phase)
             distributed.sync_buffers(self.model)
-            probs = predict(self.model, self.val_set, self.device, cfg.network.input_indices)
+            probs = predict(self.model, self.val_set, self.device, cfg.network.inputs)
             aucs = output_aucs(probs, self.val_labels)
             metric = selection_metric(aucs, self.multitask)
             if phase == 1 and epoch == cfg.phase1_epochs - 1:
@@ -305,7 +306,7 @@ class Trainer:
             plot_history(self.state["history"], self.out_dir / "curves.png")
         distributed.barrier()
         return TrainResult(self.model, self.state["best_epoch"], self.state["best_metric"],
-                           predict(self.model, self.val_set, self.device, cfg.network.input_indices),
+                           predict(self.model, self.val_set, self.device, cfg.network.inputs),
                            self.state["task_weights"],
                            self.state["history"], time.time() - start_time)
 

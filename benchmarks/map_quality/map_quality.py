@@ -175,15 +175,14 @@ def run(args: argparse.Namespace) -> None:
         done = {json.loads(line)["case_id"] for line in out_file.read_text().splitlines() if line.strip()}
     todo = [i for i in chosen if records[i].case_id not in done]
     print(f"shard {shard}/{shards}: {len(chosen)} nodules, {len(todo)} to do", flush=True)
-    channels = bundle.network.input_indices
     members = [m.eval() for m in bundle.model.members]
     randomised = {k: [A.randomised_copy(m, s, seed=args.seed + s) for s in range(len(A.CASCADE))]
                   for k, m in enumerate(members)}
     rng = np.random.default_rng([args.seed, shard])
     for n, i in enumerate(todo):
         start = time.perf_counter()
-        patches = build_patch_set([records[i]], bundle.task_set, str(args.oof))
-        x = torch.from_numpy(patches.images[:, channels].astype(np.float32))
+        patches = build_patch_set([records[i]], bundle.task_set, str(args.oof), channels=bundle.network.inputs)
+        x = torch.from_numpy(patches.images.astype(np.float32))
         p = torch.from_numpy(patches.priors[:, None].astype(np.float32))
         d = torch.from_numpy(patches.descriptors.astype(np.float32))
         k = fold_of[i]

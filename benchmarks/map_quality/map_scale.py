@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     bundle_path = args.model or default_bundle_path()
     bundle = load_bundle(bundle_path)
-    names, channels = bundle.output_names, bundle.network.input_indices
+    names = bundle.output_names
     records = read_voi_table(args.data, bundle.task_set)
     folds = patient_folds(records, bundle.members, int(bundle.manifest["training"]["seed"]))
     sample = set(sample_records(records, args.nodules, 0))
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         net = bundle.model.members[k].eval()
         for i in fold:
             r = records[i]
-            patches = build_patch_set([r], bundle.task_set, str(args.oof))
-            x = torch.from_numpy(patches.images[:, channels].astype(np.float32))
+            patches = build_patch_set([r], bundle.task_set, str(args.oof), channels=bundle.network.inputs)
+            x = torch.from_numpy(patches.images.astype(np.float32))
             p = torch.from_numpy(patches.priors[:, None].astype(np.float32))
             d = torch.from_numpy(patches.descriptors.astype(np.float32))
             geometry = PatchGeometry.centred_at(r.center_lps, bundle.spacing, bundle.patch_size)

@@ -57,10 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             write_oof(segmenter, [record], maps)
     seed, members = int(bundle.manifest["training"]["seed"]), bundle.members
     folds = patient_folds(records, members, seed)
-    patches = build_patch_set(records, bundle.task_set, str(maps))
+    patches = build_patch_set(records, bundle.task_set, str(maps), channels=bundle.network.inputs)
     names = bundle.output_names
-    channels = bundle.network.input_indices
-    member_probs = [predict(m, patches, torch.device("cpu"), channels) for m in bundle.model.members]
+    member_probs = [predict(m, patches, torch.device("cpu"), bundle.network.inputs) for m in bundle.model.members]
     oof = np.full_like(member_probs[0], np.nan)
     fold_of = np.zeros(len(records), dtype=int)
     for k, fold in enumerate(folds):

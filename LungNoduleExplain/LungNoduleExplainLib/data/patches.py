@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from ..descriptors import DESCRIPTOR_NAMES
 from ..errors import DatasetError
-from ..patch import INPUT_CHANNELS, PATCH_SIZE_XYZ, SPACING_XYZ_MM, extract_patch
+from ..patch import PATCH_SIZE_XYZ, SPACING_XYZ_MM, extract_patch
 from ..tasks import TaskSet
 from .voi_table import NoduleRecord, read_image
 
@@ -29,7 +29,7 @@ PRIOR_REFERENCE_MASK = "reference-mask"
 
 @dataclass
 class PatchSet:
-    """images: [N, C, D, H, W] (channels patch.INPUT_CHANNELS), priors: [N, D, H, W], float16 in [0, 1];
+    """images: [N, C, D, H, W] (the image channels named in `channels`), priors: [N, D, H, W], float16 in [0, 1];
     labels: [N, 1 + K] float32 with NaN where left out; descriptors: [N, len(DESCRIPTOR_NAMES)] float32.
     targets: what the training loss fits, [N, 1 + K] in [0, 1] with NaN where left out (Task.target: the readers'
     share where the table has each reader's rating, else the label); None means the labels. Metrics, model
@@ -42,6 +42,7 @@ class PatchSet:
     patient_ids: list[str]
     diameters_mm: np.ndarray
     descriptors: np.ndarray
+    channels: tuple[str, ...]
     targets: np.ndarray | None = None
 
     def __post_init__(self) -> None:
@@ -52,7 +53,15 @@ class PatchSet:
         idx = np.asarray(index, dtype=int)
         return PatchSet(self.images[idx], self.priors[idx], self.labels[idx], [self.case_ids[i] for i in idx],
                         [self.patient_ids[i] for i in idx], self.diameters_mm[idx], self.descriptors[idx],
-                        self.targets[idx])
+                        self.channels, self.targets[idx])
+
+    def channel_indices(self, inputs: Sequence[str]) -> list[int]:
+        """Where the channels a network takes (NetworkConfig.inputs) lie in `images`."""
+        missing = [c for c in inputs if c not in self.channels]
+        if missing or not inputs:
+            raise ValueError(f"the network takes image channels {list(inputs)}; these patches hold "
+                             f"{list(self.channels)}")
+        return [self.channels.index(c) for c in inputs]
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -66,10 +75,11 @@ def prior_path(record: NoduleRecord, prior: str) -> Path | None:
 
 
 def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: str = PRIOR_REFERENCE_MASK, *,
-                    spacing: Sequence[float] = SPACING_XYZ_MM, size: Sequence[int] = PATCH_SIZE_XYZ,
+                    channels: Sequence[str], spacing: Sequence[float] = SPACING_XYZ_MM, size: Sequence[int] = PATCH_SIZE_XYZ,
                     prior_maps: Callable[[NoduleRecord, sitk.Image], sitk.Image] | None = None,
                     progress: ProgressCallback | None = None, training_targets: bool = False) -> PatchSet:
-    """Cut the patch of every record, centred on its `center_*_mm`, with its prior map.
+    """Cut the patch of every record (patch.extract_patch, analysis's path too), centred on its `center_*_mm`,
+    with its prior map and the image `channels` asked for (a network's inputs, or patch.INPUT_CHANNELS for several).
 
     prior: "reference-mask" (the table's masks) or a folder of probability maps named `<case_id>.nii.gz` on the
     image grid (e.g. out-of-fold nnU-Net probabilities). `prior_maps(record, ct)`, when given, computes the prior
@@ -79,7 +89,8 @@ def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: s
     those columns are not read.
     """
     n, shape = len(records), tuple(reversed([int(s) for s in size]))
-    images = np.empty((n, len(INPUT_CHANNELS), *shape), dtype=np.float16)
+    channels = tuple(channels)
+    images = np.empty((n, len(channels), *shape), dtype=np.float16)
     priors = np.empty((n, *shape), dtype=np.float16)
     labels = np.full((n, len(task_set.all_tasks)), np.nan, dtype=np.float32)
     targets = None
@@ -97,21 +108,22 @@ def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: s
                 raise DatasetError(f"prior map for case {record.case_id} not found: {path}")
             what = "mask" if prior == PRIOR_REFERENCE_MASK else "prior map"
             prior_image = read_image(path, f"{what} of case {record.case_id}", on_grid_of=ct)
-        patch = extract_patch(ct, record.center_lps, prior_image, spacing=spacing, size=size)
+        patch = extract_patch(ct, record.center_lps, prior_image, channels=channels, spacing=spacing, size=size)
         images[i], priors[i], descriptors[i] = patch.image, patch.prior, patch.descriptors
         labels[i] = [np.nan if y is None else y for y in record.labels(task_set)]
         if progress is not None and (i % 16 == 0 or i == n - 1):
             progress((i + 1) / n, f"patches {i + 1}/{n}")
     return PatchSet(images, priors, labels, [r.case_id for r in records], [r.patient_id for r in records],
-                    np.array([r.diameter_mm for r in records], dtype=np.float32), descriptors, targets)
+                    np.array([r.diameter_mm for r in records], dtype=np.float32), descriptors, channels, targets)
 
 
-def augment(image: np.ndarray, prior: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augment(image: np.ndarray, prior: np.ndarray, rng: np.random.Generator,
+            channels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """The authors' augmentations: random flips, rot90 in the axial plane, gamma contrast 0.9-1.1 (p = 0.4).
 
-    image [C, D, H, W], prior [D, H, W]; the same spatial transform goes to every channel and the prior. rot90
-    stays in-plane (H = W = 64) so the patch shape never changes. Gamma touches only the percentile channel
-    (channel 0): the HU-window channel keeps absolute density.
+    image [C, D, H, W] with the named `channels`, prior [D, H, W]; the same spatial transform goes to every channel
+    and the prior. rot90 stays in-plane (H = W = 64) so the patch shape never changes. Gamma touches the
+    percentile channels only (by name): the HU-window channel keeps absolute density.
     """
     for axis in range(3):
         if rng.random() < 0.5:
@@ -120,7 +132,10 @@ def augment(image: np.ndarray, prior: np.ndarray, rng: np.random.Generator) -> t
     image, prior = np.rot90(image, k, axes=(2, 3)), np.rot90(prior, k, axes=(1, 2))
     image = np.array(image)
     if rng.random() < 0.4:
-        image[0] = np.power(np.clip(image[0], 0.0, 1.0), rng.uniform(0.9, 1.1))
+        gamma = rng.uniform(0.9, 1.1)
+        for c, name in enumerate(channels):
+            if name.startswith("percentile"):
+                image[c] = np.power(np.clip(image[c], 0.0, 1.0), gamma)
     return np.ascontiguousarray(image), np.ascontiguousarray(prior)
 
 
@@ -129,16 +144,16 @@ class PatchDataset(Dataset):
     tensors (targets: what the loss fits, PatchSet.targets). Flips and in-plane rot90 leave the descriptors
     unchanged, so they are not recomputed.
 
-    channels: which image channels the network takes (indices into patch.INPUT_CHANNELS).
+    inputs: the image channels the network takes, by name (NetworkConfig.inputs).
 
     With `augment_seed` set, item i of epoch e is augmented with a generator seeded by (seed, epoch, i), so a
     resumed run sees exactly the augmentations an uninterrupted run would.
     """
 
-    def __init__(self, patches: PatchSet, augment_seed: int | None = None,
-                 channels: Sequence[int] = (0,)) -> None:
+    def __init__(self, patches: PatchSet, *, inputs: Sequence[str], augment_seed: int | None = None) -> None:
         self.patches = patches
-        self.channels = list(channels)
+        self.inputs = tuple(inputs)
+        self.channels = patches.channel_indices(self.inputs)
         self.augment_seed = augment_seed
         self.epoch = 0
 
@@ -149,6 +164,7 @@ class PatchDataset(Dataset):
         image = self.patches.images[i, self.channels].astype(np.float32)
         prior = self.patches.priors[i].astype(np.float32)
         if self.augment_seed is not None:
-            image, prior = augment(image, prior, np.random.default_rng([self.augment_seed, self.epoch, i]))
+            image, prior = augment(image, prior, np.random.default_rng([self.augment_seed, self.epoch, i]),
+                                   self.inputs)
         return (torch.from_numpy(image), torch.from_numpy(prior)[None],
                 torch.from_numpy(self.patches.descriptors[i]), torch.from_numpy(self.patches.targets[i]))
