@@ -1,7 +1,8 @@
 """Fakes of the engine's analysis and report writer for the worker and Slicer-logic tests.
 
 `FakeAnalyzer` returns a small synthetic Finding on the CT grid (a sphere segmentation, one Gaussian map per
-output); `fake_write_findings` writes the same file layout as `reports.write_findings`. Run as a script it is
+output over a box of +-20 mm around the point, as the real maps cover the classifier's patch only);
+`fake_write_findings` writes the same file layout as `reports.write_findings` (images over the nodule's region). Run as a script it is
 the worker with these fakes: `python fake_engine.py REQUEST.json`; environment variables FAKE_DELAY_S (seconds
 per nodule, for cancel tests), FAKE_FAIL ("input" or "crash"), FAKE_NOISE=1 (print to stdout as libraries do)
 FAKE_GRANDCHILD=1 (start a sleeping child process and log its pid, for process-tree kill tests) and
@@ -26,11 +27,13 @@ import SimpleITK as sitk
 from LungNoduleExplainLib.errors import NoNoduleError, PointError
 from LungNoduleExplainLib.nodule_check import NoduleCheck, NoNodule, refusal_message
 from LungNoduleExplainLib.finding import Finding, OutputResult, mask_size
+from LungNoduleExplainLib.region import fit, nodule_box, physical_box
 from LungNoduleExplainLib.volume import point_to_lps
 
 OUTPUTS = (("malignancy", "diagnosis", 0.5), ("spiculated", "manifestation", 0.4),
            ("calcified", "manifestation", 0.5))
 RADIUS_MM = 6.0
+MAP_HALF_WIDTH_MM = 20.0  # the maps' box around the point, like the real classifier's patch
 
 
 def _on_ct_grid(array: np.ndarray, ct: sitk.Image) -> sitk.Image:
@@ -88,11 +91,13 @@ class FakeAnalyzer:
         segmentation = _on_ct_grid((distance <= RADIUS_MM).astype(np.uint8), ct)
         probability = _on_ct_grid(np.clip(1.5 - distance / RADIUS_MM, 0, 1).astype(np.float32), ct)
         outputs = []
+        corners = [np.asarray(lps) + MAP_HALF_WIDTH_MM * (2 * np.asarray(c) - 1) for c in np.ndindex(2, 2, 2)]
+        map_box = physical_box(ct, corners) or ((0, 0, 0), (1, 1, 1))
         for n, (name, kind, threshold) in enumerate(OUTPUTS):
             blob = np.exp(-(distance / (RADIUS_MM * (1 + n))) ** 2).astype(np.float32)
             outputs.append(OutputResult(name=name, kind=kind, description=f"fake {name}",
                                         probability=float(0.2 + 0.3 * n), threshold=threshold,
-                                        activation_map=_on_ct_grid(blob, ct),
+                                        activation_map=fit(_on_ct_grid(blob, ct), ct, map_box),
                                         # three members around the probability: spiculated's straddle 0.4
                                         member_probabilities=[0.05 + 0.3 * n, 0.2 + 0.3 * n, 0.25 + 0.3 * n]))
         diameter, volume = mask_size(segmentation)
@@ -113,10 +118,11 @@ def fake_write_findings(findings: list[Finding], ct: sitk.Image, out_dir, *, tit
             (folder / "finding.json").write_text(json.dumps(finding.summary(), indent=1))
             continue
         (folder / "maps").mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(finding.segmentation, str(folder / "segmentation.nrrd"))
-        sitk.WriteImage(finding.segmentation_probability, str(folder / "segmentation_probability.nrrd"))
+        box = nodule_box(ct, finding.segmentation, [o.activation_map for o in finding.outputs], finding.point_lps)
+        sitk.WriteImage(fit(finding.segmentation, ct, box), str(folder / "segmentation.nrrd"))
+        sitk.WriteImage(fit(finding.segmentation_probability, ct, box), str(folder / "segmentation_probability.nrrd"))
         for output in finding.outputs:
-            sitk.WriteImage(output.activation_map, str(folder / "maps" / f"{output.name}.nrrd"))
+            sitk.WriteImage(fit(output.activation_map, ct, box), str(folder / "maps" / f"{output.name}.nrrd"))
         (folder / "finding.json").write_text(json.dumps(finding.summary(), indent=1))
     report = out_dir / "report.html"
     report.write_text(f"<html><body><h1>{title}</h1>{len(findings)} nodules</body></html>")

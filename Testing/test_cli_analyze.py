@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from LungNoduleExplainLib import cli
 from LungNoduleExplainLib.commands import demo
 from LungNoduleExplainLib.phantom import make_phantom_ct
-from LungNoduleExplainLib.reports import check_on_grid
+from LungNoduleExplainLib.region import box_in
 from LungNoduleExplainLib.volume import lps_to_ras, read_ct
 
 from fake_engine import FakeAnalyzer
@@ -62,7 +62,7 @@ def test_analyze_writes_every_promised_file_for_each_point(phantom_file, tmp_pat
             assert (out / f"nodule-{n:02d}" / rel).is_file()
         assert body["point_ras_mm"] == pytest.approx(ras, abs=1.0)  # all three are the same nodule
     seg = sitk.ReadImage(str(out / "nodule-01" / "segmentation.nrrd"))
-    check_on_grid(seg, ct, "segmentation")
+    box_in(seg, ct, "segmentation")  # on the CT grid, over the nodule's region
     assert "Research use only" in (out / "report.html").read_text(encoding="utf-8")
 
 
@@ -326,7 +326,7 @@ def test_analyze_on_a_real_lidc_series_at_the_nodule_centroid(patient, ct_dir, l
     out = lidc_report(patient)
     assert (out / "report.html").is_file()
     seg = sitk.ReadImage(str(out / "nodule-01" / "segmentation.nrrd"))
-    check_on_grid(seg, read_ct(ct_dir / patient / "dicom"), "segmentation")
+    box_in(seg, read_ct(ct_dir / patient / "dicom"), "segmentation")
     body = json.loads((out / "nodule-01" / "finding.json").read_text())
     for name, rel in body["files"]["maps"].items():
         values = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "nodule-01" / rel)))
@@ -437,7 +437,7 @@ def test_the_real_pipeline_with_an_untrained_model_writes_a_valid_report_on_real
     assert [o["name"] for o in body["outputs"]] == task_set.names
     for name in task_set.names:
         image = sitk.ReadImage(str(out / "nodule-01" / body["files"]["maps"][name]))
-        check_on_grid(image, ct, name)
+        box_in(image, ct, name)
         values = sitk.GetArrayViewFromImage(image)
         assert values.min() >= 0.0 and values.max() <= 1.0
     seg = sitk.ReadImage(str(out / "nodule-01" / "segmentation.nrrd"))

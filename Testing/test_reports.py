@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from LungNoduleExplainLib.finding import shown_pair
 from LungNoduleExplainLib.reports import (PHANTOM_NOTICE, RESEARCH_NOTICE, OutputExistsError, check_on_grid,
                                           write_findings)
+from LungNoduleExplainLib.region import box_in, on_full_grid
 from LungNoduleExplainLib.reports.overlays import DisplayGrid
 
 from fake_engine import FakeAnalyzer
@@ -98,22 +99,40 @@ def test_finding_json_holds_the_summary_and_the_ct_grid(written, scene):
     assert [n["folder"] for n in index["nodules"]] == ["nodule-01", "nodule-02"]
 
 
-def test_segmentation_and_maps_lie_on_the_ct_grid_with_their_pixel_types(written, scene):
+def test_segmentation_and_maps_lie_on_the_ct_grid_over_the_nodules_region_only(written, scene):
+    """One aligned sub-grid per nodule (the CT's spacing and direction, origin on a CT voxel), holding the maps'
+    boxes and the segmented voxels, with the same voxels as the in-memory images."""
     out, _ = written
     ct, finding = scene
-    seg = sitk.ReadImage(str(out / "nodule-01" / "segmentation.nrrd"))
-    assert seg.GetPixelID() == sitk.sitkUInt8
-    check_on_grid(seg, ct, "segmentation")
-    assert np.array_equal(sitk.GetArrayFromImage(seg), sitk.GetArrayFromImage(finding.segmentation))
-    prob = sitk.ReadImage(str(out / "nodule-01" / "segmentation_probability.nrrd"))
-    assert prob.GetPixelID() == sitk.sitkFloat32
-    check_on_grid(prob, ct, "segmentation probability")
-    for output in finding.outputs:
-        image = sitk.ReadImage(str(out / "nodule-01" / "maps" / f"{output.name}.nrrd"))
-        assert image.GetPixelID() == sitk.sitkFloat32
-        check_on_grid(image, ct, output.name)
-        values = sitk.GetArrayFromImage(image)
-        assert values.min() >= 0.0 and values.max() <= 1.0 and values.max() > 0.9
+    body = json.loads((out / "nodule-01" / "finding.json").read_text())
+    start, size = body["region"]["index_ijk"], body["region"]["size"]
+    assert np.prod(size) < 0.9 * np.prod(ct.GetSize()), "the region is smaller than the CT"
+    assert body["region"]["origin_lps_mm"] == pytest.approx(ct.TransformIndexToPhysicalPoint(start))
+    expected = [(finding.segmentation, "segmentation.nrrd", sitk.sitkUInt8),
+                (finding.segmentation_probability, "segmentation_probability.nrrd", sitk.sitkFloat32),
+                *[(o.activation_map, f"maps/{o.name}.nrrd", sitk.sitkFloat32) for o in finding.outputs]]
+    for image, rel, pixel_type in expected:
+        written_image = sitk.ReadImage(str(out / "nodule-01" / rel))
+        assert written_image.GetPixelID() == pixel_type, rel
+        assert box_in(written_image, ct, rel) == (tuple(start), tuple(a + n for a, n in zip(start, size)))
+        full, written_full = on_full_grid(image, ct), on_full_grid(written_image, ct)
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(written_full), sitk.GetArrayViewFromImage(full))
+    values = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "nodule-01" / "maps" / "malignancy.nrrd")))
+    assert values.min() >= 0.0 and values.max() <= 1.0 and values.max() > 0.9
+
+
+def test_a_large_nodule_widens_the_region_beyond_the_maps_box(scene, tmp_path):
+    ct, finding = scene
+    big = copy.copy(finding)
+    mask = np.zeros(tuple(reversed(ct.GetSize())), dtype=np.uint8)
+    mask[12, 1:63, 2:70] = 1  # reaches beyond the maps' +-20 mm box in-plane
+    big.segmentation = sitk.GetImageFromArray(mask)
+    big.segmentation.CopyInformation(ct)
+    write_findings([big], ct, tmp_path / "out", title="t", source="s")
+    seg = sitk.ReadImage(str(tmp_path / "out" / "nodule-01" / "segmentation.nrrd"))
+    assert int(sitk.GetArrayViewFromImage(seg).sum()) == int(mask.sum()), "no segmented voxel is cut off"
+    (i0, j0, _), (i1, j1, _) = box_in(seg, ct)
+    assert (i0, j0) == (0, 0) and (i1, j1) == (72, 64)  # the nodule's box grown by 2 voxels, clipped to the CT
 
 
 def test_html_is_self_contained_with_the_notice_and_one_embedded_image_per_output(written, scene):

@@ -21,8 +21,8 @@ from .volume import lps_to_ras
 class OutputResult:
     """One model output (the diagnosis or a manifestation) for one nodule.
 
-    activation_map: float32 image on the CT grid, values in [0, 1] (SAM map, min-max normalised on the patch,
-    0 outside the patch). The paper hides values below 0.25 when displaying.
+    activation_map: float32 image on the CT grid over the patch's box only (an aligned sub-grid: region.py; 0
+    outside it), values in [0, 1]. The paper hides values below 0.25 when displaying.
     probability and threshold are on the calibrated scale when the bundle has a calibration (see `calibrated`
     on the Finding); raw_probability and raw_threshold are the network's own score and the manifest's threshold.
     member_probabilities: each ensemble member's probability through the same calibrator (one value for a single

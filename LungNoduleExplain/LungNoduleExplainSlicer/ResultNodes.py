@@ -1,6 +1,7 @@
 """One nodule's result folder (the layout of the engine's `write_findings`) -> MRML nodes, and back out again.
 
-Folder: finding.json, segmentation.nrrd, segmentation_probability.nrrd, maps/<output>.nrrd (all on the CT grid).
+Folder: finding.json, segmentation.nrrd, segmentation_probability.nrrd, maps/<output>.nrrd (on the CT's grid over
+the nodule's region only: a few MB per nodule instead of a whole-CT volume per output).
 Nodes: a subject-hierarchy folder under the CT's study holding a segmentation, a table (output, finding,
 probability, threshold, result) and one scalar volume per output. Every node and the folder carry the nodule's
 key as an attribute, so re-running a nodule replaces exactly its own nodes.
@@ -93,14 +94,22 @@ def _ijkToRas(node) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def checkSameGrid(node, ctNode, path: Path) -> None:
-    """The engine promises every image on the CT's own grid; anything else would be drawn in the wrong place."""
-    dims, ctDims = node.GetImageData().GetDimensions(), ctNode.GetImageData().GetDimensions()
-    if dims != ctDims:
-        raise ResultError(f"{path} has size {dims}, the CT {ctNode.GetName()!r} has {ctDims}")
-    if not np.allclose(_ijkToRas(node), _ijkToRas(ctNode), atol=GEOMETRY_TOLERANCE_MM):
-        raise ResultError(f"{path} is not on the grid of the CT {ctNode.GetName()!r} "
-                          "(origin, spacing or direction differ)")
+def checkOnCtGrid(node, ctNode, path: Path) -> None:
+    """The engine writes every image on the CT's own grid over the nodule's region (an aligned sub-grid: the CT's
+    spacing and direction, origin on a CT voxel) or over the whole CT; anything else would be drawn in the wrong
+    place. Slicer overlays such an image voxel for voxel, nothing is resampled."""
+    own, ct = _ijkToRas(node), _ijkToRas(ctNode)
+    if not np.allclose(own[:3, :3], ct[:3, :3], atol=GEOMETRY_TOLERANCE_MM):
+        raise ResultError(f"{path} is not on the grid of the CT {ctNode.GetName()!r} (spacing or direction differ)")
+    start = (np.linalg.inv(ct) @ own[:, 3])[:3]  # the image's first voxel as a CT index
+    if not np.allclose(start, np.round(start), atol=GEOMETRY_TOLERANCE_MM):
+        raise ResultError(f"{path} is not on the grid of the CT {ctNode.GetName()!r} (its origin falls between "
+                          f"the CT's voxels, at index {tuple(np.round(start, 3))})")
+    start = np.round(start).astype(int)
+    stop = start + np.asarray(node.GetImageData().GetDimensions())
+    if np.any(start < 0) or np.any(stop > np.asarray(ctNode.GetImageData().GetDimensions())):
+        raise ResultError(f"{path} reaches outside the CT {ctNode.GetName()!r} (voxels {tuple(start)} to "
+                          f"{tuple(stop)}, the CT has {ctNode.GetImageData().GetDimensions()})")
 
 
 def _makeTable(finding: dict) -> "slicer.vtkMRMLTableNode":
@@ -215,14 +224,14 @@ def readNodule(folder: Path, ctNode, key: str, name: str) -> NoduleNodes:
     labelmap = slicer.vtkMRMLLabelMapVolumeNode()
     segmentationPath = folder / files.get("segmentation", "segmentation.nrrd")
     readVolume(segmentationPath, labelmap)
-    checkSameGrid(labelmap, ctNode, segmentationPath)
+    checkOnCtGrid(labelmap, ctNode, segmentationPath)
 
     maps = {}
     for output in finding["outputs"]:
         mapNode = slicer.vtkMRMLScalarVolumeNode()
         path = folder / (files.get("maps") or {}).get(output["name"], f"maps/{output['name']}.nrrd")
         readVolume(path, mapNode)
-        checkSameGrid(mapNode, ctNode, path)
+        checkOnCtGrid(mapNode, ctNode, path)
         mapNode.SetName(f"{name} {output['name']} map")
         mapNode.SetAttribute(OUTPUT_ATTRIBUTE, output["name"])
         legend = (finding.get("map_display") or {}).get("legend")

@@ -6,11 +6,17 @@ half-written):
     report.html                 self-contained (overlays embedded), the page a radiologist opens
     findings.json               index: title, source, the research notice, each nodule's summary and folder
     <extra images>              e.g. phantom_ct.nrrd for the demo
-    nodule-01/finding.json      the notice, Finding.summary(), the CT grid, relative paths of every file below
+    nodule-01/finding.json      the notice, Finding.summary(), the CT grid, the nodule's region, relative paths of
+                                every file below
     nodule-01/segmentation.nrrd               uint8, 1 = nodule
     nodule-01/segmentation_probability.nrrd   float32 in [0, 1]
     nodule-01/maps/<output>.nrrd              float32 in [0, 1], one per output
     nodule-01/overlays/<output>.png           axial, coronal, sagittal through the nodule centre
+
+The three kinds of NRRD cover the nodule's region only: the box of the maps (the classifier's patch) and of the
+segmented nodule, on the CT's own grid (an aligned sub-grid: the CT's spacing and direction, origin at the box's
+corner; region.py), so a viewer overlays them on the CT without resampling. finding.json's `region` gives the
+box in CT voxel indices; region.on_full_grid spreads an image back over the whole CT.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from ..errors import OutputExistsError
 from ..finding import Finding
 from ..output_folder import check_output_folder, replace_folder, staging_folder
 from ..nodule_check import NoNodule
+from ..region import Box, box_in, fit, nodule_box
 from ..study import StudyInfo
 from .html import PHANTOM_NOTICE, RESEARCH_NOTICE, NoduleSection, render_report
 from .overlays import OverlayRenderer, PlaneStack
@@ -92,14 +99,15 @@ def check_on_grid(image: sitk.Image, reference: sitk.Image, what: str) -> None:
 
 
 def _check_finding(finding: Finding, ct: sitk.Image, where: str) -> None:
-    check_on_grid(finding.segmentation, ct, f"{where}: segmentation")
-    check_on_grid(finding.segmentation_probability, ct, f"{where}: segmentation probability")
+    """Every image on the CT's grid, over all of it or an aligned part of it (region.box_in)."""
+    box_in(finding.segmentation, ct, f"{where}: segmentation")
+    box_in(finding.segmentation_probability, ct, f"{where}: segmentation probability")
     names = [o.name for o in finding.outputs]
     if len(set(names)) != len(names):
         raise ValueError(f"{where}: output names repeat: {names}")
     for output in finding.outputs:
         _check_file_name(output.name, f"{where}: output name")
-        check_on_grid(output.activation_map, ct, f"{where}: map of {output.name!r}")
+        box_in(output.activation_map, ct, f"{where}: map of {output.name!r}")
         values = sitk.GetArrayViewFromImage(output.activation_map)
         if not np.isfinite(values).all() or values.min() < -1e-6 or values.max() > 1 + 1e-6:
             raise ValueError(f"{where}: map of {output.name!r} has values outside [0, 1] "
@@ -151,14 +159,16 @@ def _write_nodule(root: Path, index: int, finding: Finding, ct: sitk.Image, sour
     (folder / "overlays").mkdir()
     files: dict = {"finding": "finding.json", "segmentation": "segmentation.nrrd",
                    "segmentation_probability": "segmentation_probability.nrrd", "maps": {}, "overlays": {}}
-    _write_image(sitk.Cast(finding.segmentation > 0, sitk.sitkUInt8), folder / files["segmentation"])
-    _write_image(sitk.Cast(finding.segmentation_probability, sitk.sitkFloat32),
+    region = nodule_box(ct, finding.segmentation, [o.activation_map for o in finding.outputs], finding.point_lps)
+    _write_image(fit(sitk.Cast(finding.segmentation > 0, sitk.sitkUInt8), ct, region), folder / files["segmentation"])
+    _write_image(fit(sitk.Cast(finding.segmentation_probability, sitk.sitkFloat32), ct, region),
                  folder / files["segmentation_probability"])
     renderer = OverlayRenderer(PlaneStack.build(ct, finding.segmentation, finding.point_lps, finding.diameter_mm))
     overlays = {}
     for output in finding.outputs:
         files["maps"][output.name] = f"maps/{output.name}.nrrd"
-        _write_image(sitk.Cast(output.activation_map, sitk.sitkFloat32), folder / files["maps"][output.name])
+        _write_image(fit(sitk.Cast(output.activation_map, sitk.sitkFloat32), ct, region),
+                     folder / files["maps"][output.name])
         probability, threshold = output.shown
         caption = (f"Nodule {index} · {output.name}: probability {probability} "
                    f"({output.verdict}, threshold {threshold})")
@@ -167,9 +177,15 @@ def _write_nodule(root: Path, index: int, finding: Finding, ct: sitk.Image, sour
         (folder / files["overlays"][output.name]).write_bytes(overlays[output.name])
     # the notice travels with each nodule's file too: it is often shared on its own
     body = {"nodule": index, "source": source, "study": study.to_json() if study else None, "notice": RESEARCH_NOTICE,
-            **finding.summary(), "ct_grid": _grid(ct), "files": files}
+            **finding.summary(), "ct_grid": _grid(ct), "region": _region(ct, region), "files": files}
     write_json_atomic(folder / files["finding"], body)
     return NoduleSection(finding, name, overlays)
+
+
+def _region(ct: sitk.Image, box: Box) -> dict:
+    start, stop = box
+    return {"index_ijk": list(start), "size": [b - a for a, b in zip(start, stop)],
+            "origin_lps_mm": list(ct.TransformIndexToPhysicalPoint(list(start)))}
 
 
 def _grid(image: sitk.Image) -> dict:
