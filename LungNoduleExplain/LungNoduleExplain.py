@@ -172,8 +172,7 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self.logic.isRunning():
-            self.logic.cancel()
+        self.logic.clearPatientData()  # cancels a run; the exported CT and the results go with the scene
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:

@@ -248,3 +248,102 @@ def test_the_real_report_writer_produces_the_files_the_result_lists(tmp_path, sm
     assert html.escape("volume 'CT'") in text or "volume 'CT'" in text
     body = json.loads(Path(result["findings"][0]).read_text())
     assert {o["name"] for o in body["outputs"]} == set(body["files"]["maps"])
+
+
+# --- the request loop (--serve): one process, many requests ---------------------------------------------------
+
+def serve_in_process(lines: list, remove_on_exit: Path | None = None, **injected) -> tuple[int, list[dict]]:
+    """Run the request loop on `lines` (dicts become JSON lines) until they end, as if stdin closed."""
+    stdin = io.StringIO("".join((json.dumps(l) if isinstance(l, dict) else l) + "\n" for l in lines))
+    stream = io.StringIO()
+    injected.setdefault("analyzer_factory", FakeAnalyzer)
+    injected.setdefault("findings_writer", fake_write_findings)
+    injected.setdefault("cuda_available", lambda: False)
+    argv = ["--serve", *(["--remove-on-exit", str(remove_on_exit)] if remove_on_exit else [])]
+    code = worker.main(argv, stream=stream, stdin=stdin, **injected)
+    return code, [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def analyze_line(tmp_path: Path, ct: Path, request_id: str, **fields) -> dict:
+    return {"type": "analyze", "id": request_id, "ct": str(ct), "points": [centre_ras(ct)],
+            "out_dir": str(tmp_path / f"out-{request_id}"), "device": "cpu", **fields}
+
+
+def counting_factory(loads: list):
+    def factory(**kwargs):
+        loads.append(kwargs["bundle"])
+        return FakeAnalyzer(**kwargs)
+    return factory
+
+
+def test_the_request_loop_loads_the_model_once_and_answers_each_request_under_its_id(tmp_path, small_ct):
+    loads = []
+    code, messages = serve_in_process([analyze_line(tmp_path, small_ct, "1"), analyze_line(tmp_path, small_ct, "2")],
+                                      analyzer_factory=counting_factory(loads))
+    assert code == 0 and loads == [None]
+    assert messages[0]["type"] == "ready" and messages[0]["protocol"] == 1
+    finals = [m for m in messages if m["type"] in ("result", "error")]
+    assert [(m["type"], m["id"]) for m in finals] == [("result", "1"), ("result", "2")]
+    assert all(m.get("id") in ("1", "2") for m in messages[1:] if m["type"] == "progress")
+    assert (tmp_path / "out-2" / "nodule-01" / "finding.json").is_file()
+
+
+def test_a_failed_request_does_not_end_the_loop_and_bad_lines_get_clear_errors(tmp_path, small_ct):
+    code, messages = serve_in_process([
+        "not json", {"type": "fly", "id": "a"}, analyze_line(tmp_path, small_ct, "b", points=[]),
+        {**analyze_line(tmp_path, small_ct, "c"), "ct": str(tmp_path / "gone.nrrd")},
+        analyze_line(tmp_path, small_ct, "d")])
+    assert code == 0
+    errors = {m["id"]: m for m in messages if m["type"] == "error"}
+    assert "not valid JSON" in errors[None]["message"]
+    assert "'fly' is not one of 'analyze', 'load', 'exit'" in errors["a"]["message"]
+    assert "'points' must be a non-empty list" in errors["b"]["message"]
+    assert errors["c"]["error_type"] == "InputImageError" and "gone.nrrd is gone" in errors["c"]["message"]
+    assert [m["id"] for m in messages if m["type"] == "result"] == ["d"]
+
+
+def test_exit_ends_the_loop_and_a_closed_stdin_removes_the_front_ends_folder(tmp_path, small_ct):
+    session = tmp_path / "session"
+    (session / "run-1").mkdir(parents=True)
+    (session / "ct.nrrd").write_bytes(b"patient data")
+    code, messages = serve_in_process([{"type": "exit"}, analyze_line(tmp_path, small_ct, "never")], session)
+    assert code == 0 and not session.exists()
+    assert not any(m["type"] == "result" for m in messages), "nothing after exit is answered"
+
+
+def test_a_load_request_loads_ahead_and_the_next_analysis_reuses_it(tmp_path, small_ct):
+    loads = []
+    _, messages = serve_in_process([{"type": "load", "id": "p", "bundle": None, "device": "cpu"},
+                                    analyze_line(tmp_path, small_ct, "1")], analyzer_factory=counting_factory(loads))
+    assert loads == [None]
+    loaded = next(m for m in messages if m["type"] == "loaded")
+    assert loaded["id"] == "p" and loaded["device"] == "cpu" and loaded["seconds"] >= 0
+
+
+def test_a_bundle_changed_on_disk_is_loaded_and_verified_again(tmp_path, small_ct):
+    """The worker outlives the user's edits to a bundle: a replaced file is noticed before the next request, and
+    a bundle that no longer matches its checksums fails that request with the loader's message."""
+    from fake_engine import untrained_bundle
+    from LungNoduleExplainLib.bundle import WEIGHTS_NAME, load_bundle
+    bundle = untrained_bundle(tmp_path / "bundle")
+    loads = []
+
+    def verifying_factory(**kwargs):
+        loads.append(load_bundle(kwargs["bundle"]).name)
+        return FakeAnalyzer(**kwargs)
+
+    def requests():  # the bundle's weights are damaged between the two, as a user's copy might do
+        yield json.dumps(analyze_line(tmp_path, small_ct, "1", bundle=str(bundle))) + "\n"
+        weights = bundle / WEIGHTS_NAME
+        weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+        yield json.dumps(analyze_line(tmp_path, small_ct, "2", bundle=str(bundle))) + "\n"
+
+    stream = io.StringIO()
+    worker.main(["--serve"], stream=stream, stdin=requests(), analyzer_factory=verifying_factory,
+                findings_writer=fake_write_findings, cuda_available=lambda: False)
+    messages = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert loads == ["untrained-test"], "loaded once; the second load failed its checksum"
+    assert any("changed on disk" in m.get("message", "") for m in messages if m["type"] == "log")
+    error = next(m for m in messages if m["type"] == "error")
+    assert error["id"] == "2" and error["error_type"] == "BundleError"
+    assert WEIGHTS_NAME in error["message"]

@@ -1,7 +1,8 @@
-"""Background worker: `python -m LungNoduleExplainLib.worker REQUEST.json`.
+"""Background worker: `python -m LungNoduleExplainLib.worker REQUEST.json`, or `--serve` for many requests.
 
 Slicer (or any front end) runs this in its own process so its UI never freezes, and reads one JSON object per
-line on stdout:
+line on stdout. With --serve the process stays, the model loaded, and reads one request per line on stdin
+(worker_loop.py: the same messages, each with the request's "id"). One request:
 
     {"type": "progress", "fraction": 0.0-1.0, "message": "..."}
     {"type": "log", "level": "info" | "warning" | "error", "message": "..."}
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Protocol, Sequence
 
-from .errors import LungNoduleExplainError
+from .errors import InputImageError, LungNoduleExplainError
 from .volume import POINT_SPACES
 
 logger = logging.getLogger(__name__)
@@ -190,14 +191,20 @@ def run_request(request: Request, messages: MessageWriter, *,
                 analyzer_factory: AnalyzerFactory = _default_analyzer_factory,
                 findings_writer: FindingsWriter = _default_findings_writer,
                 ct_reader: Callable[[Path], Any] = _default_ct_reader,
-                cuda_available: Callable[[], bool] | None = None) -> None:
-    """Analyse every point of the request and write the results; raises on failure (main turns it into a line)."""
+                cuda_available: Callable[[], bool] | None = None,
+                analyzer_source: Callable[..., AnalyzerLike] | None = None) -> None:
+    """Analyse every point of the request and write the results; raises on failure (main turns it into a line).
+    analyzer_source(bundle=, device=, progress=) -> analyzer: where the analyzer comes from (the request loop's
+    cache of loaded models, worker_loop.py); analyzer_factory when None."""
     device, note = device_and_note(request.device, cuda_available)
     if note:
         messages.log(note, level="warning")
     n = len(request.points)
     # Share of the bar: 5 % reading and model loading, 85 % analysing, 10 % writing.
     messages.progress(0.0, f"Reading CT {request.ct.name}")
+    if not request.ct.exists():
+        raise InputImageError(f"the CT file {request.ct} is gone; export the CT again (was the temporary folder "
+                              "cleaned while the analysis was starting?)")
     ct = ct_reader(request.ct)
     messages.progress(0.02, f"Loading the model on {device.upper()}")
     current = {"index": 0}
@@ -208,7 +215,7 @@ def run_request(request: Request, messages: MessageWriter, *,
         messages.progress(overall, prefix + message)
 
     from .nodule_check import analyze_or_refusal, require_a_nodule
-    analyzer = analyzer_factory(bundle=request.bundle, device=device, progress=on_progress)
+    analyzer = (analyzer_source or analyzer_factory)(bundle=request.bundle, device=device, progress=on_progress)
     findings = []
     for index, point in enumerate(request.points):
         current["index"] = index
@@ -228,9 +235,11 @@ def run_request(request: Request, messages: MessageWriter, *,
                   report=str(report) if report else None, device=device)
 
 
-def main(argv: Sequence[str] | None = None, *, stream: IO[str] | None = None, **injected: Any) -> int:
-    """Run one request. `stream` (tests) receives the messages; by default the real stdout does, and fd 1 is
-    pointed at stderr so that prints from libraries (nnU-Net, torch) cannot corrupt the messages.
+def main(argv: Sequence[str] | None = None, *, stream: IO[str] | None = None, stdin: IO[str] | None = None,
+         **injected: Any) -> int:
+    """Run one request (REQUEST.json), or with --serve every request read from `stdin` (worker_loop.py).
+    `stream` (tests) receives the messages; by default the real stdout does, and fd 1 is pointed at stderr so that
+    prints from libraries (nnU-Net, torch) cannot corrupt the messages.
     `injected`: analyzer_factory, findings_writer, ct_reader, cuda_available (see run_request)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if stream is None:
@@ -241,19 +250,29 @@ def main(argv: Sequence[str] | None = None, *, stream: IO[str] | None = None, **
     engine_logger.addHandler(handler)
     engine_logger.setLevel(logging.INFO)
     try:
+        if argv and argv[0] == "--serve":
+            from .worker_loop import serve
+            return serve(argv[1:], messages, sys.stdin if stdin is None else stdin, **injected)
         if len(argv) != 1:
-            raise RequestError(f"usage: python -m {__package__}.worker REQUEST.json (got {len(argv)} arguments)")
+            raise RequestError(f"usage: python -m {__package__}.worker REQUEST.json | --serve [--remove-on-exit "
+                               f"DIR] (got {len(argv)} arguments)")
         run_request(Request.read(argv[0]), messages, **injected)
         return EXIT_OK
-    except LungNoduleExplainError as exc:
-        messages.send("error", message=str(exc), error_type=type(exc).__name__)
-        return EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - the front end must hear about every failure, with its traceback
-        messages.log(traceback.format_exc(), level="error")
-        messages.send("error", message=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
-        return EXIT_FAILURE
+        return report_failure(exc, messages)
     finally:
         engine_logger.removeHandler(handler)
+
+
+def report_failure(exc: Exception, messages: MessageWriter, **fields: Any) -> int:
+    """The error line for `exc` (with its traceback in the log unless it is an engine error, whose message says
+    what was expected); returns the exit code it stands for."""
+    if isinstance(exc, LungNoduleExplainError):
+        messages.send("error", message=str(exc), error_type=type(exc).__name__, **fields)
+        return EXIT_BAD_INPUT
+    messages.log(traceback.format_exc(), level="error")
+    messages.send("error", message=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__, **fields)
+    return EXIT_FAILURE
 
 
 def _claim_stdout() -> IO[str]:

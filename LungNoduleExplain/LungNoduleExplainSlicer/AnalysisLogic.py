@@ -6,6 +6,10 @@ Usage (Slicer's Python console or a test on slicer-core):
     logic.startAnalysis(ctNode, logic.nodulesFromMarkups(pointsNode), device="auto")
     outcome = logic.waitForFinished()        # or call logic.poll() from a QTimer, as the widget does
     outcome.nodules[0].tableNode, outcome.nodules[0].mapNodes["malignancy"]
+    logic.cleanup()                          # stops the worker, deletes the temporary files
+
+The worker process stays between analyses with the model loaded (AnalysisWorker.py): only the first Analyze of a
+session, or the first after a cancel, a crash or a change of bundle or device, waits for it to start.
 
 The scene changes only when a run succeeds, and then only the analysed nodules' own nodes are replaced: loading
 is all or nothing (see loadResults).
@@ -14,12 +18,9 @@ The process runner is injectable (`runnerFactory(onMessage, onFinished)`), as in
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import vtk
 from LungNoduleExplainLib.worker import Request
 
 from . import MapDisplay, NoduleSelection
+from .AnalysisWorker import AnalysisWorker
 from .ResultNodes import (ROLE_ATTRIBUTE, SOURCE_VOLUME_ATTRIBUTE, NoduleNodes, ResultError, addNodule,
                           foldersOfNodule, nodesOfNodule, readNodule, removeAddedNodule, removeNodes, removeNodule)
 from .WorkerProcess import ProcessRunnerProtocol, WorkerProcess
@@ -72,7 +74,9 @@ class AnalysisLogic:
                  workerCommand: Sequence[str] | None = None):
         self.scene = scene if scene is not None else slicer.mrmlScene
         self.workerCommand = list(workerCommand or [pythonExecutable(), "-m", "LungNoduleExplainLib.worker"])
-        self.runner = runnerFactory(self._onMessage, self._onFinished)
+        self.worker = AnalysisWorker(self.workerCommand, self._onMessage, self._onWorkerEnded,
+                                     onLog=lambda level, message: self.onLog(level, message),
+                                     runnerFactory=runnerFactory, pythonPath=[str(MODULE_DIR)])
         self.onProgress: Callable[[float, str], None] = lambda fraction, message: None
         self.onLog: Callable[[str, str], None] = lambda level, message: None  # warnings include CPU fallback
         self.onFinished: Callable[[AnalysisOutcome], None] = lambda outcome: None
@@ -80,12 +84,10 @@ class AnalysisLogic:
         self.lastResultDir: Path | None = None  # the last successful run's folder, kept for the report export
         self.mapOpacity = MapDisplay.DEFAULT_OPACITY
         self.mapThreshold = MapDisplay.DEFAULT_THRESHOLD
-        self._workDir: Path | None = None  # the running analysis' temporary folder
+        self._workDir: Path | None = None  # the running analysis' folder (in the worker's session folder)
         self._ctNode = None
         self._nodules: list[NoduleRequest] = []
         self._settings = ""  # NoduleSelection.analysisSettings of the running analysis
-        self._result: dict | None = None
-        self._error: dict | None = None
 
     # --- inputs ---------------------------------------------------------------------------------------------
 
@@ -114,7 +116,12 @@ class AnalysisLogic:
     # --- running --------------------------------------------------------------------------------------------
 
     def isRunning(self) -> bool:
-        return self.runner.isRunning()
+        """An analysis is in flight (the worker process itself stays between analyses)."""
+        return self.worker.busy
+
+    def prepareWorker(self, device: str = "auto", bundlePath: str | Path | None = None) -> None:
+        """Start the worker and load the model now, so that the first Analyze does not wait for it."""
+        self.worker.prepare(str(bundlePath) if bundlePath else None, device)
 
     def startAnalysis(self, ctNode, nodules: Sequence[NoduleRequest], device: str = "auto",
                       bundlePath: str | Path | None = None, classifyAnyway: bool = False) -> None:
@@ -134,8 +141,8 @@ class AnalysisLogic:
             raise ValueError(f"device {device!r} is not one of {DEVICES}")
         if bundlePath and not Path(bundlePath).exists():
             raise ValueError(f"model bundle not found: {bundlePath}")
-        self._workDir = Path(tempfile.mkdtemp(prefix="LungNoduleExplain-"))
-        self._ctNode, self._nodules, self._result, self._error = ctNode, list(nodules), None, None
+        self._workDir = self.worker.runFolder()
+        self._ctNode, self._nodules = ctNode, list(nodules)
         self._settings = NoduleSelection.analysisSettings(ctNode, bundlePath, classifyAnyway)
         try:
             self._startWorker(ctNode, nodules, device, bundlePath, classifyAnyway)
@@ -146,36 +153,34 @@ class AnalysisLogic:
 
     def _startWorker(self, ctNode, nodules: Sequence[NoduleRequest], device: str, bundlePath,
                      classifyAnyway: bool = False) -> None:
-        ctPath = self._workDir / "ct.nrrd"
         self.onProgress(0.0, f"Exporting {ctNode.GetName()} for the analysis")
-        self._writeVolume(ctNode, ctPath)
+        matrix = vtk.vtkMatrix4x4()
+        ctNode.GetIJKToRASMatrix(matrix)  # the CT is written again only when its voxels or geometry changed
+        ctKey = (ctNode.GetID(), ctNode.GetImageData().GetMTime(),
+                 tuple(matrix.GetElement(r, c) for r in range(3) for c in range(4)))
+        ctPath = self.worker.ctFile(ctKey, lambda path: self._writeVolume(ctNode, path))
         points = [volumeRasFromWorld(ctNode, n.pointRas) for n in nodules]
         request = Request(ct=ctPath, points=points, out_dir=self._workDir / "results",
                           space="ras", bundle=Path(bundlePath) if bundlePath else None, device=device,
                           source=f"Slicer volume {ctNode.GetName()!r}", classify_anyway=classifyAnyway)
-        requestPath = self._workDir / "request.json"
-        requestPath.write_text(json.dumps(request.to_json(), indent=1), encoding="utf-8")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(MODULE_DIR), env.get("PYTHONPATH")]))
-        env["PYTHONUNBUFFERED"] = "1"
-        self.runner.start([*self.workerCommand, str(requestPath)], env=env)
+        self.worker.submit(request.to_json(), str(bundlePath) if bundlePath else None, device)
 
     @staticmethod
     def _writeVolume(volumeNode, path: Path) -> None:
         """Write without adding a storage node to the scene (the scene must stay unchanged on failure)."""
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
         storage.SetFileName(str(path))
-        storage.SetUseCompression(False)  # faster; the file lives only for this run
+        storage.SetUseCompression(False)  # faster; the file lives only for this session
         if not storage.WriteData(volumeNode):
             raise ValueError(f"cannot export {volumeNode.GetName()} to {path}")
 
     def poll(self) -> bool:
-        """Deliver the worker's messages (call from the main thread); True while it runs."""
-        return self.runner.poll()
+        """Deliver the worker's messages (call from the main thread); True while an analysis is in flight."""
+        return self.worker.poll()
 
     def cancel(self) -> None:
-        """Kill the worker and its children; the scene stays as it was (the runner reports exit code None)."""
-        self.runner.stop()
+        """Kill the worker and its children (the next Analyze starts a fresh one); the scene stays as it was."""
+        self.worker.cancel()
 
     def waitForFinished(self, timeout_s: float = 600.0, interval_s: float = 0.05) -> AnalysisOutcome:
         deadline = time.monotonic() + timeout_s
@@ -193,20 +198,18 @@ class AnalysisLogic:
         elif kind == "log":
             self.onLog(str(message.get("level", "info")), str(message.get("message", "")))
         elif kind == "result":
-            self._result = message
+            self._finish(self._loadResult(message))
         elif kind == "error":
-            self._error = message
+            self._finish(AnalysisOutcome("failed", message.get("message", ""), message.get("error_type", "")))
 
-    def _onFinished(self, exitCode: int | None) -> None:
-        """exitCode None: stopped through cancel(); negative: killed by that signal (POSIX)."""
+    def _onWorkerEnded(self, exitCode: int | None) -> None:
+        """The worker ended during the analysis. exitCode None: cancel(); negative: killed by that signal (POSIX)."""
         if exitCode is None:
-            outcome = AnalysisOutcome("cancelled", "Analysis cancelled; the scene was left unchanged.")
-        elif exitCode == 0 and self._result is not None:
-            outcome = self._loadResult(self._result)
-        elif self._error is not None:
-            outcome = AnalysisOutcome("failed", self._error.get("message", ""), self._error.get("error_type", ""))
+            self._finish(AnalysisOutcome("cancelled", "Analysis cancelled; the scene was left unchanged."))
         else:
-            outcome = AnalysisOutcome("failed", describeAbnormalExit(exitCode, self._result is not None))
+            self._finish(AnalysisOutcome("failed", describeAbnormalExit(exitCode)))
+
+    def _finish(self, outcome: AnalysisOutcome) -> None:
         if outcome.succeeded:
             self._keepWorkDir()
         else:
@@ -314,13 +317,19 @@ class AnalysisLogic:
             raise ResultError(f"the analysis wrote no report.html in {self.lastResultDir}")
         return report
 
-    def cleanup(self) -> None:
-        """Stop any run and delete the temporary files (call when the module is closed)."""
-        if self.isRunning():
-            self.cancel()
+    def clearPatientData(self) -> None:
+        """Cancel any run and delete the exported CT and the kept results (e.g. when the scene closes); the worker
+        stays, with the model loaded."""
+        self.cancel()
+        self.worker.removeCtFile()
         if self.lastResultDir is not None:
             _removeFolder(self.lastResultDir.parent)
             self.lastResultDir = None
+
+    def cleanup(self) -> None:
+        """Stop the worker and delete every temporary file (call when the module or the application closes)."""
+        self.worker.close()
+        self.lastResultDir = None
 
 
 def volumeRasFromWorld(volumeNode, pointWorld: Sequence[float]) -> tuple[float, float, float]:
@@ -334,9 +343,9 @@ def volumeRasFromWorld(volumeNode, pointWorld: Sequence[float]) -> tuple[float, 
     return tuple(float(v) for v in fromWorld.TransformPoint([float(v) for v in pointWorld]))
 
 
-def describeAbnormalExit(exitCode: int, sentResult: bool) -> str:
-    """Why a worker that did not end cleanly failed, for the user; a negative exit code is the signal that
-    killed it (POSIX)."""
+def describeAbnormalExit(exitCode: int) -> str:
+    """Why the worker ended during an analysis, for the user; a negative exit code is the signal that killed it
+    (POSIX)."""
     if exitCode < 0:
         try:
             name = signal.Signals(-exitCode).name
@@ -345,12 +354,10 @@ def describeAbnormalExit(exitCode: int, sentResult: bool) -> str:
         if name == "SIGKILL":  # not our cancel() (that reports no exit code); usually the out-of-memory killer
             name += ": often the system running out of memory"
         ended = f"was killed by signal {-exitCode} ({name})"
-        ended += " after it sent its result" if sentResult else ""
-    elif sentResult:
-        ended = f"sent its result and then exited with code {exitCode}"
     else:
-        ended = f"ended with exit code {exitCode} without a result"
-    return f"the analysis process {ended}; the scene was left unchanged (see the log for its output)"
+        ended = f"ended with exit code {exitCode}"
+    return (f"the analysis process {ended} without a result; the scene was left unchanged (see the log for its "
+            "output); the next Analyze starts a fresh analysis process")
 
 
 def _removeFolder(folder: Path | None) -> None:

@@ -5,7 +5,6 @@ Inside Slicer, use slicer.mrmlScene instead; nothing in the module needs this fi
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ def makeScene(sliceCompositeNodes: int = 3):
     referenced for as long as the scene is used."""
     scene = slicer.vtkMRMLScene()
     cache = slicer.vtkCacheManager()
-    cache.SetRemoteCacheDirectory(tempfile.mkdtemp(prefix="LungNoduleExplain-cache-"))
+    # No remote cache folder: nothing is downloaded here, and a folder per scene would litter the temp folder.
     io = slicer.vtkDataIOManager()
     io.SetCacheManager(cache)
     scene.SetCacheManager(cache)

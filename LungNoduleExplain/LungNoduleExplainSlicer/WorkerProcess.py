@@ -42,6 +42,8 @@ class ProcessRunnerProtocol(Protocol):
 
     def start(self, command: Sequence[str], env: Mapping[str, str] | None = None) -> None: ...
 
+    def send(self, message: dict) -> None: ...
+
     def poll(self) -> bool: ...
 
     def stop(self) -> None: ...
@@ -50,7 +52,8 @@ class ProcessRunnerProtocol(Protocol):
 
 
 class WorkerProcess:
-    """One background process at a time. onMessage(dict) for each line, onFinished(exit code) once.
+    """One background process at a time. onMessage(dict) for each line, onFinished(exit code) once;
+    send(dict) writes one JSON line to its stdin (the worker's request loop reads them).
 
     Both callbacks run inside poll(), on the caller's thread; the exit code is Popen's, so a negative one is the
     signal that killed the process (POSIX), e.g. -9 from the out-of-memory killer. After stop(), onFinished is
@@ -74,11 +77,19 @@ class WorkerProcess:
         else:
             kwargs["start_new_session"] = True
         self._process = subprocess.Popen(
-            list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
             env=dict(env) if env is not None else None, text=True, encoding="utf-8", errors="replace",
             bufsize=1, **kwargs)
         self._reader = threading.Thread(target=self._read, args=(self._process, self._queue), daemon=True)
         self._reader.start()
+
+    def send(self, message: dict) -> None:
+        """One request line to the process; OSError (BrokenPipeError) when it is gone or not started."""
+        process = self._process
+        if process is None or process.stdin is None:
+            raise BrokenPipeError("no worker process is running")
+        process.stdin.write(json.dumps(message) + "\n")
+        process.stdin.flush()
 
     @staticmethod
     def _read(process: subprocess.Popen, lines: queue.Queue) -> None:
@@ -89,6 +100,11 @@ class WorkerProcess:
 
     def isRunning(self) -> bool:
         return self._process is not None
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while it runs (it leads its own process group)."""
+        return self._process.pid if self._process is not None else None
 
     def poll(self) -> bool:
         """Deliver what arrived since the last call; True while the process is still running."""
@@ -105,6 +121,7 @@ class WorkerProcess:
             self.onMessage(parseLine(line))
         code = process.wait()
         self._process = None
+        _closePipes(process)
         self.onFinished(code)
         return False
 
@@ -117,7 +134,17 @@ class WorkerProcess:
         killProcessTree(process)
         if self._reader is not None:
             self._reader.join(timeout=5.0)  # the pipe closes once every process of the group is dead
+        _closePipes(process)
         self.onFinished(None)
+
+
+def _closePipes(process: subprocess.Popen) -> None:
+    for pipe in (process.stdin, process.stdout):
+        try:
+            if pipe is not None:
+                pipe.close()
+        except OSError:  # a broken pipe's buffered line cannot be flushed any more
+            pass
 
 
 def killProcessTree(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
