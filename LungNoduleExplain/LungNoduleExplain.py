@@ -49,8 +49,8 @@ def sampleNoduleRas() -> tuple:
 
 
 POLL_INTERVAL_MS = 100
-SUBMODULES = ("WorkerProcess", "MapDisplay", "ResultNodes", "NoduleSelection", "InstallLogic", "AnalysisLogic",
-              "HeadlessScene")
+SUBMODULES = ("WorkerProcess", "SessionFolder", "AnalysisWorker", "MapDisplay", "ResultNodes", "NoduleSelection",
+              "InstallLogic", "AnalysisLogic", "HeadlessScene")
 
 
 class LungNoduleExplain(ScriptedLoadableModule):

@@ -9,7 +9,8 @@ import re
 import pytest
 
 import vtk
-from test_slicer_logic import FAKE_WORKER, ctNode, lidc_crop, lidc_nrrd, moduleFile, nodules, run, scene  # noqa: F401
+from test_slicer_logic import (FAKE_WORKER, cleanupLogics, ctNode, lidc_crop, lidc_nrrd, makeLogic,  # noqa: F401
+                               moduleFile, nodules, run, scene)
 
 from LungNoduleExplainSlicer import NoduleSelection  # noqa: E402  (test_slicer_logic put the module on the path)
 from LungNoduleExplainSlicer.AnalysisLogic import AnalysisLogic, NoduleRequest  # noqa: E402
@@ -22,7 +23,7 @@ def moved(request: NoduleRequest, dx_mm: float) -> NoduleRequest:
 
 
 def test_analyze_runs_only_new_or_moved_points(scene, ctNode, lidc_crop):  # noqa: F811
-    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    logic = makeLogic(scene)
     first, second = requests = nodules(lidc_crop, 0.0, 20.0)
     assert logic.nodulesToAnalyze(ctNode, requests) == requests  # nothing analysed yet
     assert run(logic, ctNode, requests).succeeded
@@ -43,7 +44,7 @@ def test_analyze_runs_only_new_or_moved_points(scene, ctNode, lidc_crop):  # noq
 
 
 def test_another_ct_bundle_or_classify_setting_runs_every_point_again(scene, ctNode, lidc_crop, tmp_path):  # noqa: F811
-    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    logic = makeLogic(scene)
     requests = nodules(lidc_crop, 0.0)
     assert run(logic, ctNode, requests).succeeded
     other = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "another CT")
@@ -54,7 +55,7 @@ def test_another_ct_bundle_or_classify_setting_runs_every_point_again(scene, ctN
 
 
 def test_a_selected_nodule_gives_its_own_table_and_maps_and_a_row_gives_its_map(scene, ctNode, lidc_crop):  # noqa: F811
-    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    logic = makeLogic(scene)
     loaded = run(logic, ctNode, nodules(lidc_crop, 0.0, 20.0)).nodules
     views = NoduleSelection.noduleViews(scene)
     assert [v.key for v in views] == [n.key for n in loaded]
@@ -73,7 +74,7 @@ def test_a_selected_nodule_gives_its_own_table_and_maps_and_a_row_gives_its_map(
 
 def test_a_point_without_a_nodule_has_a_table_but_no_map_to_select(scene, ctNode, lidc_crop, monkeypatch):  # noqa: F811
     monkeypatch.setenv("FAKE_NO_NODULE", "2")  # the fake engine finds no nodule at the 2nd point
-    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    logic = makeLogic(scene)
     requests = nodules(lidc_crop, 0.0, 2.0)
     found, missing = run(logic, ctNode, requests).nodules
     view = NoduleSelection.noduleView(scene, missing.key)
@@ -83,7 +84,7 @@ def test_a_point_without_a_nodule_has_a_table_but_no_map_to_select(scene, ctNode
 
 
 def test_probabilities_and_thresholds_read_with_two_decimals(scene, ctNode, lidc_crop):  # noqa: F811
-    nodule = run(AnalysisLogic(scene, workerCommand=FAKE_WORKER), ctNode, nodules(lidc_crop, 0.0)).nodules[0]
+    nodule = run(makeLogic(scene), ctNode, nodules(lidc_crop, 0.0)).nodules[0]
     table = nodule.tableNode.GetTable()
     for column in ("probability", "threshold"):
         values = [table.GetColumnByName(column).GetValue(r) for r in range(table.GetNumberOfRows())]
@@ -94,7 +95,7 @@ def test_probabilities_and_thresholds_read_with_two_decimals(scene, ctNode, lidc
 
 def test_the_colour_legend_belongs_to_the_shown_map_and_a_line_says_what_the_colour_means(
         scene, ctNode, lidc_crop):  # noqa: F811
-    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    logic = makeLogic(scene)
     nodule = run(logic, ctNode, nodules(lidc_crop, 0.0)).nodules[0]
     first, second = list(nodule.mapNodes.values())[:2]
 
@@ -125,7 +126,7 @@ def test_the_colour_legend_belongs_to_the_shown_map_and_a_line_says_what_the_col
 
 
 def test_removing_a_nodule_removes_its_legends_too(scene, ctNode, lidc_crop):  # noqa: F811
-    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    logic = makeLogic(scene)
     nodule = run(logic, ctNode, nodules(lidc_crop, 0.0)).nodules[0]
     logic.showMap(ctNode, next(iter(nodule.mapNodes.values())))
     assert scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode") == 1
@@ -138,7 +139,7 @@ def test_the_analyze_button_names_the_points_it_will_run(moduleFile, scene, ctNo
     points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Nodule")
     centroid = lidc_crop[1]
     points.AddControlPoint(vtk.vtkVector3d(*centroid), "Nodule-1")
-    logic = AnalysisLogic(scene, workerCommand=FAKE_WORKER)
+    logic = makeLogic(scene)
     widget = bareWidget(moduleFile, logic, ctNode, points)
     widget.updateButtons()
     assert widget.ui.analyzeButton.enabled and widget.ui.analyzeButton.toolTip.endswith("Nodule-1.")

@@ -31,6 +31,12 @@ def waitUntil(predicate, what: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def succeeds(logic, ctNode, requests) -> bool:
+    outcome = run(logic, ctNode, requests)
+    assert outcome.succeeded, outcome.message
+    return True
+
+
 def sessionFiles(logic) -> list[str]:
     return sorted(str(p.relative_to(logic.worker.sessionFolder())) for p in logic.worker.sessionFolder().rglob("*")
                   if p.is_file() and p.name != SessionFolder.OWNER_FILE and "results" not in p.parts)
@@ -38,10 +44,10 @@ def sessionFiles(logic) -> list[str]:
 
 def test_one_worker_serves_every_analysis_and_the_ct_is_exported_once(scene, ctNode, lidc_crop):
     logic = makeLogic(scene)
-    assert run(logic, ctNode, nodules(lidc_crop, 0.0)).succeeded
+    assert succeeds(logic, ctNode, nodules(lidc_crop, 0.0))
     pid, files = logic.worker.runner.pid, sessionFiles(logic)
     for offset in (5.0, -5.0):
-        assert run(logic, ctNode, nodules(lidc_crop, offset)).succeeded
+        assert succeeds(logic, ctNode, nodules(lidc_crop, offset))
     assert logic.worker.starts == 1 and logic.worker.runner.pid == pid and logic.worker.isAlive()
     assert sessionFiles(logic) == files and len([f for f in files if f.endswith(".nrrd")]) == 1
 
@@ -64,7 +70,7 @@ def test_a_modified_ct_is_exported_again_and_the_old_copy_deleted(scene, ctNode,
     run(logic, ctNode, nodules(lidc_crop, 0.0))
     before = sessionFiles(logic)
     ctNode.GetImageData().Modified()  # e.g. an edit in the Segment Editor's "mask volume"
-    assert run(logic, ctNode, nodules(lidc_crop, 0.0)).succeeded
+    assert succeeds(logic, ctNode, nodules(lidc_crop, 0.0))
     after = sessionFiles(logic)
     assert len(after) == len(before) == 1 and after != before
 
@@ -81,7 +87,7 @@ def test_cancel_kills_the_worker_and_the_next_analyze_starts_a_fresh_one(scene, 
     assert logic.lastOutcome.status == "cancelled" and not workDir.exists()
     waitUntil(lambda: not is_alive(pid), "the killed worker to go")
     monkeypatch.setenv("FAKE_DELAY_S", "0")  # the fresh worker reads it
-    assert run(logic, ctNode, nodules(lidc_crop, 0.0)).succeeded and logic.worker.starts == 2
+    assert succeeds(logic, ctNode, nodules(lidc_crop, 0.0)) and logic.worker.starts == 2
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -101,7 +107,7 @@ def test_a_worker_killed_during_an_analysis_fails_it_clearly_and_the_next_analyz
     assert "the next Analyze starts a fresh analysis process" in outcome.message
     assert sceneInventory(scene) == before and not workDir.exists()
     monkeypatch.setenv("FAKE_DELAY_S", "0")
-    assert run(logic, ctNode, nodules(lidc_crop, 0.0)).succeeded and logic.worker.starts == 2
+    assert succeeds(logic, ctNode, nodules(lidc_crop, 0.0)) and logic.worker.starts == 2
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -113,7 +119,7 @@ def test_a_worker_that_died_while_idle_is_said_and_replaced_on_the_next_analyze(
     pid = logic.worker.runner.pid
     os.killpg(pid, signal.SIGKILL)
     waitUntil(lambda: not is_alive(pid), "the worker to die")
-    assert run(logic, ctNode, nodules(lidc_crop, 0.0)).succeeded and logic.worker.starts == 2
+    assert succeeds(logic, ctNode, nodules(lidc_crop, 0.0)) and logic.worker.starts == 2
     assert ("warning", "the analysis process ended by itself (exit code -9) while idle; the next Analyze starts "
                        "a fresh one") in logs
 

@@ -323,7 +323,7 @@ def test_a_load_request_loads_ahead_and_the_next_analysis_reuses_it(tmp_path, sm
 def test_a_bundle_changed_on_disk_is_loaded_and_verified_again(tmp_path, small_ct):
     """The worker outlives the user's edits to a bundle: a replaced file is noticed before the next request, and
     a bundle that no longer matches its checksums fails that request with the loader's message."""
-    from fake_engine import untrained_bundle
+    from conftest import untrained_bundle
     from LungNoduleExplainLib.bundle import WEIGHTS_NAME, load_bundle
     bundle = untrained_bundle(tmp_path / "bundle")
     loads = []
