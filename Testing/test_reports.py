@@ -14,8 +14,8 @@ import pytest
 import SimpleITK as sitk
 
 from LungNoduleExplainLib.finding import shown_pair
-from LungNoduleExplainLib.reports import (PHANTOM_NOTICE, RESEARCH_NOTICE, OutputExistsError, check_on_grid,
-                                          write_findings)
+from LungNoduleExplainLib.reports import (PHANTOM_NOTICE, RESEARCH_NOTICE, OutputExistsError, add_report,
+                                          check_on_grid, write_findings)
 from LungNoduleExplainLib.region import box_in, on_full_grid
 from LungNoduleExplainLib.reports.overlays import DisplayGrid
 
@@ -352,3 +352,21 @@ def test_the_map_colour_has_a_legend_in_the_html_and_on_each_overlay(written, sc
     bar = renderer.figure.axes[-1]
     assert MAP_SCALE_LABEL in bar.get_ylabel()
     assert [t.get_text() for t in bar.get_yticklabels()][::3] == ["0.25 weak", "1 strongest"]
+
+
+def test_a_report_added_later_gives_the_folder_written_at_once(written, scene, tmp_path):
+    """The Slicer worker writes a viewer's files first (report=False) and the overlays and report.html after."""
+    ct, finding = scene
+    out = tmp_path / "later"
+    write_findings([finding, finding], ct, out, title="Test report", source="small_ct", report=False)
+    assert not (out / "report.html").exists() and not (out / "nodule-01" / "overlays").exists()
+    assert json.loads((out / "nodule-01" / "finding.json").read_text())["files"]["overlays"] == {}
+    assert add_report([finding, finding], ct, out, title="Test report", source="small_ct") == out / "report.html"
+    at_once = written[0]
+    for folder in ("nodule-01", "nodule-02"):
+        files = json.loads((out / folder / "finding.json").read_text())["files"]
+        assert files == json.loads((at_once / folder / "finding.json").read_text())["files"]
+        assert all((out / folder / rel).is_file() for rel in files["overlays"].values())
+    page, reference = ((o / "report.html").read_text(encoding="utf-8") for o in (out, at_once))
+    assert page.count("data:image/png;base64,") == reference.count("data:image/png;base64,") > 0
+    assert not list(out.glob(".*partial"))

@@ -592,6 +592,7 @@ def test_the_real_worker_analyzer_and_reports_load_into_the_scene(scene, ctNode,
     for mapNode in nodule.mapNodes.values():
         assertAlignedSubGrid(mapNode, ctNode)
     assert nodule.finding["model"]["name"] == "untrained-test"
+    logic.worker.waitForFile(outcome.outDir / "report.html")  # written just after the result
     assert (outcome.outDir / "report.html").is_file()
 
 
@@ -613,6 +614,7 @@ def test_real_engine_loads_a_real_finding_for_the_real_nodule(scene, lidc_nrrd):
     nodule = outcome.nodules[0]
     assert nodule.finding["outputs"][0]["name"] in nodule.mapNodes
     assert all(n.GetAttribute(NODULE_KEY_ATTRIBUTE) == nodule.key for n in nodule.nodes())
+    logic.worker.waitForFile(outcome.outDir / "report.html")  # written just after the result
     assert (outcome.outDir / "report.html").is_file()
 
 

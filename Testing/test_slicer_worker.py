@@ -120,8 +120,8 @@ def test_a_worker_that_died_while_idle_is_said_and_replaced_on_the_next_analyze(
     os.killpg(pid, signal.SIGKILL)
     waitUntil(lambda: not is_alive(pid), "the worker to die")
     assert succeeds(logic, ctNode, nodules(lidc_crop, 0.0)) and logic.worker.starts == 2
-    assert ("warning", "the analysis process ended by itself (exit code -9) while idle; the next Analyze starts "
-                       "a fresh one") in logs
+    # said while idle, or, if the death reaches us only after the request was sent, when a fresh worker takes it
+    assert any(level == "warning" and "ended by itself (exit code -9)" in message for level, message in logs)
 
 
 def test_closing_removes_the_session_folder_and_stops_the_worker(scene, ctNode, lidc_crop):

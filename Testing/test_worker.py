@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -347,3 +348,85 @@ def test_a_bundle_changed_on_disk_is_loaded_and_verified_again(tmp_path, small_c
     error = next(m for m in messages if m["type"] == "error")
     assert error["id"] == "2" and error["error_type"] == "BundleError"
     assert WEIGHTS_NAME in error["message"]
+
+
+def test_the_request_loop_sends_the_result_before_writing_the_report(tmp_path, small_ct):
+    stdin = io.StringIO(json.dumps(analyze_line(tmp_path, small_ct, "1")) + "\n")
+    stream = io.StringIO()
+    worker.main(["--serve"], stream=stream, stdin=stdin, analyzer_factory=FakeAnalyzer, cuda_available=lambda: False)
+    messages = [json.loads(line) for line in stream.getvalue().splitlines()]
+    kinds = [m["type"] for m in messages if m["type"] in ("result", "report")]
+    assert kinds == ["result", "report"]
+    result, report = (next(m for m in messages if m["type"] == kind) for kind in kinds)
+    assert result["report"] is None and report["id"] == "1"
+    assert Path(report["report"]) == tmp_path / "out-1" / "report.html" and Path(report["report"]).is_file()
+
+
+# --- AnalysisWorker with a stand-in process runner (the constructor takes the runner's factory) -----------------
+
+class FakeRunner:
+    """Records starts and sent lines; the test plays the process (say, end)."""
+
+    def __init__(self, onMessage, onFinished):
+        self.onMessage, self.onFinished = onMessage, onFinished
+        self.starts, self.sent, self.running = 0, [], False
+
+    def start(self, command, env=None):
+        self.starts, self.running = self.starts + 1, True
+
+    def send(self, message):
+        self.sent.append(message)
+
+    def poll(self):
+        return self.running
+
+    def isRunning(self):
+        return self.running
+
+    def stop(self):
+        if self.running:
+            self.end(None)
+
+    def end(self, code):
+        self.running = False
+        self.onFinished(code)
+
+
+def fake_worker(tmp_path, monkeypatch):
+    from LungNoduleExplainSlicer.AnalysisWorker import AnalysisWorker
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    events = []
+    client = AnalysisWorker(["worker"], events.append, lambda code: events.append(("ended", code)),
+                            onLog=lambda level, message: events.append((level, message)), runnerFactory=FakeRunner)
+    return client, events
+
+
+def test_a_request_sent_to_a_worker_dying_at_that_moment_goes_to_a_fresh_one(tmp_path, monkeypatch):
+    client, events = fake_worker(tmp_path, monkeypatch)
+    request_id = client.submit({"ct": "ct.nrrd"}, None, "cpu")
+    client.runner.end(-9)  # it died before it said anything about the request
+    assert client.runner.starts == 2 and [m["id"] for m in client.runner.sent] == [request_id, request_id]
+    assert client.busy and ("warning", "the analysis process ended by itself (exit code -9) before it took the "
+                                       "request; a fresh one takes it") in events
+    client.runner.onMessage({"type": "progress", "id": request_id, "fraction": 0.0, "message": "Reading CT"})
+    client.runner.onMessage({"type": "result", "id": request_id})
+    assert not client.busy and events[-1] == {"type": "result", "id": request_id}
+    client.close()
+
+
+def test_a_worker_that_dies_twice_before_taking_the_request_fails_it(tmp_path, monkeypatch):
+    client, events = fake_worker(tmp_path, monkeypatch)
+    client.submit({"ct": "ct.nrrd"}, None, "cpu")
+    client.runner.end(1)
+    client.runner.end(1)  # e.g. an import error at start: no third try
+    assert events[-1] == ("ended", 1) and not client.busy and client.runner.starts == 2
+    client.close()
+
+
+def test_a_worker_that_took_the_request_and_died_fails_it_without_a_retry(tmp_path, monkeypatch):
+    client, events = fake_worker(tmp_path, monkeypatch)
+    request_id = client.submit({"ct": "ct.nrrd"}, None, "cpu")
+    client.runner.onMessage({"type": "progress", "id": request_id, "fraction": 0.1, "message": "segmenting"})
+    client.runner.end(-9)  # the out-of-memory killer, during the analysis
+    assert events[-1] == ("ended", -9) and client.runner.starts == 1
+    client.close()

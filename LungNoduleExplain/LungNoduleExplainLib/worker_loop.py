@@ -4,7 +4,10 @@ One process per front-end session keeps torch, nnU-Net and the model loaded, so 
 them. stdin carries one JSON object per line:
 
     {"type": "analyze", "id": "3", <the fields of a worker.Request>}   -> progress/log lines, then one "result"
-                                                                          or "error", all with "id": "3"
+                                                                          or "error", all with "id": "3"; after
+                                                                          a result {"type": "report", "id": "3",
+                                                                          "report": path} once report.html is
+                                                                          written (the result comes first)
     {"type": "load", "id": "1", "bundle": null, "device": "auto"}      -> {"type": "loaded", "id": "1", ...}
                                                                           (loads the model ahead of the 1st click)
     {"type": "exit"}                                                    -> the process ends with code 0
@@ -133,7 +136,9 @@ def _answer(line: str, messages: MessageWriter, analyzers: AnalyzerCache, cts: C
             _load(data, tagged, analyzers, injected.get("cuda_available"))
         elif kind == "analyze":
             request = Request.from_json(data, source=f"request {request_id!r}")
-            run_request(request, tagged, ct_reader=cts, analyzer_source=analyzers, **injected)
+            # the report after the result, unless a test's writer stands in for the real one
+            run_request(request, tagged, ct_reader=cts, analyzer_source=analyzers,
+                        report_later="findings_writer" not in injected, **injected)
         else:
             raise RequestError(f"request type {kind!r} is not one of 'analyze', 'load', 'exit'")
     except json.JSONDecodeError as exc:

@@ -310,6 +310,7 @@ class AnalysisLogic:
         """Copy the last successful run's report (report.html, per-nodule folders) to targetDir."""
         if self.lastResultDir is None or not self.lastResultDir.is_dir():
             raise ValueError("no analysis result to export yet; run Analyze first")
+        self.worker.waitForFile(self.lastResultDir / "report.html")  # written just after the results were shown
         targetDir = Path(targetDir)
         shutil.copytree(self.lastResultDir, targetDir, dirs_exist_ok=True)
         report = targetDir / "report.html"

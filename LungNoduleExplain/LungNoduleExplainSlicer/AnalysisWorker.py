@@ -5,7 +5,8 @@ this is its client on the module's side. The first request starts the process (i
 loading the model takes most of a first click); later requests only send a line. The process is restarted when
 the bundle or the device changes; cancel() kills it (a half-finished analysis cannot be interrupted more gently:
 nnU-Net and torch do not poll for it) and the next request starts a fresh one; if it dies, the request in flight
-ends with its exit code and the next request starts a fresh one too.
+ends with its exit code and the next request starts a fresh one too. After a result the worker still writes
+that run's report.html (the result is shown without waiting for it): waitForFile waits for it when it is wanted.
 
 Its files live in one session folder (SessionFolder.py): the exported CT (kept while the CT is unchanged, since
 the worker caches the CT it read by file) and one folder per run. close() removes it; the worker removes it when
@@ -17,6 +18,7 @@ Imports no slicer or qt: it is tested outside Slicer.
 from __future__ import annotations
 
 import os
+import time
 import weakref
 from pathlib import Path
 from typing import Callable, Sequence
@@ -40,6 +42,7 @@ class AnalysisWorker:
         self.runner = runnerFactory(self._onProcessMessage, self._onProcessEnded)
         self.starts = 0  # processes started: one per session unless restarted
         self.requestId: str | None = None  # the request in flight
+        self._pending: tuple | None = None  # (message, bundle, device) of a request the worker has not taken yet
         self._key: tuple | None = None  # (bundle, device) the running process serves
         self._count = 0
         self._session: Path | None = None
@@ -82,16 +85,17 @@ class AnalysisWorker:
             raise RuntimeError("an analysis is already running; cancel it first")
         self._count += 1
         requestId = str(self._count)
+        message = {"type": "analyze", "id": requestId, **fields}
         for attempt in (1, 2):
             self._ensure(bundle, device)
             try:
-                self.runner.send({"type": "analyze", "id": requestId, **fields})
+                self.runner.send(message)
                 break
             except OSError:
                 if attempt == 2:
                     raise
                 self.runner.stop()
-        self.requestId = requestId
+        self.requestId, self._pending = requestId, (message, bundle, device)
         return requestId
 
     def prepare(self, bundle: str | None = None, device: str = "auto") -> None:
@@ -104,6 +108,14 @@ class AnalysisWorker:
         """Deliver what the worker said (call from the main thread); True while a request is in flight."""
         self.runner.poll()
         return self.busy
+
+    def waitForFile(self, path: Path, timeout_s: float = 300.0) -> None:
+        """Wait while the worker may still write `path` (the report, written after the result); returns at once if
+        it is there or the worker is gone (the caller then finds it missing)."""
+        deadline = time.monotonic() + timeout_s
+        while not path.exists() and self.runner.isRunning() and time.monotonic() < deadline:
+            self.runner.poll()
+            time.sleep(0.02)
 
     def cancel(self) -> None:
         """Kill the worker if a request is in flight; onRequestEnded(None) follows at once."""
@@ -128,16 +140,34 @@ class AnalysisWorker:
 
     def _onProcessMessage(self, message: dict) -> None:
         kind = message.get("type")
+        if kind == "report":  # a finished request's report.html, written after its result
+            return
         if self.requestId is None or message.get("id") not in (None, self.requestId):
             if kind == "error" or (kind == "log" and message.get("level") in ("warning", "error")):
                 self.onLog("warning", str(message.get("message", "")))
             return
+        if message.get("id") == self.requestId:
+            self._pending = None  # taken: from now on its worker's end is its end
         if kind in ("result", "error"):
             self.requestId = None  # over: the process stays for the next one
         self.onMessage(message)
 
     def _onProcessEnded(self, exitCode: int | None) -> None:
         self._key = None
+        pending, self._pending = self._pending, None
+        if self.requestId is not None and pending is not None and exitCode is not None:
+            # It died before it took the request (a line can reach a dying process's pipe): a fresh one takes it.
+            self.onLog("warning", f"the analysis process ended by itself (exit code {exitCode}) before it took the "
+                                  "request; a fresh one takes it")
+            message, bundle, device = pending
+            try:  # once: a worker that cannot start at all fails the request below
+                self._ensure(bundle, device)
+                self.runner.send(message)
+                return
+            except OSError:
+                requestId, self.requestId = self.requestId, None  # stop() must not end it as cancelled
+                self.runner.stop()
+                self.requestId = requestId
         if self.requestId is not None:
             self.requestId = None
             self.onRequestEnded(exitCode)

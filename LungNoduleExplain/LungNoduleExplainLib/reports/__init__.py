@@ -22,6 +22,7 @@ box in CT voxel indices; region.on_full_grid spreads an image back over the whol
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import re
 import shutil
@@ -44,9 +45,11 @@ from .overlays import OverlayRenderer, PlaneStack
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_findings", "OutputExistsError", "check_on_grid", "check_out_dir", "RESEARCH_NOTICE", "PHANTOM_NOTICE"]
+__all__ = ["write_findings", "add_report", "OutputExistsError", "check_on_grid", "check_out_dir", "RESEARCH_NOTICE",
+           "PHANTOM_NOTICE"]
 
 Progress = Callable[[float, str], None]
+REPORT_NAME = "report.html"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
@@ -54,8 +57,11 @@ def write_findings(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | P
                    title: str = "Lung nodule analysis", source: str = "CT given in memory",
                    is_phantom: bool = False, overwrite: bool = False,
                    extra_images: Mapping[str, sitk.Image] | None = None,
-                   progress: Progress | None = None, study: StudyInfo | None = None) -> Path:
+                   progress: Progress | None = None, study: StudyInfo | None = None, report: bool = True) -> Path:
     """Write every finding about `ct` into `out_dir`; return the path of `out_dir/report.html`.
+
+    report=False leaves out the PNG overlays and report.html (most of the writing time): a viewer's files only,
+    for the Slicer worker, which shows them first and writes the rest with `add_report` afterwards.
 
     source: how the CT was given (a path, or "synthetic phantom"), shown in the report. is_phantom: state in the
     report that the image is a synthetic phantom, not a patient. extra_images: file name -> image written at the
@@ -76,14 +82,33 @@ def write_findings(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | P
     check_out_dir(out_dir, overwrite)
     staging = staging_folder(out_dir)
     try:
-        report = _write_all(staging, findings, ct, title=title, source=source, is_phantom=is_phantom,
-                            extra_images=extra_images or {}, progress=progress or (lambda f, m: None), study=study)
+        _write_all(staging, findings, ct, title=title, source=source, is_phantom=is_phantom,
+                   extra_images=extra_images or {}, progress=progress or (lambda f, m: None), study=study,
+                   report=report)
         replace_folder(staging, out_dir, verb="analyze")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("report written to %s", out_dir / report.name)
-    return out_dir / report.name
+    if report:
+        logger.info("report written to %s", out_dir / REPORT_NAME)
+    return out_dir / REPORT_NAME
+
+
+def add_report(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | Path, *,
+               title: str = "Lung nodule analysis", source: str = "CT given in memory", is_phantom: bool = False,
+               study: StudyInfo | None = None) -> Path:
+    """The overlays and report.html of a folder that write_findings(report=False) wrote for the same findings;
+    each finding.json gets its overlays' paths. report.html appears last and whole (renamed into place)."""
+    out_dir = Path(out_dir).absolute()
+    sections = [NoduleSection(f, f"nodule-{i:02d}", {} if isinstance(f, NoNodule) else
+                              _write_overlays(out_dir / f"nodule-{i:02d}", i, f, ct))
+                for i, f in enumerate(findings, start=1)]
+    partial = out_dir / f".{REPORT_NAME}.partial"
+    partial.write_text(render_report(sections, ct, title=title, source=source, is_phantom=is_phantom, study=study),
+                       encoding="utf-8")
+    partial.replace(out_dir / REPORT_NAME)
+    logger.info("report written to %s", out_dir / REPORT_NAME)
+    return out_dir / REPORT_NAME
 
 
 def check_on_grid(image: sitk.Image, reference: sitk.Image, what: str) -> None:
@@ -126,28 +151,27 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 def _write_all(folder: Path, findings: Sequence[Finding], ct: sitk.Image, *, title: str, source: str,
                is_phantom: bool, extra_images: Mapping[str, sitk.Image], progress: Progress,
-               study: StudyInfo | None = None) -> Path:
+               study: StudyInfo | None = None, report: bool = True) -> None:
     for name, image in extra_images.items():
         _write_image(image, folder / name)
     sections = []
     for index, finding in enumerate(findings, start=1):
         progress((index - 1) / len(findings), f"writing nodule {index} of {len(findings)}")
-        sections.append(_write_nodule(folder, index, finding, ct, source, study))
-    progress(1.0, "writing report.html")
+        sections.append(_write_nodule(folder, index, finding, ct, source, study, overlays=report))
+    progress(1.0, "writing report.html" if report else "written")
     index = {"title": title, "source": source, "study": study.to_json() if study else None,
              "is_phantom": is_phantom, "notice": RESEARCH_NOTICE,
              "engine_version": __version__, "generated_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(),
              "extra_files": sorted(extra_images),
              "nodules": [{"folder": s.folder, **s.finding.summary()} for s in sections]}
     write_json_atomic(folder / "findings.json", index)
-    report = folder / "report.html"
-    report.write_text(render_report(sections, ct, title=title, source=source, is_phantom=is_phantom, study=study),
-                      encoding="utf-8")
-    return report
+    if report:
+        (folder / REPORT_NAME).write_text(render_report(sections, ct, title=title, source=source,
+                                                        is_phantom=is_phantom, study=study), encoding="utf-8")
 
 
 def _write_nodule(root: Path, index: int, finding: Finding, ct: sitk.Image, source: str,
-                  study: StudyInfo | None = None) -> NoduleSection:
+                  study: StudyInfo | None = None, overlays: bool = True) -> NoduleSection:
     name = f"nodule-{index:02d}"
     folder = root / name
     if isinstance(finding, NoNodule):  # only the reason and the facts: nothing was segmented or classified
@@ -156,30 +180,39 @@ def _write_nodule(root: Path, index: int, finding: Finding, ct: sitk.Image, sour
                                                     **finding.summary(), "files": {"finding": "finding.json"}})
         return NoduleSection(finding, name, {})
     (folder / "maps").mkdir(parents=True)
-    (folder / "overlays").mkdir()
     files: dict = {"finding": "finding.json", "segmentation": "segmentation.nrrd",
                    "segmentation_probability": "segmentation_probability.nrrd", "maps": {}, "overlays": {}}
     region = nodule_box(ct, finding.segmentation, [o.activation_map for o in finding.outputs], finding.point_lps)
     _write_image(fit(sitk.Cast(finding.segmentation > 0, sitk.sitkUInt8), ct, region), folder / files["segmentation"])
     _write_image(fit(sitk.Cast(finding.segmentation_probability, sitk.sitkFloat32), ct, region),
                  folder / files["segmentation_probability"])
-    renderer = OverlayRenderer(PlaneStack.build(ct, finding.segmentation, finding.point_lps, finding.diameter_mm))
-    overlays = {}
     for output in finding.outputs:
         files["maps"][output.name] = f"maps/{output.name}.nrrd"
         _write_image(fit(sitk.Cast(output.activation_map, sitk.sitkFloat32), ct, region),
                      folder / files["maps"][output.name])
-        probability, threshold = output.shown
-        caption = (f"Nodule {index} · {output.name}: probability {probability} "
-                   f"({output.verdict}, threshold {threshold})")
-        overlays[output.name] = renderer.render(output.activation_map, caption)
-        files["overlays"][output.name] = f"overlays/{output.name}.png"
-        (folder / files["overlays"][output.name]).write_bytes(overlays[output.name])
     # the notice travels with each nodule's file too: it is often shared on its own
     body = {"nodule": index, "source": source, "study": study.to_json() if study else None, "notice": RESEARCH_NOTICE,
             **finding.summary(), "ct_grid": _grid(ct), "region": _region(ct, region), "files": files}
     write_json_atomic(folder / files["finding"], body)
-    return NoduleSection(finding, name, overlays)
+    return NoduleSection(finding, name, _write_overlays(folder, index, finding, ct) if overlays else {})
+
+
+def _write_overlays(folder: Path, index: int, finding: Finding, ct: sitk.Image) -> dict[str, bytes]:
+    """overlays/<output>.png for every output, listed in the nodule's finding.json; returns the PNG bytes."""
+    (folder / "overlays").mkdir(exist_ok=True)
+    renderer = OverlayRenderer(PlaneStack.build(ct, finding.segmentation, finding.point_lps, finding.diameter_mm))
+    overlays, paths = {}, {}
+    for output in finding.outputs:
+        probability, threshold = output.shown
+        caption = (f"Nodule {index} · {output.name}: probability {probability} "
+                   f"({output.verdict}, threshold {threshold})")
+        overlays[output.name] = renderer.render(output.activation_map, caption)
+        paths[output.name] = f"overlays/{output.name}.png"
+        (folder / paths[output.name]).write_bytes(overlays[output.name])
+    body = json.loads((folder / "finding.json").read_text(encoding="utf-8"))
+    body["files"]["overlays"] = paths
+    write_json_atomic(folder / "finding.json", body)
+    return overlays
 
 
 def _region(ct: sitk.Image, box: Box) -> dict:
