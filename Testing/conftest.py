@@ -46,3 +46,19 @@ def untrained_bundle(folder: Path, *, prior: str = "reference-mask", name: str =
     return save_bundle(folder, build_network(network, len(task_set.manifestations)), task_set, network,
                        {n: 0.5 for n in task_set.names}, name=name, prior=prior, training={"note": "untrained"},
                        metrics={})
+
+
+# Tests that run the shipped nnU-Net, train nnU-Net, or train a classifier on real data: marked `slow`, so that a
+# developer can run the rest alone (`python -m pytest -q Testing -m "not slow"`); CI runs everything.
+SLOW_FIXTURES = {"real_analyzer", "lidc_report", "trained", "shipped_segmenter", "plateau_run"}
+SLOW_TESTS = {"test_a_short_real_training_run_lowers_the_loss",
+              "test_an_ensemble_run_keeps_the_validation_patients_out_of_every_member_and_resumes",
+              "test_an_ensemble_run_without_validation_patients_trains_on_every_patient_and_reports_out_of_fold"}
+SLOW_MODULES = {"test_distributed.py"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001 (pytest's hook signature)
+    for item in items:
+        if (SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.originalname in SLOW_TESTS
+                or item.path.name in SLOW_MODULES):
+            item.add_marker(pytest.mark.slow)

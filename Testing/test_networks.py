@@ -166,3 +166,34 @@ def test_unknown_variant_is_a_config_error_naming_the_choices() -> None:
     from LungNoduleExplainLib.errors import ConfigError
     with pytest.raises(ConfigError, match="hesam-mt-aag"):
         NetworkConfig("transformer")
+
+
+def test_the_registry_says_what_each_variant_is_and_every_list_derives_from_it(monkeypatch) -> None:
+    from LungNoduleExplainLib import network_config
+    from LungNoduleExplainLib.cli import build_parser
+    from LungNoduleExplainLib.networks import BUILDERS
+
+    assert network_config.PRIOR_VARIANTS == ("hesam-mt-cbam", "hesam-mt-aag")
+    assert {v.family for v in VARIANTS.values()} == set(BUILDERS)
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    variant_flag = next(a for a in train._actions if a.dest == "variant")
+    assert list(variant_flag.choices) == list(VARIANTS)
+    for name, spec in VARIANTS.items():  # the phase-1 check reads separate_heads: the networks must agree
+        net = build_network(NetworkConfig(name, (4, 4, 8, 8)), K)
+        assert hasattr(net, "diagnosis_head") == spec.separate_heads, name
+    # a new variant is one registry line (and a builder for a new family)
+    monkeypatch.setitem(VARIANTS, "vgg-wide", network_config.Variant("wider VGG", "vgg"))
+    net = build_network(NetworkConfig("vgg-wide", (8, 8, 16, 16)), K)
+    assert net(torch.rand(SHAPE), None).shape == (2, 1 + K)
+
+
+def test_train_flags_default_to_the_training_config() -> None:
+    from LungNoduleExplainLib.cli import build_parser
+    from LungNoduleExplainLib.train_config import TrainConfig
+
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o"])
+    config = TrainConfig()
+    assert (args.epochs, args.phase1_epochs, args.batch_size, args.lr, args.plateau_patience,
+            args.early_stop_patience, args.seed) == (config.max_epochs, config.phase1_epochs, config.batch_size,
+                                                    config.lr, config.plateau_patience, config.early_stop_patience,
+                                                    config.seed)

@@ -31,7 +31,8 @@ from LungNoduleExplainLib.metrics import auc_with_ci
 from LungNoduleExplainLib.networks import DEFAULT_FEATURES, VARIANTS, NetworkConfig
 from LungNoduleExplainLib.runs import split_patch_set
 from LungNoduleExplainLib.tasks import load_task_set
-from LungNoduleExplainLib.training import Trainer, TrainConfig, predict
+from LungNoduleExplainLib.networks import predict
+from LungNoduleExplainLib.training import Trainer, TrainConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from descriptor_baseline import out_of_fold  # noqa: E402

@@ -34,7 +34,7 @@ from LungNoduleExplainLib.metrics import auc_with_ci, patient_resamples, safe_au
 from LungNoduleExplainLib.network_config import NetworkConfig
 from LungNoduleExplainLib.networks import build_network
 from LungNoduleExplainLib.tasks import TaskSet
-from LungNoduleExplainLib.training import predict
+from LungNoduleExplainLib.networks import predict
 
 from report_output import write_report
 

@@ -12,9 +12,7 @@ import csv
 import io
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -226,7 +224,7 @@ def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str |
     from .errors import ConfigError
     from .devices import resolve_device
     from .metrics import mean_with_ci
-    from .training import predict
+    from .networks import predict
 
     check_output_folder(Path(out), overwrite=overwrite)  # before the work, not after it
     bundle = load_bundle(bundle_path, device=resolve_device(device))

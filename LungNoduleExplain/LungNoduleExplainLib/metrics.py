@@ -93,21 +93,13 @@ def dice(prediction: np.ndarray | sitk.Image, reference: np.ndarray | sitk.Image
 
 def mean_with_ci(values: Sequence[float], groups: Sequence[str], n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict:
-    """Mean of per-case values (e.g. Dice) with a patient-clustered percentile bootstrap CI.
-
-    Each resample draws groups (patients, in order of first appearance) with replacement and averages all their
-    cases. Returns {"mean", "ci_low", "ci_high", "n"}.
+    """Mean of per-case values (e.g. Dice) with a patient-clustered percentile bootstrap CI (patient_resamples,
+    the one resampling every CI here uses). Returns {"mean", "ci_low", "ci_high", "n"}.
     """
-    values = [float(v) for v in values]
-    if not values:
+    values = np.asarray([float(v) for v in values])
+    if not len(values):
         return {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
-    members: dict[str, list[float]] = {}
-    for value, group in zip(values, groups):
-        members.setdefault(group, []).append(value)
-    sums = np.array([sum(v) for v in members.values()])
-    counts = np.array([len(v) for v in members.values()])
-    picks = np.random.default_rng(seed).integers(0, len(sums), size=(n_boot, len(sums)))
-    means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    means = [float(values[idx].mean()) for idx in patient_resamples(groups, n_boot, seed)]
     alpha = (1.0 - level) / 2.0
     return {"mean": float(np.mean(values)), "ci_low": float(np.quantile(means, alpha)),
             "ci_high": float(np.quantile(means, 1.0 - alpha)), "n": len(values)}

@@ -6,17 +6,40 @@ from dataclasses import asdict, dataclass
 
 from .errors import ConfigError
 
-# name -> (prior mode or None for baselines, multitask?) ; the paper's ablation order first.
-VARIANTS: dict[str, str] = {
-    "hesam": "HESAM alone: single task (diagnosis only), no prior",
-    "hesam-mt": "HESAM + multitask",
-    "hesam-mt-cbam": "HESAM + multitask + CBAM spatial gates fed by the prior",
-    "hesam-mt-aag": "HESAM + multitask + anatomical attention gates (the paper's full model)",
-    "vgg": "3D VGG baseline (image only)",
-    "resnet": "3D ResNet baseline (image only)",
-    "densenet": "3D DenseNet baseline (image only)",
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a network variant is, without torch: the builder family (networks.BUILDERS), whether its gates take
+    the prior map (and how), whether it predicts the manifestations, whether it has a separate diagnosis head
+    (which phase 1 of the cascade freezes)."""
+
+    description: str
+    family: str
+    prior_mode: str = "none"  # "aag" or "cbam": spatial gates fed by the prior; "none": image only
+    multitask: bool = True
+    separate_heads: bool = False
+
+    @property
+    def uses_prior(self) -> bool:
+        return self.prior_mode != "none"
+
+
+# The registry every list of variants derives from (CLI choices, prior variants, the phase-1 check); the paper's
+# ablation order first. A new variant: one line here, and a builder in networks.BUILDERS for a new family.
+VARIANTS: dict[str, Variant] = {
+    "hesam": Variant("HESAM alone: single task (diagnosis only), no prior", "hesam", multitask=False,
+                     separate_heads=True),
+    "hesam-mt": Variant("HESAM + multitask", "hesam", separate_heads=True),
+    "hesam-mt-cbam": Variant("HESAM + multitask + CBAM spatial gates fed by the prior", "hesam", "cbam",
+                             separate_heads=True),
+    "hesam-mt-aag": Variant("HESAM + multitask + anatomical attention gates (the paper's full model)", "hesam",
+                            "aag", separate_heads=True),
+    "vgg": Variant("3D VGG baseline (image only)", "vgg"),
+    "resnet": Variant("3D ResNet baseline (image only)", "resnet"),
+    "densenet": Variant("3D DenseNet baseline (image only)", "densenet"),
 }
-PRIOR_VARIANTS = ("hesam-mt-cbam", "hesam-mt-aag")  # the variants whose gates take the prior map
+PRIOR_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.uses_prior)  # gates that take the prior map
 DEFAULT_VARIANT = "hesam-mt-aag"
 # Width that trains on 2 CPU cores in reasonable time; the authors use (64, 128, 256, 512).
 DEFAULT_FEATURES: tuple[int, int, int, int] = (8, 16, 32, 64)
@@ -65,12 +88,16 @@ class NetworkConfig:
         return len(DESCRIPTOR_SETS[self.descriptor_set]) if self.descriptors else 0
 
     @property
+    def spec(self) -> Variant:
+        return VARIANTS[self.variant]
+
+    @property
     def multitask(self) -> bool:
-        return self.variant != "hesam"
+        return self.spec.multitask
 
     @property
     def uses_prior(self) -> bool:
-        return self.variant in PRIOR_VARIANTS
+        return self.spec.uses_prior
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -33,8 +33,8 @@ from .evaluation import output_metrics
 from .metrics import safe_auc
 from .output_folder import start_folder
 from .tasks import TaskSet, load_task_set
-from .networks import Ensemble
-from .training import RESUMABLE_CHANGES, Trainer, TrainConfig, TrainResult, predict
+from .networks import Ensemble, predict
+from .training import RESUMABLE_CHANGES, Trainer, TrainConfig, TrainResult
 
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[float, str], None]

@@ -15,9 +15,9 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,7 +30,8 @@ from .atomic import write_text_atomic
 from .devices import resolve_device
 from .errors import ConfigError
 from .metrics import safe_auc
-from .networks import NetworkConfig, build_network
+from .networks import build_network, predict
+from .train_config import TrainConfig  # noqa: F401 (re-exported: the trainer's config)
 
 logger = logging.getLogger(__name__)
 
@@ -38,40 +39,6 @@ ProgressCallback = Callable[[float, str], None]
 CHECKPOINT_NAME = "checkpoint.pt"
 RESUMABLE_CHANGES = ("max_epochs", "threads")
 HISTORY_NAME = "history.csv"
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of one training run (saved beside its outputs). Defaults follow METHOD.md, except
-    `max_epochs`/`phase1_epochs` which are CPU-sized (the authors train up to 500 epochs)."""
-
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    max_epochs: int = 60
-    phase1_epochs: int = 10
-    batch_size: int = 10
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    plateau_patience: int = 15
-    early_stop_patience: int = 30
-    seed: int = 0
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.network, dict):
-            self.network = NetworkConfig(**self.network)
-        for name in ("max_epochs", "batch_size", "plateau_patience", "early_stop_patience"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"training config: {name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.phase1_epochs < self.max_epochs:
-            raise ConfigError(f"training config: phase1_epochs must be in [0, max_epochs), got {self.phase1_epochs}")
-        if self.lr <= 0:
-            raise ConfigError(f"training config: lr must be > 0, got {self.lr}")
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["network"] = self.network.to_dict()
-        return data
 
 
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
@@ -104,23 +71,6 @@ def selection_metric(aucs: list[float], multitask: bool) -> float:
         return diag
     rest = [a for a in aucs[1:] if not math.isnan(a)]
     return diag + (float(np.mean(rest)) if rest else 0.0)
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, patches: PatchSet, device: torch.device, inputs: Sequence[str],
-            batch_size: int = 20) -> np.ndarray:
-    """Sigmoid probabilities [N, n_outputs] of `model` on every patch (no augmentation); `inputs` are the image
-    channels the network takes, by name (NetworkConfig.inputs)."""
-    model.eval()
-    channels = patches.channel_indices(inputs)
-    out = []
-    for start in range(0, len(patches), batch_size):
-        image = torch.from_numpy(patches.images[start:start + batch_size, channels].astype(np.float32))
-        prior = torch.from_numpy(patches.priors[start:start + batch_size].astype(np.float32))[:, None]
-        image, prior = (t.to(device).contiguous(memory_format=torch.channels_last_3d) for t in (image, prior))
-        descriptors = torch.from_numpy(patches.descriptors[start:start + batch_size]).to(device)
-        out.append(torch.sigmoid(model(image, prior, descriptors)).float().cpu().numpy())
-    return np.concatenate(out)
 
 
 def output_aucs(probs: np.ndarray, labels: np.ndarray) -> list[float]:
@@ -178,7 +128,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=0.1,
                                                                     patience=config.plateau_patience)
         # Phase 1 needs a separate diagnosis head to freeze; baselines share one linear layer and skip it.
-        self.has_phase1 = self.multitask and config.phase1_epochs > 0 and hasattr(self.model, "diagnosis_head")
+        self.has_phase1 = self.multitask and config.phase1_epochs > 0 and config.network.spec.separate_heads
         self.state = {"epoch": -1, "task_weights": [1.0] * n_outputs, "best_metric": -math.inf, "best_epoch": -1,
                       "bad_epochs": 0, "history": []}
         self.best_state: dict[str, torch.Tensor] | None = None

@@ -33,7 +33,7 @@ from LungNoduleExplainLib.data.patches import build_patch_set
 from LungNoduleExplainLib.data.voi_table import patient_folds, read_voi_table
 from LungNoduleExplainLib.segmentation.predict import NoduleSegmenter
 from LungNoduleExplainLib.segmentation.training import write_oof
-from LungNoduleExplainLib.training import predict
+from LungNoduleExplainLib.networks import predict
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,6 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import SimpleITK as sitk
 

@@ -8,6 +8,7 @@ import logging
 from ..network_config import (DEFAULT_DESCRIPTOR_SET, DEFAULT_FEATURES, DEFAULT_VARIANT, PRIOR_VARIANTS, VARIANTS,
                               NetworkConfig)
 from ..tasks import BUILTIN_TASK_SETS
+from ..train_config import TrainConfig, default
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", default="lidc",
                    help=f"task set: a built-in ({', '.join(BUILTIN_TASK_SETS)}) or a JSON file (default lidc)")
     p.add_argument("--variant", default=DEFAULT_VARIANT, choices=list(VARIANTS),
-                   help="network: " + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()))
+                   help="network: " + "; ".join(f"{k}: {v.description}" for k, v in VARIANTS.items()))
     p.add_argument("--features", type=features_arg, default=DEFAULT_FEATURES,
                    help=f"encoder widths (default {','.join(map(str, DEFAULT_FEATURES))}; the authors: 64,128,256,512)")
     p.add_argument("--stem-stride", type=int, choices=(1, 2), default=2,
@@ -53,12 +54,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(adds the outline's solidity and radial variation)")
     p.add_argument("--prior", default="reference-mask",
                    help="AAG prior: 'reference-mask' or a folder of out-of-fold probability maps <case_id>.nii.gz")
-    p.add_argument("--epochs", type=int, default=60, help="maximum epochs (default 60)")
-    p.add_argument("--phase1-epochs", type=int, default=10, help="epochs of phase 1 (default 10)")
-    p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--plateau-patience", type=int, default=15)
-    p.add_argument("--early-stop-patience", type=int, default=30)
+    # defaults: TrainConfig's (train_config.py), the one source
+    p.add_argument("--epochs", type=int, default=default("max_epochs"),
+                   help=f"maximum epochs (default {default('max_epochs')})")
+    p.add_argument("--phase1-epochs", type=int, default=default("phase1_epochs"),
+                   help=f"epochs of phase 1 (default {default('phase1_epochs')})")
+    p.add_argument("--batch-size", type=int, default=default("batch_size"))
+    p.add_argument("--lr", type=float, default=default("lr"))
+    p.add_argument("--plateau-patience", type=int, default=default("plateau_patience"))
+    p.add_argument("--early-stop-patience", type=int, default=default("early_stop_patience"))
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of PATIENTS held out for validation; 0 (with --members >= 2): none, every patient "
                         "trains members and the figures are their pooled out-of-fold predictions")
@@ -66,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="train an ensemble of this many networks (default 1: one network), member k on all "
                         "training patients but patient fold k, where it picks its epoch; thresholds from their "
                         "out-of-fold predictions; the validation patients only measure the ensemble")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=default("seed"))
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--name", default="lungnodule-explain", help="model name recorded in the bundle")
@@ -79,7 +83,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..distributed import init_from_env
     from ..runs import RunSpec, train_run
-    from ..training import TrainConfig
 
     init_from_env(args.device)  # under torchrun: one process per GPU (NCCL) or CPU worker (gloo)
 

@@ -8,6 +8,8 @@ several networks of one configuration behaves as one network.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from torch import nn
 
 from ..network_config import (AUTHORS_FEATURES, DEFAULT_FEATURES, DEFAULT_VARIANT, VARIANTS,  # noqa: F401
@@ -15,28 +17,41 @@ from ..network_config import (AUTHORS_FEATURES, DEFAULT_FEATURES, DEFAULT_VARIAN
 from .baselines import DenseNet3D, ResNet3D, VGG3D
 from .ensemble import Ensemble
 from .hesam import HESAM
+from .inference import predict
+
+
+def _hesam(config: NetworkConfig, n_manifestations: int) -> nn.Module:
+    return HESAM(n_manifestations if config.multitask else 0, config.features, config.spec.prior_mode,
+                 config.aag_mode, stem_stride=config.stem_stride, in_channels=len(config.inputs),
+                 n_descriptors=config.n_descriptors)
+
+
+def _vgg(config: NetworkConfig, n_manifestations: int) -> nn.Module:
+    return VGG3D(1 + n_manifestations, config.features, config.stem_stride, in_channels=len(config.inputs))
+
+
+def _resnet(config: NetworkConfig, n_manifestations: int) -> nn.Module:
+    return ResNet3D(1 + n_manifestations, config.features, config.stem_stride, in_channels=len(config.inputs))
+
+
+def _densenet(config: NetworkConfig, n_manifestations: int) -> nn.Module:
+    return DenseNet3D(1 + n_manifestations, growth=max(4, config.features[0]), stem_channels=2 * config.features[0],
+                      stem_stride=config.stem_stride, in_channels=len(config.inputs))
+
+
+# Variant.family -> builder (network_config.VARIANTS names the variants and their family)
+BUILDERS: dict[str, Callable[[NetworkConfig, int], nn.Module]] = {
+    "hesam": _hesam, "vgg": _vgg, "resnet": _resnet, "densenet": _densenet}
 
 
 def build_network(config: NetworkConfig, n_manifestations: int, members: int = 1) -> nn.Module:
-    """The network named by `config.variant` with 1 + K outputs (1 only for the single-task "hesam"); with
+    """The network named by `config.variant` with 1 + K outputs (1 only for a single-task variant); with
     `members` > 1, an Ensemble of that many."""
     if members > 1:
         return Ensemble([build_network(config, n_manifestations) for _ in range(members)])
-    v = config.variant
-    if v.startswith("hesam"):
-        prior_mode = {"hesam-mt-cbam": "cbam", "hesam-mt-aag": "aag"}.get(v, "none")
-        return HESAM(n_manifestations if config.multitask else 0, config.features, prior_mode, config.aag_mode,
-                     stem_stride=config.stem_stride, in_channels=len(config.inputs),
-                     n_descriptors=config.n_descriptors)
-    c = len(config.inputs)
-    n_outputs = 1 + n_manifestations
-    if v == "vgg":
-        return VGG3D(n_outputs, config.features, config.stem_stride, in_channels=c)
-    if v == "resnet":
-        return ResNet3D(n_outputs, config.features, config.stem_stride, in_channels=c)
-    return DenseNet3D(n_outputs, growth=max(4, config.features[0]), stem_channels=2 * config.features[0],
-                      stem_stride=config.stem_stride, in_channels=c)
+    return BUILDERS[config.spec.family](config, n_manifestations)
 
 
-__all__ = ["HESAM", "Ensemble", "VGG3D", "ResNet3D", "DenseNet3D", "NetworkConfig", "build_network", "VARIANTS",
+__all__ = ["HESAM", "Ensemble", "VGG3D", "ResNet3D", "DenseNet3D", "NetworkConfig", "build_network", "predict",
+           "BUILDERS", "VARIANTS",
            "DEFAULT_VARIANT", "DEFAULT_FEATURES", "AUTHORS_FEATURES"]

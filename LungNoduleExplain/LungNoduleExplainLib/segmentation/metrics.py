@@ -64,7 +64,7 @@ def dice_at_point(probability: sitk.Image, reference: sitk.Image, point_lps, thr
     return dice(mask, reference)
 
 
-def bootstrap_mean_ci(values: Mapping[str, float], group_of: Mapping[str, str], n_boot: int = 2000,
+def bootstrap_mean_ci(values: Mapping[str, float], group_of: Mapping[str, str], n_boot: int = 1000,
                       seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high) of `values` (case -> value) with a percentile bootstrap CI resampling GROUPS (patients):
     metrics.mean_with_ci over the cases in sorted order."""

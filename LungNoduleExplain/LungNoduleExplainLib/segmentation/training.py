@@ -26,7 +26,7 @@ import SimpleITK as sitk
 
 from ..atomic import write_json_atomic
 from ..data.voi_table import read_image, read_voi_table
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError
 from ..output_folder import check_output_folder, replace_folder
 from .export import DEFAULT_DATASET_ID, DEFAULT_NAME, DEFAULT_PAD_MM, dataset_name, export_nnunet_dataset
 from .metrics import dice, seed_point
