@@ -24,7 +24,7 @@ import numpy as np
 
 from . import distributed
 from .atomic import write_json_atomic
-from .bundle import save_bundle
+from .bundle import save_bundle, sha256
 from .calibration import Calibration, fit_calibration
 from .data.patches import PRIOR_REFERENCE_MASK, PatchSet, build_patch_set
 from .data.voi_table import patient_folds, patient_split, read_voi_table
@@ -150,7 +150,10 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False, overw
                  "members_validation_auc": {n: [a[j] for a in member_aucs] for j, n in enumerate(names)},
                  "calibration": ("calibration.json, fitted on the members' pooled out-of-fold predictions"
                                  if calibration is not None else "none: too few labelled nodules of each class")}
-    training = {"data": str(spec.data), "n_train": len(train_set), "n_val": len(val_set),
+    # the data by its folder's name and its table's checksum: a bundle names no path of the training machine
+    table = Path(spec.data) / "nodules.csv"
+    training = {"data": Path(spec.data).name, "data_table_sha256": sha256(table) if table.is_file() else None,
+                "n_train": len(train_set), "n_val": len(val_set),
                 "n_train_patients": len(set(train_set.patient_ids)), "n_val_patients": len(set(val_set.patient_ids)),
                 "split": "by patient", "seed": config.seed, **facts, "config": config.to_dict()}
     bundle_dir = spec.run_dir / "bundle"
