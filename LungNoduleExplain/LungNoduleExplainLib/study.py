@@ -63,14 +63,15 @@ class StudyInfo:
         return asdict(self)
 
 
-def read_study_info(path: str | Path) -> StudyInfo:
-    """StudyInfo of a CT path: a DICOM folder's header (its first .dcm file, or first file), else the file name.
-    An unreadable header gives the name alone (reading the CT itself reports what is wrong with it)."""
+def read_study_info(path: str | Path, file: str | Path | None = None) -> StudyInfo:
+    """StudyInfo of a CT path: a DICOM folder's header (`file`, the chosen series' first image, else its first
+    .dcm file, or first file), else the file name. An unreadable header gives the name alone (reading the CT
+    itself reports what is wrong with it)."""
     path = Path(path)
     if not path.is_dir():
         return StudyInfo(name=path.name)
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    dicom = [p for p in files if p.suffix.lower() == ".dcm"] or files
+    dicom = [Path(file)] if file else [p for p in files if p.suffix.lower() == ".dcm"] or files
     if not dicom:
         return StudyInfo(name=path.name)
     reader = sitk.ImageFileReader()

@@ -29,9 +29,10 @@ MIN_SPACING_MM = 0.05
 MAX_SPACING_MM = 10.0
 
 
-def read_ct(path: str | Path) -> sitk.Image:
+def read_ct(path: str | Path, series_uid: str | None = None) -> sitk.Image:
     """Read a CT from a DICOM series folder or a NIfTI/NRRD/MHA file and validate it.
 
+    series_uid: which series of a DICOM folder that holds several (dicom.series.find_series).
     Returns a float32-free copy in its original pixel type; geometry (origin, spacing, direction) is kept.
     Raises InputImageError naming the path and the problem.
     """
@@ -39,7 +40,7 @@ def read_ct(path: str | Path) -> sitk.Image:
     if not path.exists():
         raise InputImageError(f"CT not found: {path}")
     if path.is_dir():
-        image = _read_dicom_folder(path)
+        image = _read_dicom_folder(path, series_uid)
     else:
         _check_file_spacing(path)
         check_nifti_complete(path)
@@ -109,48 +110,23 @@ def _check_file_spacing(path: Path) -> None:
             raise InputImageError(f"{path}: NIfTI pixdim {pixdim} holds 0; the voxel spacing in mm is missing")
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
+def _read_dicom_folder(folder: Path, series_uid: str | None = None) -> sitk.Image:
+    """The CT series of `folder` (dicom.series: chosen by `series_uid`, checked), read by SimpleITK."""
+    from .dicom.series import find_series
+
+    return read_dicom_series(find_series(folder, series_uid), folder)
+
+
+def read_dicom_series(series, folder: Path) -> sitk.Image:  # noqa: ANN001 - dicom.series.DicomSeries
+    """The pixels of a checked series (its files in slice order: slice k is series.headers[k]), validated."""
     reader = sitk.ImageSeriesReader()
-    series_ids = reader.GetGDCMSeriesIDs(str(folder)) or ()
-    if not series_ids:
-        raise InputImageError(f"no DICOM series found in folder {folder}")
-    if len(series_ids) > 1:
-        raise InputImageError(
-            f"DICOM folder {folder} mixes {len(series_ids)} series ({', '.join(series_ids)}); "
-            "expected exactly one series per folder"
-        )
-    files = reader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
-    if len(files) < 2:
-        raise InputImageError(f"DICOM folder {folder} holds a single slice; a 3D CT needs at least 2 slices")
-    reader.SetFileNames(files)
+    reader.SetFileNames([str(p) for p in series.files])
     try:
         image = reader.Execute()
     except RuntimeError as exc:
         raise InputImageError(f"cannot read DICOM series in {folder}: {_first_line(exc)}") from exc
-    _check_slice_gaps(files, folder)
+    validate_ct(image, source=str(folder))
     return image
-
-
-def _check_slice_gaps(files: Sequence[str], folder: Path) -> None:
-    """A missing slice makes the series non-uniform; ITK would silently stretch it."""
-    z = []
-    for name in files:
-        r = sitk.ImageFileReader()
-        r.SetFileName(name)
-        r.LoadPrivateTagsOff()
-        try:
-            r.ReadImageInformation()
-            z.append(float(r.GetMetaData("0020|0032").split("\\")[2]))
-        except RuntimeError as exc:
-            raise InputImageError(f"corrupt DICOM file {name}: {_first_line(exc)}") from exc
-        except (KeyError, IndexError, ValueError):
-            return  # no ImagePositionPatient: nothing to check against
-    steps = np.abs(np.diff(np.sort(z)))
-    if len(steps) and steps.max() > 1.5 * np.median(steps) + 1e-3:
-        raise InputImageError(
-            f"DICOM series in {folder} has missing slices: gap of {steps.max():.2f} mm where the "
-            f"slice spacing is {np.median(steps):.2f} mm"
-        )
 
 
 def validate_ct(image: sitk.Image, source: str = "CT") -> None:

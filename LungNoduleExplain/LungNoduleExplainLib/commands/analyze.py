@@ -23,6 +23,7 @@ from ..finding import Finding
 from ..nodule_check import NoNodule, analyze_or_refusal, require_a_nodule
 from ..volume import POINT_SPACES
 from ..worker import DEVICES
+from . import dicom_options
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "finding.json, the segmentation and one activation map per output (NRRD on the CT grid), "
                     "PNG overlays and a self-contained report.html. Research use only, not for clinical "
                     "decisions.")
-    parser.add_argument("ct", type=Path, help="the CT: a DICOM series folder, or a NIfTI/NRRD/MHA file")
+    parser.add_argument("ct", type=Path, nargs="?",
+                        help="the CT: a DICOM series folder, or a NIfTI/NRRD/MHA file (or --dicomweb)")
     parser.add_argument("--point", type=parse_point, action="append", default=[], metavar="X,Y,Z",
                         help="a point on the nodule (repeat for several nodules); RAS mm unless --lps or --ijk")
     space = parser.add_mutually_exclusive_group()
@@ -89,32 +91,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--map-method", choices=MAP_METHODS, default=MAP_METHODS[0],
                         help="what the maps show: contribution (default: the SAM head's evidence with its spatial "
                              "weights), sam (the paper's map) or occlusion (slower); benchmarks/map_quality")
+    dicom_options.add_arguments(parser)
     parser.set_defaults(func=run, space="ras")
     # RAS points are often negative: let "--point -56.4,-86.3,-116" be a value, not an unknown option. argparse
     # only knows plain negative numbers ("-5", "-.5") by this (private, stable since Python 3.2) matcher.
     parser._negative_number_matcher = re.compile(r"^-\d*\.?\d+([eE][-+]?\d+)?(,\s*[-+]?[\d.eE+-]+)*$")
 
 
-def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = None) -> int:
-    """The verb. `analyzer_factory` (tests) replaces analysis.Analyzer."""
+def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = None,
+        client_factory: dicom_options.ClientFactory | None = None) -> int:
+    """The verb. `analyzer_factory` (tests) replaces analysis.Analyzer, `client_factory` the DICOMweb client."""
     from ..reports import check_out_dir, write_findings
     from ..study import read_study_info
-    from ..volume import read_ct
 
+    dicom_options.check_arguments(args)
     points = gather_points(args.point, args.points_csv, args.space)
     check_out_dir(args.out.absolute(), args.overwrite)  # fail before minutes of work, not after
-    check_out_keeps_ct(args.out, args.ct)
-    ct = read_ct(args.ct)
-    check_points(ct, points)
-    findings = analyze_points(ct, points, bundle=args.model, device=args.device,
-                              analyzer_factory=analyzer_factory, quiet=getattr(args, "quiet", False),
-                              classify_anyway=getattr(args, "classify_anyway", False),
-                              map_method=getattr(args, "map_method", MAP_METHODS[0]))
-    logger.info("writing segmentation, maps, overlays and report to %s", args.out)
-    study = read_study_info(args.ct)  # patient, date and series of a DICOM header; else the file name
-    report = write_findings(findings, ct, args.out, title=f"Lung nodule analysis: {study.title()}",
-                            source=str(args.ct), overwrite=args.overwrite, study=study)
-    print_summary(findings, report)
+    with dicom_options.ct_source(args, client_factory) as (ct_path, client):
+        check_out_keeps_ct(args.out, ct_path)
+        ct, series = dicom_options.read_input(args, ct_path)
+        check_points(ct, points)
+        findings = analyze_points(ct, points, bundle=args.model, device=args.device,
+                                  analyzer_factory=analyzer_factory, quiet=getattr(args, "quiet", False),
+                                  classify_anyway=getattr(args, "classify_anyway", False),
+                                  map_method=getattr(args, "map_method", MAP_METHODS[0]))
+        dicom = dicom_options.build(args, findings, ct, series)
+        logger.info("writing segmentation, maps, overlays and report to %s", args.out)
+        # patient, date and series of the DICOM header; else the file name
+        study = read_study_info(ct_path, file=series.files[0] if series else None)
+        source = args.dicomweb if client is not None else str(ct_path)
+        report = write_findings(findings, ct, args.out, title=f"Lung nodule analysis: {study.title()}",
+                                source=source, overwrite=args.overwrite, study=study,
+                                extra_writer=dicom_options.writer(dicom))
+        print_summary(findings, report)
+        dicom_options.store(args, client, dicom)
     return 0
 
 

@@ -57,7 +57,8 @@ def write_findings(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | P
                    title: str = "Lung nodule analysis", source: str = "CT given in memory",
                    is_phantom: bool = False, overwrite: bool = False,
                    extra_images: Mapping[str, sitk.Image] | None = None,
-                   progress: Progress | None = None, study: StudyInfo | None = None, report: bool = True) -> Path:
+                   progress: Progress | None = None, study: StudyInfo | None = None, report: bool = True,
+                   extra_writer: Callable[[Path], None] | None = None) -> Path:
     """Write every finding about `ct` into `out_dir`; return the path of `out_dir/report.html`.
 
     report=False leaves out the PNG overlays and report.html (most of the writing time): a viewer's files only,
@@ -70,6 +71,8 @@ def write_findings(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | P
     map leaves [0, 1]. A NoNodule entry (a point where no nodule was found) gets a folder with its finding.json
     (no_nodule_found, reason, nodule_check) and a "no nodule found" section in the report. study: patient, study date and series of a DICOM header (study.read_study_info), shown in
     the study card and written to findings.json and each finding.json; the caller puts study.title() in `title`.
+    extra_writer(folder): writes more files into the folder before it is renamed into place (e.g. the DICOM
+    results), so that they too are there in full or not at all.
     """
     if not findings:
         raise ValueError("write_findings needs at least one Finding")
@@ -85,6 +88,8 @@ def write_findings(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | P
         _write_all(staging, findings, ct, title=title, source=source, is_phantom=is_phantom,
                    extra_images=extra_images or {}, progress=progress or (lambda f, m: None), study=study,
                    report=report)
+        if extra_writer is not None:
+            extra_writer(staging)
         replace_folder(staging, out_dir, verb="analyze")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
