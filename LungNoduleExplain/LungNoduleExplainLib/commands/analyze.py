@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import logging
 import math
 import re
@@ -119,7 +120,10 @@ def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = 
         logger.info("writing segmentation, maps, overlays and report to %s", args.out)
         # patient, date and series of the DICOM header; else the file name
         study = read_study_info(ct_path, file=series.files[0] if series else None)
-        source = args.dicomweb if client is not None else str(ct_path)
+        source = str(ct_path)
+        if client is not None:  # not the temporary folder's name
+            source = f"{args.dicomweb} series {args.series_uid}"
+            study = dataclasses.replace(study, name=f"series {args.series_uid}")
         report = write_findings(findings, ct, args.out, title=f"Lung nodule analysis: {study.title()}",
                                 source=source, overwrite=args.overwrite, study=study,
                                 extra_writer=dicom_options.writer(dicom))

@@ -9,6 +9,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
+from urllib.parse import urlsplit
 
 import SimpleITK as sitk
 
@@ -54,6 +55,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         return
     if args.ct is not None:
         raise InputImageError(f"give either a CT path ({args.ct}) or --dicomweb, not both")
+    if urlsplit(url).password is not None or urlsplit(url).username is not None:
+        raise InputImageError("--dicomweb URL holds a user name or password; credentials go in "
+                              "LUNGNODULE_DICOMWEB_USER/_PASSWORD, LUNGNODULE_DICOMWEB_TOKEN or netrc, never on the "
+                              "command line (it is visible to every user of the machine)")
     if not args.study_uid or not args.series_uid:
         raise InputImageError("--dicomweb needs --study-uid and --series-uid (the series to analyse)")
 

@@ -178,5 +178,5 @@ def write_dicom(results: DicomResults, folder: str | Path) -> list[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("wrote %d DICOM objects to %s", len(names), folder)
+    logger.debug("wrote %d DICOM objects to %s", len(names), folder)
     return [folder / name for name in names]

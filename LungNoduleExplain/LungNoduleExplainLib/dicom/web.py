@@ -30,6 +30,7 @@ logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # its debug line
 TOKEN_VARIABLE = "LUNGNODULE_DICOMWEB_TOKEN"
 USER_VARIABLE, PASSWORD_VARIABLE = "LUNGNODULE_DICOMWEB_USER", "LUNGNODULE_DICOMWEB_PASSWORD"
 TIMEOUT_S = 60.0
+ATTEMPTS = 3  # a busy server (429, 503...) or a refused connection is tried 3 times, 0.5 s then 1 s apart
 
 
 class DicomWebError(LungNoduleExplainError, RuntimeError):
@@ -66,7 +67,9 @@ def connect(url: str, *, verify_tls: bool = True):  # noqa: ANN201 - dicomweb_cl
             raise DicomWebError(f"set both {USER_VARIABLE} and {PASSWORD_VARIABLE}, or neither")
         session.auth = (user, password)
     # else: requests takes the host's login from ~/.netrc (or $NETRC) by itself
-    return DICOMwebClient(url, session=session, timeout=TIMEOUT_S)
+    client = DICOMwebClient(url, session=session, timeout=TIMEOUT_S)
+    client.set_http_retry_params(max_attempts=ATTEMPTS, wait_exponential_multiplier=500)  # default: 5, 30 s
+    return client
 
 
 def retrieve_series(client, study_uid: str, series_uid: str, folder: str | Path) -> list[Path]:  # noqa: ANN001
