@@ -10,23 +10,15 @@ from pathlib import Path
 
 import pytest
 
+import conftest
 from LungNoduleExplainLib import cli
 
 from test_cli_analyze import point_arg, threshold_segmenter
 
 
 def untrained_bundle(folder: Path) -> Path:
-    """A bundle in the real format with the LIDC outputs, untrained weights (seeded) and thresholds of 0.5."""
-    import torch
-    from LungNoduleExplainLib.bundle import save_bundle
-    from LungNoduleExplainLib.networks import NetworkConfig, build_network
-    from LungNoduleExplainLib.tasks import load_task_set
-
-    tasks, network = load_task_set("lidc"), NetworkConfig("hesam-mt-aag", (2, 4, 4, 8))
-    torch.manual_seed(0)
-    return save_bundle(folder, build_network(network, len(tasks.manifestations)), tasks, network,
-                       {n: 0.5 for n in tasks.names}, name="untrained-test", prior="nnunet",
-                       training={"note": "untrained"}, metrics={})
+    """conftest's untrained bundle, its prior nnU-Net's (as the analysis feeds it)."""
+    return conftest.untrained_bundle(folder, prior="nnunet")
 
 
 def centroid_lps(ct_dir: Path, patient: str) -> str:

@@ -4,6 +4,7 @@ by dciodvfy and read back with highdicom against finding.json and the NRRD files
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,27 @@ def test_a_failure_while_writing_leaves_no_dicom_folder_and_no_temporary_files(r
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(pydicom.Dataset, "save_as", original)
     assert [p.name for p in write_dicom(results, tmp_path / "dicom")] == ["SEG-1.dcm", "PM-1.dcm", "SR-1.dcm"]
+
+
+def test_an_analysis_already_written_exports_to_the_same_dicom_even_from_flipped_images(run, ct_dir, tmp_path):
+    """dicom.export (Slicer's Export to DICOM): the report folder + the CT's files give the objects of --dicom,
+    also when the NRRDs were written with the slices in the other order (as Slicer may load a series)."""
+    from LungNoduleExplainLib.dicom.export import export_report
+
+    flipped = tmp_path / "flipped"
+    shutil.copytree(run, flipped)
+    for path in flipped.rglob("*.nrrd"):
+        sitk.WriteImage(sitk.Flip(sitk.ReadImage(str(path)), [False, False, True]), str(path), True)
+    files = sorted((ct_dir / PATIENT / "dicom").glob("*.dcm"))
+    written = export_report(flipped, files, tmp_path / "dicom")
+    assert [p.name for p in written][-1] == "SR-1.dcm" and len(written) == 18
+    assert dciodvfy_errors(written[-1]) == []
+    again, first = (hd.seg.segread(folder / "SEG-1.dcm") for folder in (tmp_path / "dicom", run / "dicom"))
+    for n in (1, 2):
+        volumes = [s.get_volume(segment_numbers=[n], combine_segments=True).array for s in (again, first)]
+        assert np.array_equal(*volumes)
+    exported, direct = read_report(pydicom.dcmread(written[-1])), read_report(_read(run, "SR-1.dcm"))
+    assert len(exported) == len(direct) == 2
+    for mine, theirs in zip(exported, direct):  # finding.json holds 4 decimals of each probability
+        assert mine["values"] == pytest.approx(theirs["values"], abs=5e-5)
+        assert mine["calls"] == theirs["calls"]

@@ -31,7 +31,7 @@ import slicer
 import vtk
 from LungNoduleExplainLib.worker import Request
 
-from . import MapDisplay, NoduleSelection
+from . import DicomExport, MapDisplay, NoduleSelection
 from .AnalysisWorker import AnalysisWorker
 from .ResultNodes import (ROLE_ATTRIBUTE, SOURCE_VOLUME_ATTRIBUTE, NoduleNodes, ResultError, addNodule,
                           foldersOfNodule, nodesOfNodule, readNodule, removeAddedNodule, removeNodes, removeNodule)
@@ -317,6 +317,13 @@ class AnalysisLogic:
         if not report.is_file():
             raise ResultError(f"the analysis wrote no report.html in {self.lastResultDir}")
         return report
+
+    def exportDicom(self, ctNode, targetDir: str | Path, database=None, importer=None) -> list[Path]:
+        """The last run's results as DICOM (Segmentation, Parametric Maps, SR) into targetDir and Slicer's DICOM
+        database (DicomExport); the CT must come from that database."""
+        if self.lastResultDir is None or not self.lastResultDir.is_dir():
+            raise ValueError("no analysis result to export yet; run Analyze first")
+        return DicomExport.exportToDicom(self.lastResultDir, ctNode, targetDir, database, importer)
 
     def clearPatientData(self) -> None:
         """Cancel any run and delete the exported CT and the kept results (e.g. when the scene closes); the worker

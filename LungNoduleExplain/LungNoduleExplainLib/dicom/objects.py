@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +31,7 @@ from pydicom.sr.codedict import codes
 from .. import __version__
 from ..errors import InputImageError
 from ..finding import Finding, OutputResult
+from ..output_folder import staging_folder
 from .codes import output_concept
 from .series import DicomSeries
 
@@ -166,8 +166,7 @@ def write_dicom(results: DicomResults, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise FileExistsError(f"DICOM output folder {folder} exists and is not empty")
-    staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.partial"
-    staging.mkdir(parents=True)
+    staging = staging_folder(folder)
     names = ["SEG-1.dcm", *[f"PM-{n}.dcm" for n in range(1, len(results.maps) + 1)], "SR-1.dcm"]
     try:
         for name, dataset in zip(names, results.datasets):

@@ -73,10 +73,25 @@ def _listing(groups: dict[str, DicomSeries]) -> str:
 
 
 def _series_in(folder: Path) -> dict[str, DicomSeries]:
-    """SeriesInstanceUID -> DicomSeries of the DICOM files in `folder` (files that are not DICOM are skipped; a
+    """SeriesInstanceUID -> DicomSeries of the DICOM files in `folder` (not its sub-folders)."""
+    return _group(sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")))
+
+
+def series_of_files(files: list[Path], where: str) -> DicomSeries:
+    """The checked series made of `files` (e.g. the ones a DICOM database lists for a loaded volume); `where`
+    names them in messages."""
+    groups = _group([Path(f) for f in files])
+    if len(groups) != 1:
+        raise InputImageError(f"{where}: expected the files of one DICOM series, found {len(groups)} "
+                              f"({_listing(groups) or 'none'})")
+    return check_series(next(iter(groups.values())), Path(where))
+
+
+def _group(paths: list[Path]) -> dict[str, DicomSeries]:
+    """SeriesInstanceUID -> DicomSeries of the DICOM files among `paths` (files that are not DICOM are skipped; a
     file that starts as DICOM and breaks off is an error naming it)."""
     found: dict[str, list[tuple[Path, Dataset]]] = {}
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+    for path in paths:
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except InvalidDicomError:
