@@ -68,6 +68,11 @@ def test_the_chosen_series_is_analysed_and_its_patient_carried_into_report_and_d
     assert seg.PatientID == "LIDC-IDRI-0003" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
     series = find_series(mixed, uid)
     assert read_study_info(mixed, file=series.files[0]).patient_id == "LIDC-IDRI-0003"
+    beside = tmp_path / "ct-and-results"  # the CT with our own SEG, maps and SR: the CT is the one to analyse
+    _link(ct_dir / "LIDC-IDRI-0003" / "dicom", beside)
+    for path in (out / "dicom").iterdir():
+        os.symlink(path, beside / path.name)
+    assert find_series(beside).uid == uid
 
 
 def _set_modality(k: int, ds: pydicom.Dataset) -> None:

@@ -32,7 +32,11 @@ def exportToDicom(resultDir: Path, ctNode, targetDir: str | Path, database=None,
                   importer: Callable[[str, object], None] | None = None) -> list[Path]:
     """Write the DICOM objects of the analysis in `resultDir` about `ctNode` into `targetDir` and import them into
     `database` (default: slicer.dicomDatabase) with `importer` (default: DICOMUtils.importDicom)."""
-    from LungNoduleExplainLib.dicom.export import export_report
+    try:
+        from LungNoduleExplainLib.dicom.export import export_report
+    except ImportError as exc:  # highdicom is not among the packages the module installs for analysis
+        raise ValueError(f"Export to DICOM needs the package {exc.name or 'highdicom'}: run "
+                         "slicer.util.pip_install('highdicom>=0.28') in Slicer's Python console, then retry") from exc
 
     if database is None:
         import slicer

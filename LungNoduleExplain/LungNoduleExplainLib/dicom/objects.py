@@ -65,15 +65,16 @@ def build_dicom_results(findings: Sequence[Finding], ct: sitk.Image, series: Dic
     slice k). Entries without a nodule (nodule_check.NoNodule) are left out: nothing was segmented there."""
     from .report import build_report
 
-    kept = [f for f in findings if isinstance(f, Finding)]
-    if not kept:
+    numbered = [(n, f) for n, f in enumerate(findings, start=1) if isinstance(f, Finding)]
+    if not numbered:
         raise ValueError("no finding with a nodule to write as DICOM")
+    kept, labels = [f for _, f in numbered], [f"Nodule {n}" for n, _ in numbered]  # as the report's folders
     sources = list(series.headers)
     _check_grid(ct, sources)
-    segmentation = build_segmentation(kept, sources)
-    maps = [build_map(f, n, o, sources, SEG_SERIES_NUMBER + len(f.outputs) * (n - 1) + k + 1)
-            for n, f in enumerate(kept, start=1) for k, o in enumerate(f.outputs)]
-    report = build_report(kept, sources, segmentation, maps, SR_SERIES_NUMBER)
+    segmentation = build_segmentation(kept, sources, labels)
+    maps = [build_map(f, label, o, sources, SEG_SERIES_NUMBER + len(f.outputs) * n + k + 1)
+            for n, (f, label) in enumerate(zip(kept, labels)) for k, o in enumerate(f.outputs)]
+    report = build_report(kept, labels, sources, segmentation, maps, SR_SERIES_NUMBER)
     return DicomResults(segmentation, maps, report)
 
 
@@ -97,15 +98,17 @@ def _algorithm(finding: Finding) -> hd.AlgorithmIdentificationSequence:
                                               family=codes.cid7162.ArtificialIntelligence)
 
 
-def build_segmentation(findings: Sequence[Finding], sources: list[Dataset]) -> hd.seg.Segmentation:
-    """One binary Segmentation, segment n = nodule n, frames [k, row, column] in the source slices' order."""
+def build_segmentation(findings: Sequence[Finding], sources: list[Dataset],
+                       labels: Sequence[str]) -> hd.seg.Segmentation:
+    """One binary Segmentation, segment n = findings[n - 1] labelled labels[n - 1], frames [k, row, column] in
+    the source slices' order."""
     masks = np.stack([sitk.GetArrayFromImage(f.segmentation) > 0 for f in findings], axis=-1).astype(np.uint8)
     descriptions = [hd.seg.SegmentDescription(
-        segment_number=n, segment_label=f"Nodule {n}", algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        segment_number=n, segment_label=label, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Nodule, algorithm_identification=_algorithm(f),
-        anatomic_regions=[codes.SCT.Lung], tracking_id=f"Nodule {n}", tracking_uid=hd.UID())
-        for n, f in enumerate(findings, start=1)]
+        anatomic_regions=[codes.SCT.Lung], tracking_id=label, tracking_uid=hd.UID())
+        for n, (f, label) in enumerate(zip(findings, labels), start=1)]
     return hd.seg.Segmentation(
         source_images=sources, pixel_array=masks, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER,
@@ -114,9 +117,9 @@ def build_segmentation(findings: Sequence[Finding], sources: list[Dataset]) -> h
         **_equipment())
 
 
-def build_map(finding: Finding, nodule: int, output: OutputResult, sources: list[Dataset],
+def build_map(finding: Finding, label: str, output: OutputResult, sources: list[Dataset],
               series_number: int) -> hd.pm.ParametricMap:
-    """Output `output`'s activation map of nodule `nodule` as a float32 Parametric Map on the CT grid, cropped to
+    """Output `output`'s activation map of the nodule `label` as a float32 Parametric Map on the CT grid, cropped to
     the box of its non-zero voxels (a whole-CT float map would be hundreds of MB, almost all 0)."""
     volume = _cropped_volume(output.activation_map, sources[0].FrameOfReferenceUID)
     scale = finding.map_display.get("scale", "per-patch") if finding.map_display else "per-patch"
@@ -131,9 +134,9 @@ def build_map(finding: Finding, nodule: int, output: OutputResult, sources: list
         sop_instance_uid=hd.UID(), instance_number=1, contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
-        series_description=f"Nodule {nodule} {output.name} map (research)"[:64],
+        series_description=f"{label} {output.name} map (research)"[:64],
         content_description=f"Research use only: evidence map of {output.name}"[:64],
-        content_label=f"MAP{nodule}"[:16], **_equipment()))
+        content_label="MAP", **_equipment()))
 
 
 def _with_laterality(pm: hd.pm.ParametricMap) -> hd.pm.ParametricMap:

@@ -26,8 +26,8 @@ from . import codes as lne
 DESCRIPTION = "Lung nodule measurement report (research use only)"
 
 
-def build_report(findings: Sequence[Finding], sources: list[Dataset], segmentation: Dataset,
-                 maps: Sequence[Dataset], series_number: int) -> Dataset:
+def build_report(findings: Sequence[Finding], labels: Sequence[str], sources: list[Dataset],
+                 segmentation: Dataset, maps: Sequence[Dataset], series_number: int) -> Dataset:
     """The TID 1500 SR of `findings`, listing the SEG and the Parametric Maps `maps` as its evidence (TID 1411's
     real world value map reference is for a standalone RWVM object, not a Parametric Map)."""
     from .objects import MANUFACTURER, MODEL_NAME
@@ -37,8 +37,8 @@ def build_report(findings: Sequence[Finding], sources: list[Dataset], segmentati
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=hd.UID(), name=MODEL_NAME, manufacturer_name=MANUFACTURER, model_name=findings[0].model_name[:64]))
     groups = []
-    for index, finding in enumerate(findings, start=1):
-        groups.append(_group(finding, index, segmentation, sources[0].FrameOfReferenceUID))
+    for segment, (finding, label) in enumerate(zip(findings, labels), start=1):
+        groups.append(_group(finding, segment, label, segmentation, sources[0].FrameOfReferenceUID))
     content = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups)
@@ -50,7 +50,7 @@ def build_report(findings: Sequence[Finding], sources: list[Dataset], segmentati
     return report
 
 
-def _group(finding: Finding, index: int, segmentation: Dataset, frame_of_reference_uid: str) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+def _group(finding: Finding, segment: int, label: str, segmentation: Dataset, frame_of_reference_uid: str) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     algorithm = hd.sr.AlgorithmIdentification(name=finding.model_name[:64], version=finding.model_version[:64])
 
     def measure(name, value: float, unit) -> hd.sr.Measurement:  # noqa: ANN001 - a code
@@ -71,18 +71,19 @@ def _group(finding: Finding, index: int, segmentation: Dataset, frame_of_referen
             name=lne.output_concept(output.name, output.description),
             value=lne.PRESENT if output.positive else lne.ABSENT))
     group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"Nodule {index}"),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label),
         referenced_segment=hd.sr.ReferencedSegment(  # the whole segment, derived from the CT series
-            segmentation.SOPClassUID, segmentation.SOPInstanceUID, index,
+            segmentation.SOPClassUID, segmentation.SOPInstanceUID, segment,
             source_series=hd.sr.SourceSeriesForSegmentation(segmentation.ReferencedSeriesSequence[0].SeriesInstanceUID)),
         finding_type=codes.SCT.Nodule, finding_sites=[hd.sr.FindingSite(codes.SCT.Lung)], algorithm_id=algorithm,
         measurements=measurements, qualitative_evaluations=evaluations)
     calibrated = "calibrated" if finding.calibrated else "raw network scores (not calibrated)"
+    warnings = f" Warnings: {' '.join(finding.warnings)}" if finding.warnings else ""  # e.g. no nodule found
     group[0].ContentSequence.extend([
         hd.sr.Scoord3DContentItem(name=lne.CLICKED_POINT, graphic_type=hd.sr.GraphicTypeValues3D.POINT,
                                   graphic_data=np.asarray([finding.point_lps], dtype=float),
                                   frame_of_reference_uid=frame_of_reference_uid, relationship_type="CONTAINS"),
-        hd.sr.TextContentItem(name=lne.RESEARCH_USE, value=_ascii(f"{RESEARCH_NOTICE} Probabilities: {calibrated}."),
+        hd.sr.TextContentItem(name=lne.RESEARCH_USE, value=_ascii(f"{RESEARCH_NOTICE} Probabilities: {calibrated}.{warnings}"),
                               relationship_type="CONTAINS")])
     return group
 

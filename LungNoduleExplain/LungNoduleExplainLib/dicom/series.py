@@ -21,6 +21,7 @@ from pydicom.errors import InvalidDicomError
 
 from ..errors import InputImageError
 
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 IRREGULAR_SPACING = 0.1  # slice steps may differ from the median by 10% (rounding in ImagePositionPatient)
 MISSING_SLICE = 1.5  # a step of 1.5 median steps or more is a missing slice
 MAX_SHEAR = 0.01  # sideways drift of a slice per mm along the normal (tan of the tilt): 0.6 degrees
@@ -49,7 +50,8 @@ class DicomSeries:
 
 def find_series(folder: str | Path, series_uid: str | None = None) -> DicomSeries:
     """The checked CT series of `folder` (its files, not sub-folders): the one with `series_uid`, else the only
-    image series. Raises InputImageError listing the series when the choice is ambiguous or missing."""
+    CT image series (or the only image series, to be refused if it is not CT). Raises InputImageError listing the
+    series when the choice is ambiguous or missing."""
     folder = Path(folder)
     groups = _series_in(folder)
     if not groups:
@@ -58,14 +60,13 @@ def find_series(folder: str | Path, series_uid: str | None = None) -> DicomSerie
         if series_uid not in groups:
             raise InputImageError(f"DICOM folder {folder} has no series {series_uid}; it holds: "
                                   f"{_listing(groups)}")
-        series = groups[series_uid]
-    else:
-        images = {uid: s for uid, s in groups.items() if s.headers[0].get("Rows")}  # not a dose report or SR
-        if len(images) != 1:
-            raise InputImageError(f"DICOM folder {folder} mixes {len(groups)} series ({_listing(groups)}); "
-                                  "choose one with --series-uid")
-        series = next(iter(images.values()))
-    return check_series(series, folder)
+        return check_series(groups[series_uid], folder)
+    images = [s for s in groups.values() if s.headers[0].get("Rows")]  # not a dose report or an SR
+    ct = [s for s in images if s.modality == "CT" and s.headers[0].get("SOPClassUID") == CT_IMAGE_STORAGE]
+    if len(ct) == 1 or (len(images) == 1 and not ct):  # the only CT (beside our SEG, say), or a non-CT to refuse
+        return check_series((ct or images)[0], folder)
+    raise InputImageError(f"DICOM folder {folder} mixes {len(groups)} series ({_listing(groups)}); "
+                          "choose one with --series-uid")
 
 
 def _listing(groups: dict[str, DicomSeries]) -> str:
