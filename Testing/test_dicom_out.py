@@ -201,3 +201,18 @@ def test_an_analysis_already_written_exports_to_the_same_dicom_even_from_flipped
     for mine, theirs in zip(exported, direct):  # finding.json holds 4 decimals of each probability
         assert mine["values"] == pytest.approx(theirs["values"], abs=5e-5)
         assert mine["calls"] == theirs["calls"]
+
+
+def test_a_point_without_a_nodule_is_left_out_and_the_others_keep_their_report_numbers(run, ct_dir):
+    from LungNoduleExplainLib.dicom.export import findings_from_report
+    from LungNoduleExplainLib.dicom.objects import build_dicom_results
+    from LungNoduleExplainLib.nodule_check import NoNodule
+
+    ct = read_ct(ct_dir / PATIENT / "dicom")
+    finding = findings_from_report(run, ct)[0]
+    results = build_dicom_results([NoNodule((0.0, 0.0, 0.0), check=None), finding], ct,
+                                  find_series(ct_dir / PATIENT / "dicom"))
+    assert [s.SegmentLabel for s in results.segmentation.SegmentSequence] == ["Nodule 2"]
+    assert {m.SeriesDescription.split(" ")[1] for m in results.maps} == {"2"} and len(results.maps) == 8
+    groups = hd.sr.Comprehensive3DSR.from_dataset(results.report).content.get_volumetric_roi_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == ["Nodule 2"]
