@@ -85,7 +85,7 @@ def test_the_segmentation_holds_each_nodules_mask_voxel_for_voxel(run, ct_dir):
     for frame in seg.PerFrameFunctionalGroupsSequence:
         assert frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID in source_uids
     for n in (1, 2):
-        expected = sitk.GetArrayFromImage(sitk.ReadImage(str(run / f"nodule-0{n}" / "segmentation.nrrd")))
+        expected = _nrrd_on_ct(run / f"nodule-0{n}" / "segmentation.nrrd", ct)
         volume = seg.get_volume(segment_numbers=[n], combine_segments=True)  # values: the segment's number
         assert np.array_equal(_on_ct_grid(volume, ct) > 0, expected > 0)
 
@@ -102,9 +102,16 @@ def test_each_parametric_map_holds_its_map_as_float_with_its_meaning(run, ct_dir
         assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "1"
         concept = lne.output_concept(output["name"], output["description"])
         assert mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeValue == concept.value
-        expected = sitk.GetArrayFromImage(sitk.ReadImage(str(run / "nodule-02" / "maps" / f"{output['name']}.nrrd")))
+        expected = _nrrd_on_ct(run / "nodule-02" / "maps" / f"{output['name']}.nrrd", ct)
         got = _on_ct_grid(pm.get_volume(), ct)
         np.testing.assert_allclose(got, expected, atol=1e-6, err_msg=output["name"])
+
+
+def _nrrd_on_ct(path: Path, ct: sitk.Image) -> np.ndarray:
+    """A NRRD of the report (written on a box of the CT's grid) as an array [k, j, i] of the whole grid, 0 outside."""
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(sitk.Resample(image, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0,
+                                                image.GetPixelID()))
 
 
 def _on_ct_grid(volume: hd.Volume, ct: sitk.Image) -> np.ndarray:
