@@ -215,11 +215,16 @@ def test_a_point_without_a_nodule_is_left_out_and_the_others_keep_their_report_n
     from LungNoduleExplainLib.dicom.objects import build_dicom_results
     from LungNoduleExplainLib.nodule_check import NoNodule
 
+    from LungNoduleExplainLib.region import fit, mask_box
+
     ct = read_ct(ct_dir / PATIENT / "dicom")
     finding = findings_from_report(run, ct)[0]
+    voxels = int(sitk.GetArrayViewFromImage(finding.segmentation).sum())
+    finding.segmentation = fit(finding.segmentation, ct, mask_box(finding.segmentation, margin=2))  # a part of it
     results = build_dicom_results([NoNodule((0.0, 0.0, 0.0), check=None), finding], ct,
                                   find_series(ct_dir / PATIENT / "dicom"))
     assert [s.SegmentLabel for s in results.segmentation.SegmentSequence] == ["Nodule 2"]
+    assert int(hd.seg.Segmentation.from_dataset(results.segmentation).get_volume().array.sum()) == voxels
     assert {m.SeriesDescription.split(" ")[1] for m in results.maps} == {"2"} and len(results.maps) == 8
     groups = hd.sr.Comprehensive3DSR.from_dataset(results.report).content.get_volumetric_roi_measurement_groups()
     assert [g.tracking_identifier for g in groups] == ["Nodule 2"]

@@ -32,6 +32,7 @@ from .. import __version__
 from ..errors import InputImageError
 from ..finding import Finding, OutputResult
 from ..output_folder import staging_folder
+from ..region import on_full_grid
 from .codes import output_concept
 from .series import DicomSeries
 
@@ -71,7 +72,7 @@ def build_dicom_results(findings: Sequence[Finding], ct: sitk.Image, series: Dic
     kept, labels = [f for _, f in numbered], [f"Nodule {n}" for n, _ in numbered]  # as the report's folders
     sources = list(series.headers)
     _check_grid(ct, sources)
-    segmentation = build_segmentation(kept, sources, labels)
+    segmentation = build_segmentation(kept, sources, labels, ct)
     maps = [build_map(f, label, o, sources, SEG_SERIES_NUMBER + len(f.outputs) * n + k + 1)
             for n, (f, label) in enumerate(zip(kept, labels)) for k, o in enumerate(f.outputs)]
     report = build_report(kept, labels, sources, segmentation, maps, SR_SERIES_NUMBER)
@@ -98,11 +99,12 @@ def _algorithm(finding: Finding) -> hd.AlgorithmIdentificationSequence:
                                               family=codes.cid7162.ArtificialIntelligence)
 
 
-def build_segmentation(findings: Sequence[Finding], sources: list[Dataset],
-                       labels: Sequence[str]) -> hd.seg.Segmentation:
+def build_segmentation(findings: Sequence[Finding], sources: list[Dataset], labels: Sequence[str],
+                       ct: sitk.Image) -> hd.seg.Segmentation:
     """One binary Segmentation, segment n = findings[n - 1] labelled labels[n - 1], frames [k, row, column] in
-    the source slices' order."""
-    masks = np.stack([sitk.GetArrayFromImage(f.segmentation) > 0 for f in findings], axis=-1).astype(np.uint8)
+    the source slices' order (a mask on a part of the CT's grid is spread over all of it)."""
+    masks = np.stack([sitk.GetArrayFromImage(on_full_grid(f.segmentation, ct)) > 0 for f in findings],
+                     axis=-1).astype(np.uint8)
     descriptions = [hd.seg.SegmentDescription(
         segment_number=n, segment_label=label, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
