@@ -6,8 +6,14 @@ engine through its command line (`LungNoduleExplainLib.cli.main(["train", ...])`
 can change without touching this file. Progress reaches Slicer as <filter-progress> lines, read from the
 engine's INFO log records: a record's `progress` attribute (logger.info(message, extra={"progress": f})) when it
 has one, else an "epoch N/M" in its message; every log message is also shown as a <filter-comment>.
-Cancel in Slicer terminates this process: SIGTERM becomes KeyboardInterrupt, the engine stops after writing
-nothing half-done (its checkpoints are atomic), and `--resume` continues later.
+
+Cancel, as Slicer does it: vtkSlicerCLIModuleLogic sees the Abort flag and calls itksysProcess_Kill, which sends
+SIGSTOP to this process, SIGKILL to each of its children (found through /proc) and then SIGKILL to it
+(kwsys ProcessUNIX.c, kwsysProcessKill). No Python code runs after that: no handler, no `finally`, no clean-up.
+What makes that safe is the engine: every checkpoint, history.csv and the bundle are written to a temporary file
+and renamed into place, so a kill at any moment leaves the last completed epoch's checkpoint whole, and
+"Resume" (`--resume`) continues from it. A leftover `*.tmp` of the epoch that was killed is overwritten by the
+resumed run. Testing/test_extension_files.py kills a real CPU training run this way and resumes it.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import signal
 import sys
 from pathlib import Path
 from typing import Sequence, TextIO
@@ -36,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--members", type=int, default=1)
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--out", required=True, help="output bundle folder")
     return parser
 
@@ -46,6 +52,8 @@ def train_argv(args: argparse.Namespace) -> list[str]:
             "--epochs", str(args.epochs), "--members", str(args.members), "--device", args.device, "--out", args.out]
     if args.resume:
         argv.append("--resume")
+    if args.overwrite:
+        argv.append("--overwrite")
     return argv
 
 
@@ -74,10 +82,6 @@ def write_progress(stream: TextIO, fraction: float) -> None:
     stream.flush()
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _import_engine_cli():
     """The engine lives in the scripted module's folder (qt-scripted-modules) beside this one (cli-modules)."""
     try:
@@ -101,7 +105,6 @@ def main(argv: Sequence[str] | None = None, stream: TextIO | None = None, engine
     args = build_parser().parse_args(argv)
     if engine_main is None:
         engine_main = _import_engine_cli().main
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     handler = FilterProgressHandler(stream)
     root = logging.getLogger()
     root.addHandler(handler)  # with a handler in place, the engine's basicConfig adds none of its own

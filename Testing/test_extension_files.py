@@ -8,7 +8,9 @@ import ast
 import io
 import json
 import logging
+import os
 import re
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -198,20 +200,85 @@ def test_a_failed_training_returns_its_exit_code_without_claiming_completion(tmp
     assert code == 2 and "<filter-progress>1.0000" not in out
 
 
-def test_slicer_cancel_stops_the_cli_process(tmp_path):
-    """Slicer's Cancel terminates the process: it must end promptly with SIGTERM."""
-    if sys.platform == "win32":
-        pytest.skip("POSIX signals")
-    script = ("import sys, time; sys.path.insert(0, %r); import LungNoduleExplainTraining as e\n"
-              "def engine(argv):\n    print('<filter-comment>running</filter-comment>', flush=True)\n"
-              "    time.sleep(60)\n    return 0\n"
-              "try:\n    e.main(['--data', '.', '--out', 'o'], engine_main=engine)\n"
-              "except KeyboardInterrupt:\n    sys.exit(130)\n") % str(CLI_DIR)
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    while "running" not in process.stdout.readline():
-        pass
-    process.terminate()
-    assert process.wait(timeout=10) == 130
+def kill_like_slicer(pid: int) -> None:
+    """What Slicer's Cancel does to a CLI (itksysProcess_Kill -> kwsysProcessKill in kwsys ProcessUNIX.c): SIGSTOP
+    the process so it makes no more children, SIGKILL each child found through /proc (recursively), SIGKILL it."""
+    os.kill(pid, signal.SIGSTOP)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+        if ppid == pid:
+            kill_like_slicer(int(stat.parent.name))
+    os.kill(pid, signal.SIGKILL)
+
+
+CLI_RUNNER = """import sys
+sys.path[:0] = [{cli!r}, {module!r}]
+import LungNoduleExplainTraining as entry
+from LungNoduleExplainLib import cli
+small = ["--features", "2,4,4,8", "--phase1-epochs", "1", "--threads", "1", "--batch-size", "6"]  # fast on a CPU
+sys.exit(entry.main(sys.argv[1:], engine_main=lambda argv: cli.main(argv + small)))
+"""
+
+
+def run_cli_module(argv: list[str], stop_at: str | None = None) -> tuple[int, str]:
+    """Run the CLI module as Slicer does (its own process, reading <filter-...> lines from stdout); with stop_at,
+    cancel it as Slicer does as soon as a line contains that text."""
+    script = CLI_RUNNER.format(cli=str(CLI_DIR), module=str(MODULE_DIR))
+    process = subprocess.Popen([sys.executable, "-c", script, *argv], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if stop_at and stop_at in line:
+            kill_like_slicer(process.pid)
+            break
+    process.stdout.close()
+    return process.wait(timeout=300), "".join(lines)
+
+
+@pytest.mark.slow  # two real CPU trainings in subprocesses: about a minute on 2 busy cores
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Slicer's kill walks /proc (Linux)")
+def test_slicers_cancel_kills_a_cpu_training_mid_way_and_resume_finishes_it(voi_dir, tmp_path):
+    import csv
+
+    import torch
+
+    from LungNoduleExplainLib.bundle import load_bundle
+    rows = list(csv.DictReader((voi_dir / "nodules.csv").open()))[:24]
+    data = tmp_path / "voi"
+    data.mkdir()
+    with (data / "nodules.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for sub in ("images", "masks"):
+        (data / sub).symlink_to(voi_dir / sub)
+    run = tmp_path / "run"
+    argv = ["--data", str(data), "--out", str(run), "--epochs", "4", "--device", "cpu"]
+
+    code, out = run_cli_module(argv, stop_at="epoch 2/4")
+    assert code == -signal.SIGKILL and "<filter-end>" not in out  # killed: nothing after the kill ran
+    state = json.loads(torch.load(run / "checkpoint.pt", weights_only=True)["state"])  # whole, though killed
+    assert state["epoch"] >= 1
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) - 1 == state["epoch"] + 1 and not (run / "bundle").exists()
+
+    code, out = run_cli_module([*argv, "--resume"])
+    assert code == 0, out[-2000:]
+    assert "<filter-progress>1.0000</filter-progress>" in out and out.rstrip().endswith("</filter-end>")
+    resumed = (run / "history.csv").read_text().splitlines()
+    assert len(resumed) == 5 and resumed[:len(history)] == history  # the epochs before the kill, kept as they were
+    assert load_bundle(run / "bundle").output_names
+
+
+def test_the_cli_module_refuses_an_earlier_run_unless_told_to_resume_or_start_over(tmp_path):
+    import LungNoduleExplainTraining as entry
+    args = entry.build_parser().parse_args(["--data", "d", "--out", "o", "--overwrite"])
+    assert entry.train_argv(args)[-1] == "--overwrite"
+    assert "--overwrite" not in entry.train_argv(entry.build_parser().parse_args(["--data", "d", "--out", "o"]))
 
 
 # --- packaging: what the Extensions Index checks --------------------------------------------------------------

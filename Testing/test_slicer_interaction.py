@@ -151,3 +151,45 @@ def test_the_analyze_button_names_the_points_it_will_run(moduleFile, scene, ctNo
     widget.environmentProblem = "needs Slicer 5.10"
     widget.updateButtons()
     assert widget.ui.analyzeButton.enabled is False  # too old a Slicer: nothing runs
+
+
+@pytest.mark.parametrize("version, installed, says", [
+    ((5, 8), {}, "needs Slicer 5.10 or later; this is Slicer 5.8"),
+    ((5, 10), {"nnunetv2": None}, "required Python packages: missing: nnunetv2"),
+    ((5, 10), {"torch": "2.9.1"}, "torch installed 2.9.1"),
+    ((5, 10), {}, None),
+])
+def test_the_self_test_is_skipped_never_passed_without_its_prerequisites(moduleFile, monkeypatch, version,
+                                                                         installed, says):
+    import io
+    import types
+    import unittest
+
+    from LungNoduleExplainSlicer.InstallLogic import InstallLogic
+    complete = {"torch": "2.8.0", "nnunetv2": "2.8.1", "numpy": "2.1.0", "scikit-learn": "1.5.0",
+                "matplotlib": "3.9.0", "tqdm": "4.66.0", "safetensors": "0.4.5", "packaging": "24.0"}
+    versions = {**complete, **installed}
+    monkeypatch.setattr(moduleFile.slicer, "app", types.SimpleNamespace(majorVersion=version[0],
+                                                                        minorVersion=version[1]), raising=False)
+    monkeypatch.setattr(moduleFile, "InstallLogic", lambda: InstallLogic(versionOf=versions.get))
+    selfTest = moduleFile.LungNoduleExplainTest()
+
+    class Ran(Exception):
+        pass
+
+    def setUp():
+        raise Ran("the self-test started")
+
+    selfTest.setUp = setUp
+
+    class SlicerRunsIt(unittest.TestCase):  # as slicer.testing.runUnitTest does, through unittest
+        def runTest(self):
+            selfTest.runTest()
+
+    result = unittest.TextTestRunner(stream=io.StringIO()).run(SlicerRunsIt())
+    assert result.testsRun == 1
+    if says is None:  # everything there: the real test starts (here: the stand-in setUp raises)
+        assert not result.skipped and len(result.errors) == 1 and "Ran" in result.errors[0][1]
+    else:
+        assert not result.wasSuccessful() or result.skipped  # never a plain pass
+        assert len(result.skipped) == 1 and says in result.skipped[0][1]
