@@ -242,20 +242,11 @@ def run_cli_module(argv: list[str], stop_at: str | None = None) -> tuple[int, st
 @pytest.mark.slow  # two real CPU trainings in subprocesses: about a minute on 2 busy cores
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Slicer's kill walks /proc (Linux)")
 def test_slicers_cancel_kills_a_cpu_training_mid_way_and_resume_finishes_it(voi_dir, tmp_path):
-    import csv
-
     import torch
+    from test_training import _first_rows
 
     from LungNoduleExplainLib.bundle import load_bundle
-    rows = list(csv.DictReader((voi_dir / "nodules.csv").open()))[:24]
-    data = tmp_path / "voi"
-    data.mkdir()
-    with (data / "nodules.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    for sub in ("images", "masks"):
-        (data / sub).symlink_to(voi_dir / sub)
+    data, _ = _first_rows(voi_dir, tmp_path / "voi", 24)  # 24 real LIDC nodules, images linked
     run = tmp_path / "run"
     argv = ["--data", str(data), "--out", str(run), "--epochs", "4", "--device", "cpu"]
 
