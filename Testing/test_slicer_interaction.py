@@ -121,6 +121,10 @@ def test_the_colour_legend_belongs_to_the_shown_map_and_a_line_says_what_the_col
     line = NoduleSelection.legendText(second, 0.25)
     assert "values below 0.25 are not coloured" in line
     assert second.GetAttribute("LungNoduleExplain.Output") in line
+    second.SetAttribute("LungNoduleExplain.MapLegend", "Map: evidence; clipped at 1. Values below 0.25 are not "
+                                                       "coloured; the map is 0 outside the CT box the network saw.")
+    line = NoduleSelection.legendText(second, 0.1)  # the slider moved: only its value is stated
+    assert "values below 0.10 are not coloured" in line and "0.25" not in line and "The map is 0 outside" in line
     second.SetAttribute("LungNoduleExplain.DescriptorShare", "0.78")
     assert "78% of this output comes from the nodule descriptors" in NoduleSelection.legendText(second, 0.4)
 

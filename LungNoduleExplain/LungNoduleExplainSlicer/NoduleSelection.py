@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -125,6 +126,8 @@ def legendText(mapNode, threshold: float) -> str:
     output = mapNode.GetAttribute(OUTPUT_ATTRIBUTE) or mapNode.GetName()
     meaning = mapNode.GetAttribute(MAP_LEGEND_ATTRIBUTE) or (
         "Map: where the network found evidence for this output; brighter is stronger (0-1).")
+    # the engine's legend states the default cut-off; the slider's value, said above, is the one that applies
+    meaning = re.sub(r"Values below [\d.]+ are not coloured; the map", "The map", meaning)
     line = (f"Colour = evidence for '{output}': dark red weak, yellow-white strong (0-1, legend in the views); "
             f"values below {threshold:.2f} are not coloured. {meaning}")
     share = mapNode.GetAttribute(DESCRIPTOR_SHARE_ATTRIBUTE)
