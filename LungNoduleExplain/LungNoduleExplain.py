@@ -165,6 +165,7 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.updateNoduleSelector()  # results already in the scene (a saved scene, another module's deletions)
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -177,6 +178,7 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        self.updateNoduleSelector()  # empty now: no table, no maps, no legend line
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -279,7 +281,10 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     @staticmethod
     def _cudaNote(device: str) -> str:
-        import torch  # installed by now (onAnalyzeButton checks first)
+        try:
+            import torch  # installed by now (onAnalyzeButton checks first); the worker imports it anyway
+        except ImportError:
+            return ""
         return cudaNote(torch.backends.cuda.is_built(), torch.cuda.is_available(), device)
 
     def onFinished(self, outcome: AnalysisOutcome) -> None:
