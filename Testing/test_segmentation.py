@@ -1,7 +1,7 @@
 """nnU-Net v2 nodule segmentation: export, a CI-sized training run, prediction geometry, bad input, Dice.
 
 The end-to-end fixture trains one fold on 5 real VOIs for 2 iterations (CPU); tests check mechanics and
-geometry, not segmentation quality (that is benchmarks/segmentation_results.md).
+geometry, not segmentation quality (that is benchmarks/segmentation/results.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Does the engine's axial long axis measure what radiologists measure? (issue 19, item 6)
 
-    nnUNet_compile=False python benchmarks/axial_diameters/axial_diameters.py --data ../shared/data
+    nnUNet_compile=False python benchmarks/axial_diameters/axial_diameters.py [--data DATA_ROOT]
 
 The engine's `measurements.axial_diameters` is run on each lidc-voi nodule's reference mask and compared with the
 table's `diameter_mm`, beside the equivalent-sphere diameter the report showed before. Criterion written before the
@@ -29,6 +29,8 @@ import SimpleITK as sitk
 from LungNoduleExplainLib.atomic import write_json_atomic, write_text_atomic
 from LungNoduleExplainLib.finding import mask_size
 from LungNoduleExplainLib.measurements import axial_diameters
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common
+from common import DATA_ROOT, write_stamp  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -63,7 +65,7 @@ def ct_nodules(ct_dir: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="holds lidc-voi/ and lidc-ct/")
+    parser.add_argument("--data", type=Path, default=DATA_ROOT, help="holds lidc-voi/ and lidc-ct/ (default $LUNGNODULE_DATA)")
     parser.add_argument("--out", type=Path, default=HERE / "axial_diameters", help="output path without suffix")
     args = parser.parse_args(argv)
     voi = args.data / "lidc-voi"
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f"{r['reference_mask_long_mm']:.1f} mm |" if r["reference_mask_long_mm"] is not None else "- |")
               for r in ct_rows]
     write_text_atomic(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
+    write_stamp(args.out.with_suffix(".md"), [args.data / "lidc-voi", args.data / "lidc-ct" / "nodules.json"])
     print("\n".join(lines))
     return 0
 

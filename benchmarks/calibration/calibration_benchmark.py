@@ -1,6 +1,6 @@
 """Calibration on patients the calibrator never saw: nested by patient fold (criterion and protocol: README.md).
 
-    python benchmarks/calibration/calibration_benchmark.py --predictions runs/oof/predictions.csv \
+    python benchmarks/calibration/calibration_benchmark.py --predictions oof/predictions.csv \
         --out benchmarks/calibration
 """
 
@@ -18,6 +18,8 @@ from LungNoduleExplainLib.atomic import write_json_atomic, write_text_atomic
 from LungNoduleExplainLib.bundle import default_bundle_path, read_manifest
 from LungNoduleExplainLib.calibration import apply_output, fit_output, read_oof_predictions
 from LungNoduleExplainLib.metrics import calibration_with_ci, reliability_bins
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common
+from common import named, runs_path, write_stamp  # noqa: E402
 
 TARGET_ECE = 0.05
 OUTER_FOLDS = 5
@@ -94,9 +96,10 @@ def plot(names: list[str], labels: np.ndarray, raw: np.ndarray, cal: np.ndarray,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--predictions", type=Path, default=Path("runs/oof/predictions.csv"))
+    parser.add_argument("--predictions", type=runs_path, default=runs_path("oof/predictions.csv"),
+                        help="under $LUNGNODULE_RUNS (default oof/predictions.csv, make_oof.py's)")
     parser.add_argument("--model", type=Path, default=None, help="bundle whose thresholds and outputs (default shipped)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/calibration"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--bootstrap", type=int, default=1000)
     args = parser.parse_args(argv)
     manifest = read_manifest(args.model or default_bundle_path())
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<20} ECE {r['raw']['ece']:.3f} -> {r['calibrated']['ece']:.3f}  Brier "
               f"{r['raw']['brier']:.3f} -> {r['calibrated']['brier']:.3f}  calls same {same_calls}/{r['n']}",
               file=sys.stderr)
-    summary = {"predictions": str(args.predictions), "n_nodules": int(len(probs)),
+    summary = {"predictions": named(args.predictions), "n_nodules": int(len(probs)),
                "n_patients": int(len(set(groups))), "target_ece": TARGET_ECE, "outer_folds": OUTER_FOLDS,
                "bootstrap": args.bootstrap, "outputs": results,
                "all_meet_target": all(r["meets_target"] for r in results.values())}
@@ -136,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(args.out / "calibration_benchmark.json", summary)
     write_text_atomic(args.out / "calibration_benchmark.md", markdown(summary))
     plot(names, labels, probs, calibrated, args.out / "reliability_oof.png")
+    write_stamp(args.out / "calibration_benchmark.md", [args.predictions])
     return 0
 
 

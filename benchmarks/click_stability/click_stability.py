@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common
+from common import DATA_ROOT, write_stamp  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -39,7 +41,7 @@ MAX_DELTA = 0.05
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("LUNGNODULE_DATA", "../shared/data")),
+    parser.add_argument("--data", type=Path, default=DATA_ROOT,
                         help="folder holding lidc-ct/ and lidc-voi/ (default %(default)s)")
     parser.add_argument("--model", type=Path, default=None, help="bundle (default: the shipped one)")
     parser.add_argument("--voi-sample", type=int, default=60, help="lidc-voi patients sampled (0: none)")
@@ -356,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out.with_suffix(".json"), result)
     write_markdown(args.out.with_suffix(".md"), result)
+    write_stamp(args.out.with_suffix(".md"), [args.data / "lidc-voi", args.data / "lidc-ct" / "nodules.json"])
     print(json.dumps(result["summary"], indent=1))
     return 0
 

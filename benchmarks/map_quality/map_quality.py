@@ -1,6 +1,6 @@
 """Do the activation maps point at the evidence? Out-of-fold lidc-voi nodules, every output, several map methods.
 
-    python benchmarks/map_quality/map_quality.py --data ../shared/data/lidc-voi --oof runs/oof/nnunet \
+    python benchmarks/map_quality/map_quality.py --data lidc-voi --oof oof/nnunet \
         --out benchmarks/map_quality --nodules 100 [--shard 0/2]   # then --summarise
 
 Criterion (README.md, written before the figures): per output, median share of the shown map mass inside the
@@ -32,6 +32,8 @@ from LungNoduleExplainLib.bundle import load_bundle
 from LungNoduleExplainLib.data.patches import build_patch_set
 from LungNoduleExplainLib.data.voi_table import patient_folds, read_image, read_voi_table
 from LungNoduleExplainLib.patch import PatchGeometry, resample_to_grid, resample_with_voi
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common
+from common import data_path, runs_path, write_stamp  # noqa: E402
 
 DISPLAY_CUT = 0.25
 NODULE_MARGIN_MM = 2.0
@@ -197,10 +199,10 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/lidc-voi"))
-    parser.add_argument("--oof", type=Path, default=Path("runs/oof/nnunet"), help="out-of-fold nnU-Net maps")
+    parser.add_argument("--data", type=data_path, default=data_path("lidc-voi"), help="under $LUNGNODULE_DATA")
+    parser.add_argument("--oof", type=runs_path, default=runs_path("oof/nnunet"), help="out-of-fold nnU-Net maps under $LUNGNODULE_RUNS")
     parser.add_argument("--model", type=Path, default=None, help="bundle folder (default: the shipped one)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/map_quality"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--nodules", type=int, default=100, help="at least this many, whole patients")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--full-nodules", type=int, default=1000,
@@ -211,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarise:
         from summarise import summarise  # noqa: PLC0415  (beside this script)
         summarise(args.out, load_bundle(args.model).output_names)
+        write_stamp(args.out / "results.md", [args.data])
         return 0
     run(args)
     return 0

@@ -1,6 +1,6 @@
 """Reference scales that tie a map's colour to its output: map_scale.json of the shipped bundle.
 
-    PYTHONPATH=LungNoduleExplain python benchmarks/map_quality/map_scale.py --oof runs/oof/nnunet \
+    PYTHONPATH=LungNoduleExplain python benchmarks/map_quality/map_scale.py --oof oof/nnunet \
         --out benchmarks/map_quality [--install]
 
 For every lidc-voi nodule, the ensemble member that never saw its patient gives its unnormalised maps (methods
@@ -30,6 +30,8 @@ from LungNoduleExplainLib.data.voi_table import patient_folds, read_image, read_
 from LungNoduleExplainLib.patch import PatchGeometry, resample_to_grid, resample_with_voi
 
 from map_quality import DISPLAY_CUT, EDGE_MM, NODULE_MARGIN_MM, sample_records  # beside this script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common
+from common import data_path, runs_path, write_stamp  # noqa: E402
 
 PERCENTILE = 95.0
 METHODS = ("contribution", "sam")
@@ -37,10 +39,10 @@ METHODS = ("contribution", "sam")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/lidc-voi"))
-    parser.add_argument("--oof", type=Path, default=Path("runs/oof/nnunet"))
+    parser.add_argument("--data", type=data_path, default=data_path("lidc-voi"), help="under $LUNGNODULE_DATA")
+    parser.add_argument("--oof", type=runs_path, default=runs_path("oof/nnunet"), help="under $LUNGNODULE_RUNS")
     parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/map_quality"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--nodules", type=int, default=100, help="the map_quality sample scored afterwards")
     parser.add_argument("--install", action="store_true", help="add map_scale.json to the bundle")
     args = parser.parse_args(argv)
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 "methods": {m: {n: [float(v) for v in scales[m][:, j]] for j, n in enumerate(names)}
                             for m in METHODS}}
     write_text_atomic(args.out / A.MAP_SCALE_NAME, json.dumps(document, indent=1) + "\n")
+    write_stamp(args.out / A.MAP_SCALE_NAME, [args.data])
     if args.install:
         add_map_scale(bundle_path, document)
         print(f"installed {A.MAP_SCALE_NAME} in {bundle_path}")

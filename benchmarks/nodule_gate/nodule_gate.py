@@ -1,7 +1,7 @@
 """Benchmark of the "is there a nodule at the click?" gate (LungNoduleExplainLib.nodule_check); see README.md.
 
-    python benchmarks/nodule_gate/nodule_gate.py --voi ../shared/data/lidc-voi --ct-dir ../shared/data/lidc-ct \
-        --oof runs/oof/nnunet
+    python benchmarks/nodule_gate/nodule_gate.py --voi lidc-voi --ct-dir lidc-ct \
+        --oof oof/nnunet
 
 (a) real nodules, lidc-voi: every nodule clicked at its table centre (segmentation.metrics.seed_point) and at
     that centre moved 3 mm (else 2 mm) along +-x, +-y, +-z, kept where the moved point is inside the reference
@@ -38,6 +38,8 @@ from LungNoduleExplainLib.segmentation.metrics import seed_point
 from LungNoduleExplainLib.segmentation.predict import (DEFAULT_CROP_MM, DEFAULT_THRESHOLD, NoduleSegmenter,
                                                        crop_around, select_component)
 from LungNoduleExplainLib.volume import read_ct
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common
+from common import data_path, runs_path, write_stamp  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MOVES_MM = (3.0, 2.0)  # the first that stays inside the reference mask
@@ -242,9 +244,9 @@ def markdown(summary: dict, voi_rows: list[dict], off: list[dict], true: list[di
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--voi", type=Path, default=Path("../shared/data/lidc-voi"))
-    parser.add_argument("--ct-dir", type=Path, default=Path("../shared/data/lidc-ct"))
-    parser.add_argument("--oof", type=Path, default=Path("runs/oof/nnunet"), help="make_oof.py's nnunet folder")
+    parser.add_argument("--voi", type=data_path, default=data_path("lidc-voi"), help="under $LUNGNODULE_DATA")
+    parser.add_argument("--ct-dir", type=data_path, default=data_path("lidc-ct"), help="under $LUNGNODULE_DATA")
+    parser.add_argument("--oof", type=runs_path, default=runs_path("oof/nnunet"), help="make_oof.py's nnunet folder, under $LUNGNODULE_RUNS")
     parser.add_argument("--model", type=Path, default=None, help="bundle folder (default: the shipped one)")
     parser.add_argument("--points", type=Path, default=HERE / "off_nodule_points.csv")
     parser.add_argument("--out", type=Path, default=HERE)
@@ -260,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   "voi_clicks": [lean(r) for r in voi_rows],
                                                   "off_nodule_clicks": off, "real_ct_nodule_clicks": true}, indent=None)
     write_text_atomic(args.out / "results.md", markdown(summary, voi_rows, off, true, command))
+    write_stamp(args.out / "results.md", [args.voi, args.ct_dir / "nodules.json", args.points])
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -1,6 +1,6 @@
 """Place off-nodule clicks on the real LIDC CTs by a stated rule, and write them to off_nodule_points.csv.
 
-    python benchmarks/nodule_gate/off_nodule_points.py --ct-dir ../shared/data/lidc-ct
+    python benchmarks/nodule_gate/off_nodule_points.py --ct-dir lidc-ct
 
 Rule (per CT; HU on the CT's own voxels; distances in mm by Euclidean distance transforms):
 - body: the largest 3D component of HU > -400, holes filled per axial slice; lung: body voxels below -400 HU in
@@ -29,6 +29,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from LungNoduleExplainLib.volume import read_ct
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common
+from common import data_path, write_stamp  # noqa: E402
 
 SEED = 19
 PER_CLASS = 2
@@ -107,7 +109,7 @@ def place(ct: sitk.Image, nodule: dict, rng: np.random.Generator) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ct-dir", type=Path, default=Path("../shared/data/lidc-ct"))
+    parser.add_argument("--ct-dir", type=data_path, default=data_path("lidc-ct"), help="under $LUNGNODULE_DATA")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("off_nodule_points.csv"))
     args = parser.parse_args(argv)
     rng = np.random.default_rng(SEED)
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    write_stamp(args.out, [args.ct_dir / "nodules.json"])
     print(f"{len(rows)} points -> {args.out}")
     return 0
 

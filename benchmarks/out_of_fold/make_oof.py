@@ -1,7 +1,7 @@
 """Out-of-fold inputs of the shipped bundle on lidc-voi: what calibration, the map benchmark and the gate benchmark
 are measured on, so that no figure comes from a network that saw the nodule's patient.
 
-    python benchmarks/out_of_fold/make_oof.py --data ../shared/data/lidc-voi --out runs/oof
+    python benchmarks/out_of_fold/make_oof.py --data lidc-voi --out oof
 
 1. nnU-Net maps: each case segmented by the one fold model of the shipped nnU-Net that never saw its patient
    (`cross_validation.json` 'fold_of_case'), written as OUT/nnunet/<case_id>.nii.gz (float32, the VOI's grid),
@@ -34,13 +34,15 @@ from LungNoduleExplainLib.data.voi_table import patient_folds, read_voi_table
 from LungNoduleExplainLib.segmentation.predict import NoduleSegmenter
 from LungNoduleExplainLib.segmentation.training import write_oof
 from LungNoduleExplainLib.networks import predict
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common
+from common import data_path, runs_path, write_stamp  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/lidc-voi"))
+    parser.add_argument("--data", type=data_path, default=data_path("lidc-voi"), help="under $LUNGNODULE_DATA")
     parser.add_argument("--model", type=Path, default=None, help="bundle folder (default: the shipped one)")
-    parser.add_argument("--out", type=Path, default=Path("runs/oof"))
+    parser.add_argument("--out", type=runs_path, default=runs_path("oof"), help="under $LUNGNODULE_RUNS (default oof)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     bundle_path = args.model or default_bundle_path()
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                         + [f"{v:.6f}" for v in oof[i]]
                         + [f"{member_probs[k][i, j]:.6f}" for j in range(len(names)) for k in range(members)])
     write_text_atomic(args.out / "predictions.csv", out.getvalue())
+    write_stamp(args.out / "predictions.csv", [args.data])
     print(f"wrote {args.out / 'predictions.csv'} ({len(records)} nodules, {members} member folds)")
     return 0
 

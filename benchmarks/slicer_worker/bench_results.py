@@ -24,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common
+from common import DATA_ROOT, write_stamp  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "LungNoduleExplain"))
-DATA = Path(os.environ.get("LUNGNODULE_DATA", REPO.parent / "shared" / "data"))
+DATA = DATA_ROOT
 SLICES = 300
 
 
@@ -129,6 +131,7 @@ def main(argv=None) -> int:
     print(json.dumps(report, indent=1))
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
+        write_stamp(args.out, [DATA / "lidc-ct" / "nodules.json"])
     return 0
 
 

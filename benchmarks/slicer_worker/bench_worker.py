@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common
+from common import DATA_ROOT, write_stamp  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "LungNoduleExplain"))
@@ -31,7 +33,7 @@ from LungNoduleExplainLib.volume import read_ct  # noqa: E402
 from LungNoduleExplainSlicer.AnalysisLogic import AnalysisLogic, NoduleRequest  # noqa: E402
 from LungNoduleExplainSlicer.HeadlessScene import loadVolume, makeScene  # noqa: E402
 
-DATA = Path(os.environ.get("LUNGNODULE_DATA", REPO.parent / "shared" / "data"))
+DATA = DATA_ROOT
 
 
 class Timeline:
@@ -128,6 +130,7 @@ def main(argv=None) -> int:
                "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                                         text=True).stdout.strip()}
     args.out.write_text(json.dumps({"summary": summary, "clicks": rows}, indent=1))
+    write_stamp(args.out, [DATA / "lidc-ct" / "nodules.json"])
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -1,0 +1,226 @@
+"""Assemble the default model bundle shipped in the package, and its model card, from a finished training run.
+
+    python benchmarks/default_bundle/make_default_bundle.py --run default --segmentation SEG_MODEL_DIR \
+        [--evaluation EVAL_DIR] --out LungNoduleExplain/LungNoduleExplainLib/models/default
+
+RUN is a training run folder (its `bundle/` is used) or a bundle folder itself, e.g. the shipped bundle when only
+its segmentation model is replaced. Copies the classifier into a new bundle together with the nnU-Net model folder (SEG_MODEL_DIR: plans.json,
+dataset.json, fold_k/checkpoint_final.pth), re-computes every checksum, and writes MODEL_CARD.md from the run's
+validation metrics (and, when given, an `evaluate` output on the validation patients with the segmentation prior;
+for a run without validation patients, `train --val-fraction 0`, its members' out-of-fold metrics and the validation
+figures of --recipe, a held-out run of the same recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from LungNoduleExplainLib.bundle import load_bundle, save_bundle
+from LungNoduleExplainLib.data.patches import PRIOR_REFERENCE_MASK
+from LungNoduleExplainLib.patch import CHANNEL_DESCRIPTIONS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common
+from common import named, runs_path  # noqa: E402
+
+
+def fmt(m: dict) -> str:
+    if m is None or math.isnan(m.get("auc", math.nan)):
+        return "n/a"
+    return f"{m['auc']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f})"
+
+
+def metrics_table(outputs: dict) -> str:
+    lines = ["| output | AUC (95% CI) | size-only AUC | n (pos) | threshold | Acc | Sen | Spec | Prec | F1 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in outputs.items():
+        lines.append(f"| {name} | {fmt(m)} | {fmt(m['size_baseline'])} | {m['n']} ({m['n_positive']}) | "
+                     f"{m['threshold']:.3f} | {m['accuracy']:.3f} | {m['sensitivity']:.3f} | {m['specificity']:.3f} | "
+                     f"{m['precision']:.3f} | {m['f1']:.3f} |")
+    return "\n".join(lines)
+
+
+def _segmentation_schedule(model_dir: Path, config: dict) -> str:
+    """How much each fold was trained, batches counted across continued runs (recorded in each fold's checkpoint)."""
+    from LungNoduleExplainLib.segmentation.predict import CHECKPOINT_NAME, load_weights_checkpoint
+    from LungNoduleExplainLib.segmentation.training import trained_batches
+
+    batches = {trained_batches(load_weights_checkpoint(f / CHECKPOINT_NAME)) for f in sorted(model_dir.glob("fold_*"))}
+    batch_size = config.get("plans", {}).get("batch_size", 2)
+    text = f"{' / '.join(f'{b:,}' for b in sorted(batches))} batches of {batch_size} per fold"
+    if config.get("init_from"):
+        text += (f" (the last {config['epochs']} x {config['iterations_per_epoch']} of them continuing the previous "
+                 f"model's folds at initial learning rate {config['initial_lr']})")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=runs_path, required=True, help="a run (or bundle) under $LUNGNODULE_RUNS")
+    p.add_argument("--segmentation", type=runs_path, default=None, help="nnU-Net model folder under $LUNGNODULE_RUNS")
+    p.add_argument("--evaluation", type=runs_path, default=None, help="an `evaluate` output folder (under $LUNGNODULE_RUNS) to quote")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--version", default="1")
+    p.add_argument("--recipe", type=runs_path, default=None,
+                   help="for a run without validation patients (train --val-fraction 0): a held-out run of the "
+                        "same recipe whose validation figures the card quotes")
+    p.add_argument("--recipe-differs", default="",
+                   help="where --recipe is the nearest held-out run rather than the same recipe: how it differs")
+    p.add_argument("--note", default="", help="a line for the card's provenance (e.g. where RUN came from)")
+    args = p.parse_args(argv)
+
+    source = load_bundle(args.run / "bundle" if (args.run / "bundle").is_dir() else args.run)
+    m = source.manifest
+    metrics = dict(m["metrics"])
+    if args.evaluation is not None:
+        metrics["validation_with_segmentation_prior"] = json.loads((args.evaluation / "metrics.json").read_text())
+    bundle = save_bundle(args.out, source.model, source.task_set, source.network, source.thresholds,
+                         name=m["name"], prior=m["prior"], training=m["training"], metrics=metrics,
+                         segmentation_dir=args.segmentation, version=args.version)
+    size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 2 ** 20
+    t = m["training"]
+    reference = m["prior"] == PRIOR_REFERENCE_MASK
+    ensemble = source.members > 1
+    if ensemble:
+        weights = {k: round(sum(w[k] for w in t["task_weights"]) / len(t["task_weights"]), 3)
+                   for k in t["task_weights"][0]}
+        schedule = (f"{source.members} members, {', '.join(map(str, t['epochs_run']))} epochs (best "
+                    f"{', '.join(map(str, t['best_epoch']))}), {t['seconds'] / 60:.0f} min in all on a 2-core CPU; "
+                    f"task weights (mean over members) {json.dumps(weights)}.")
+    else:
+        schedule = (f"{t['epochs_run']} epochs (best {t['best_epoch']}), {t['seconds'] / 60:.0f} min on a 2-core "
+                    f"CPU; task weights {json.dumps({k: round(v, 3) for k, v in t['task_weights'].items()})}.")
+    readers = [task.name for task in source.task_set.all_tasks if task.readers_column]
+    held_out = "validation" in metrics  # else `train --val-fraction 0`: every patient trained members
+    figures = metrics["validation" if held_out else "out_of_fold"]
+    card = [f"# Model card: {m['name']} v{args.version}", "",
+            "**Intended use: research only. Not a medical device; not for clinical decisions.** It predicts "
+            "radiologists' suspicion ratings from LIDC-IDRI, not pathology.", "",
+            "## What it is",
+            f"- Classifier: 3D HESAM variant `{source.network.variant}`, widths {list(source.network.features)}, "
+            f"stem stride {source.network.stem_stride} (the authors: widths 64-512, stride 1), anatomical attention "
+            f"gates fed by the prior. Outputs: {', '.join(source.output_names)}.",
+            *([f"- An ensemble of {source.members} such networks: the {'training ' if held_out else ''}patients "
+               "were split into "
+               f"{source.members} patient folds, member k trained on all but fold k and picked its epoch on fold k. "
+               "Its probability is the mean of the members' probabilities, its activation map the mean of their "
+               "maps."] if ensemble else []),
+            *([f"- Nodule descriptors: on. Each head adds a linear term of {source.network.n_descriptors} "
+               f"standardised shape and HU statistics of the prior region (descriptors.py, set "
+               f"`{source.network.descriptor_set}`) to its SAM logits; this "
+               "is our addition to the paper's network, because its per-patch min-max input hides absolute density. "
+               "The activation maps show the image term only."] if source.network.descriptors else []),
+            *[f"- Image input `{c}`: {CHANNEL_DESCRIPTIONS[c]}." for c in source.network.inputs],
+            f"- Prior at training time: `{m['prior']}` ("
+            + ("reference masks of lidc-voi" if reference else "out-of-fold nnU-Net probability maps of lidc-voi: each "
+               "nodule segmented by the fold model that never saw its patient, as the paper does; the descriptors "
+               "come from the same maps")
+            + "). At analysis time the prior is the bundled nnU-Net model's probability map.",
+            f"- Segmentation: {'nnU-Net v2 model in segmentation/ (see docs/SEGMENTATION.md)' if args.segmentation else 'none'}.",
+            f"- Bundle size: {size:.1f} MiB; every file SHA-256-checked at load; weights in safetensors.", "",
+            "## Data and split",
+            f"- Trained on `{named(Path(t['data']))}` (LIDC-IDRI VOIs, CC BY 3.0): {t['n_train']} nodules of "
+            f"{t['n_train_patients']} patients; "
+            + ((("validation (only to measure the finished ensemble: no epoch, threshold or weight was chosen on it) "
+                 if ensemble else "validation (model selection, thresholds) ")
+                + f"{t['n_val']} nodules of {t['n_val_patients']} patients. Split **by patient**, seed {t['seed']}.")
+               if held_out else
+               "**every patient of the set**, no validation hold-out: "
+               + ("the nearest recipe was measured on held-out patients (below) and this model's difference from it "
+                  "shipped under a criterion written before the run (docs/RESULTS.md)." if args.recipe_differs else
+                  "the recipe was fixed beforehand on held-out patients (docs/RESULTS.md), so this model only adds "
+                  "their data.")
+               + f" Folds **by patient**, seed {t['seed']}."),
+            "- Labels: per-nodule mode ratings; malignancy 4-5 vs 1-2 (3 left out); manifestation rules in "
+            "`configs/tasks-lidc.json`.",
+            *([f"- Training targets: the readers' share (each output's `readers_column`: of the readers whose rating "
+               "the rule counts, the fraction that rated the finding present; docs/DATA.md) for "
+               f"{', '.join(readers)}, where the table has each reader's rating "
+               "(`benchmarks/lidc_reader_ratings/`); else the label. Metrics, epochs and thresholds: the labels."]
+              if readers else []),
+            f"- Training: {schedule}", "",
+            (f"## Metrics on the validation patients ({'reference-mask' if reference else 'out-of-fold nnU-Net'} "
+             "prior)" if held_out else "## Metrics out of fold on every patient (out-of-fold nnU-Net prior)"),
+            "AUC with a 95% bootstrap CI resampled by patient, beside the size-only baseline (diameter_mm as the "
+            "score). "
+            + ("Each nodule is scored by the member that never trained on its patient, but that member picked its "
+               "epoch on it, and the thresholds are Youden's on these same predictions: the AUCs are slightly "
+               "optimistic, the threshold metrics more so. Each member alone is also not the ensemble; "
+               "docs/RESULTS.md gives the recipe's figures on patients it never chose anything on."
+               if not held_out else
+               "Thresholds are Youden's on the members' pooled out-of-fold predictions on the training patients, "
+               "so nothing here was tuned on these patients." if ensemble else
+               "Thresholds were chosen on these same patients (Youden), so the threshold metrics are optimistic; "
+               "the AUCs are not tuned."), "", metrics_table(figures)]
+    if args.recipe is not None:
+        recipe = load_bundle(args.recipe / "bundle" if (args.recipe / "bundle").is_dir() else args.recipe).manifest
+        rt = recipe["training"]
+        card += ["", f"## The {'nearest' if args.recipe_differs else 'same'} recipe on patients it never chose "
+                 f"anything on (`{recipe['name']}` trained on {rt['n_train_patients']} patients, measured on its "
+                 f"{rt['n_val_patients']} validation patients)",
+                 "", "The recipe's estimate: its members held those patients out entirely (no epoch, threshold or "
+                 "weight chosen on them). This model adds their data to the training."
+                 + (f" It differs from this model's recipe: {args.recipe_differs}." if args.recipe_differs else ""), "",
+                 metrics_table(recipe["metrics"]["validation"])]
+    if ensemble and held_out:
+        card += ["", "What the averaging adds, on the same patients: each member alone, and the members' pooled "
+                 "out-of-fold AUC on the training patients (each nodule scored by the member that never trained on "
+                 "its patient).", "",
+                 "| output | ensemble | members alone (min–max) | members out of fold, training patients |",
+                 "|---|---|---|---|"]
+        for name, entry in metrics["validation"].items():
+            alone = t["members_validation_auc"][name]
+            card.append(f"| {name} | {entry['auc']:.3f} | {min(alone):.3f}–{max(alone):.3f} | "
+                        f"{t['members_out_of_fold_auc'][name]:.3f} |")
+    if "validation_with_segmentation_prior" in metrics:
+        ev = metrics["validation_with_segmentation_prior"]
+        how = (f"prior `{ev['prior']}`" if ev["prior"] in ("segmentation", PRIOR_REFERENCE_MASK) else
+               "out-of-fold nnU-Net maps: each nodule segmented by the fold model that never saw its patient, with "
+               "the default crop; descriptors from those maps too")
+        card += ["", f"## The same patients with the nnU-Net prior (as at analysis time; {how})", "",
+                 f"Thresholds are the bundle's, chosen with the {'reference-mask' if reference else 'same'} prior.",
+                 "",
+                 metrics_table(ev["outputs"])]
+        if "segmentation_dice" in ev:
+            d = ev["segmentation_dice"]
+            card += ["", f"Segmentation Dice {d['mean']:.3f} ({d['ci_low']:.3f}–{d['ci_high']:.3f}), n={d['n']}."]
+    seg_cv = (args.segmentation / "cross_validation.json") if args.segmentation else None
+    if seg_cv is not None and seg_cv.is_file():
+        import numpy as np
+        cv = json.loads(seg_cv.read_text())
+        folds = sorted(p.name for p in args.segmentation.glob("fold_*"))
+        mean_dice = float(np.mean(list(cv["dice"].values())))
+        card += ["", "## Segmentation model",
+                 f"nnU-Net v2, small plans, folds present: {', '.join(folds)} (ensembled at analysis time); trained "
+                 f"{_segmentation_schedule(args.segmentation, cv.get('config', {}))}. Out-of-fold Dice "
+                 "(connected component at the centre vs the reference mask; "
+                 + cv.get("dice_note", "as recorded during training, with the crop of the code of that time")
+                 + f") mean {mean_dice:.4f} over {len(cv['dice'])} nodules; by fold and size with its CI in "
+                 "benchmarks/segmentation_results.md; "
+                 + ("at or above the 0.82 target." if mean_dice >= 0.82 else
+                    "**below the 0.82 target** (paper 0.818): a CPU budget is a small share of nnU-Net's default "
+                    "schedule. Maps, volumes and click-time descriptors in `analyze` inherit this.")]
+    card += ["", "## Limitations",
+             "- Small CPU-trained network: far fewer epochs and channels than the paper; see docs/RESULTS.md.",
+             "- Trained on tight VOIs padded with air; `analyze` recreates a VOI-like box around the segmented nodule.",
+             *(["- The descriptors, like the prior, come from the reference mask in training and evaluation but from "
+                "the bundled nnU-Net map in `analyze`, so the click-time descriptors are rougher than the ones the "
+                "figures above were measured with (see the nnU-Net-prior figures)."]
+               if source.network.descriptors and reference else []),
+             "- Against a radiomics-style bar (logistic regression on the same descriptors, same patients and "
+             "folds): benchmarks/descriptor_baseline.md, benchmarks/network_vs_descriptors_v8.md, "
+             "benchmarks/network_vs_descriptors_v9.md, "
+             "benchmarks/network_vs_descriptors_v10.md, benchmarks/network_vs_descriptors_v11.md.",
+             "- LIDC readers' ratings are subjective; 'malignant' means 'rated suspicious' (4-5).", "",
+             f"Made with: `python {' '.join(a for a in sys.argv if a not in ('--note', args.note))}`"
+             + (f" ({args.note})" if args.note else "")]
+    text = "\n".join(card) + "\n"
+    (args.out / "MODEL_CARD.md").write_text(text.replace(str(Path("../shared/data").resolve()), "../shared/data"))
+    print(f"bundle {bundle} ({size:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
