@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                  "(connected component at the centre vs the reference mask; "
                  + cv.get("dice_note", "as recorded during training, with the crop of the code of that time")
                  + f") mean {mean_dice:.4f} over {len(cv['dice'])} nodules; by fold and size with its CI in "
-                 "benchmarks/segmentation_results.md; "
+                 "benchmarks/segmentation/results.md; "
                  + ("at or above the 0.82 target." if mean_dice >= 0.82 else
                     "**below the 0.82 target** (paper 0.818): a CPU budget is a small share of nnU-Net's default "
                     "schedule. Maps, volumes and click-time descriptors in `analyze` inherit this.")]
@@ -210,9 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                 "figures above were measured with (see the nnU-Net-prior figures)."]
                if source.network.descriptors and reference else []),
              "- Against a radiomics-style bar (logistic regression on the same descriptors, same patients and "
-             "folds): benchmarks/descriptor_baseline.md, benchmarks/network_vs_descriptors_v8.md, "
-             "benchmarks/network_vs_descriptors_v9.md, "
-             "benchmarks/network_vs_descriptors_v10.md, benchmarks/network_vs_descriptors_v11.md.",
+             "folds): benchmarks/descriptor_baseline/, benchmarks/network_vs_descriptors/ (results per bundle "
+             "version, the newest current).",
              "- LIDC readers' ratings are subjective; 'malignant' means 'rated suspicious' (4-5).", "",
              f"Made with: `python {' '.join(a for a in sys.argv if a not in ('--note', args.note))}`"
              + (f" ({args.note})" if args.note else "")]
