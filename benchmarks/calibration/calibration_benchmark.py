@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(args.out / "calibration_benchmark.json", summary)
     write_text_atomic(args.out / "calibration_benchmark.md", markdown(summary))
     plot(names, labels, probs, calibrated, args.out / "reliability_oof.png")
-    write_stamp(args.out / "calibration_benchmark.md", [args.predictions])
+    write_stamp(args.out / "calibration_benchmark.md", [args.predictions, args.model or default_bundle_path()])
     return 0
 
 

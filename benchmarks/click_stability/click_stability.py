@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out.with_suffix(".json"), result)
     write_markdown(args.out.with_suffix(".md"), result)
-    write_stamp(args.out.with_suffix(".md"), [args.data / "lidc-voi", args.data / "lidc-ct" / "nodules.json"])
+    write_stamp(args.out.with_suffix(".md"), [args.data / "lidc-voi", args.data / "lidc-ct" / "nodules.json",
+                                                 bundle.path])
     print(json.dumps(result["summary"], indent=1))
     return 0
 

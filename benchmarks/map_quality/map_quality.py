@@ -212,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.summarise:
         from summarise import summarise  # noqa: PLC0415  (beside this script)
-        summarise(args.out, load_bundle(args.model).output_names)
-        write_stamp(args.out / "results.md", [args.data])
+        bundle = load_bundle(args.model)
+        summarise(args.out, bundle.output_names)
+        write_stamp(args.out / "results.md", [args.data, bundle.path])
         return 0
     run(args)
     return 0

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 "methods": {m: {n: [float(v) for v in scales[m][:, j]] for j, n in enumerate(names)}
                             for m in METHODS}}
     write_text_atomic(args.out / A.MAP_SCALE_NAME, json.dumps(document, indent=1) + "\n")
-    write_stamp(args.out / A.MAP_SCALE_NAME, [args.data])
+    write_stamp(args.out / A.MAP_SCALE_NAME, [args.data, bundle_path])
     if args.install:
         add_map_scale(bundle_path, document)
         print(f"installed {A.MAP_SCALE_NAME} in {bundle_path}")

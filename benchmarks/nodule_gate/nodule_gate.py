@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   "voi_clicks": [lean(r) for r in voi_rows],
                                                   "off_nodule_clicks": off, "real_ct_nodule_clicks": true}, indent=None)
     write_text_atomic(args.out / "results.md", markdown(summary, voi_rows, off, true, command))
-    write_stamp(args.out / "results.md", [args.voi, args.ct_dir / "nodules.json", args.points])
+    write_stamp(args.out / "results.md", [args.voi, args.ct_dir / "nodules.json", args.points,
+                                        args.model or default_bundle_path()])
     print(json.dumps(summary, indent=1))
     return 0
 

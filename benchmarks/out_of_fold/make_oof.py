@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                         + [f"{v:.6f}" for v in oof[i]]
                         + [f"{member_probs[k][i, j]:.6f}" for j in range(len(names)) for k in range(members)])
     write_text_atomic(args.out / "predictions.csv", out.getvalue())
-    write_stamp(args.out / "predictions.csv", [args.data])
+    write_stamp(args.out / "predictions.csv", [args.data, bundle_path])
     print(f"wrote {args.out / 'predictions.csv'} ({len(records)} nodules, {members} member folds)")
     return 0
 
