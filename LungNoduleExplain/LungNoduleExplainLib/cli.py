@@ -21,6 +21,7 @@ VERB_MODULES = (
     "train",
     "evaluate",
     "calibrate",
+    "package_bundle",
     "train_segmentation",
     "prepare_lidc",
     "prepare",

@@ -1,29 +1,72 @@
-"""Assemble the default model bundle shipped in the package, and its model card, from a finished training run.
-
-    python benchmarks/default_bundle/make_default_bundle.py --run default --segmentation SEG_MODEL_DIR \
-        [--evaluation EVAL_DIR] --out LungNoduleExplain/LungNoduleExplainLib/models/default
-
-RUN is a training run folder (its `bundle/` is used) or a bundle folder itself, e.g. the shipped bundle when only
-its segmentation model is replaced. Copies the classifier into a new bundle together with the nnU-Net model folder (SEG_MODEL_DIR: plans.json,
-dataset.json, fold_k/checkpoint_final.pth), re-computes every checksum, and writes MODEL_CARD.md from the run's
-validation metrics (and, when given, an `evaluate` output on the validation patients with the segmentation prior;
-for a run without validation patients, `train --val-fraction 0`, its members' out-of-fold metrics and the validation
-figures of --recipe, a held-out run of the same recipe).
-"""
+"""The model card of a packaged bundle (MODEL_CARD.md), written from the source run's manifest, and the packaging
+itself: `lungnodule-explain package-bundle` copies a finished run's classifier into a new bundle with an nnU-Net
+model folder, carries its calibration.json and map_scale.json (the weights are the same), re-computes every
+checksum and writes the card from the run's metrics (validation, or out of fold for a run without validation
+patients, beside a held-out run of the same recipe)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from LungNoduleExplainLib.bundle import load_bundle, save_bundle
-from LungNoduleExplainLib.data.patches import PRIOR_REFERENCE_MASK
-from LungNoduleExplainLib.patch import CHANNEL_DESCRIPTIONS
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common
-from common import named, runs_path  # noqa: E402
+from .bundle import ModelBundle, add_map_scale, load_bundle, save_bundle
+from .data.patches import PRIOR_REFERENCE_MASK
+from .output_folder import check_output_folder, replace_folder, staging_folder
+from .patch import CHANNEL_DESCRIPTIONS
+
+CARD_NAME = "MODEL_CARD.md"
+
+
+@dataclass(frozen=True)
+class PackageRequest:
+    """What to package. `run`: a training run folder (its bundle/ is used) or a bundle folder; `segmentation`: an
+    nnU-Net model folder (plans.json, dataset.json, fold_k/checkpoint_final.pth) or None; `evaluation`: an
+    `evaluate` output folder whose metrics the card quotes; `recipe`: a held-out run of the same recipe (for a run
+    trained with --val-fraction 0), `recipe_differs` how it differs where it is only the nearest; `command`: the
+    line that made it, for the card."""
+
+    run: Path
+    out: Path
+    segmentation: Path | None = None
+    evaluation: Path | None = None
+    recipe: Path | None = None
+    recipe_differs: str = ""
+    version: str = "1"
+    note: str = ""
+    command: str = ""
+
+
+def _bundle_folder(run: Path) -> Path:
+    return run / "bundle" if (run / "bundle").is_dir() else run
+
+
+def package_bundle(request: PackageRequest, *, overwrite: bool = False) -> Path:
+    """Write the bundle and its card to request.out (the output-folder rule: a non-empty folder is refused unless
+    `overwrite` and written by lungnodule-explain; replaced by renames). Returns the folder."""
+    check_output_folder(request.out, overwrite=overwrite)
+    source = load_bundle(_bundle_folder(request.run))
+    metrics = dict(source.manifest["metrics"])
+    if request.evaluation is not None:
+        metrics["validation_with_segmentation_prior"] = json.loads((request.evaluation / "metrics.json").read_text())
+    calibration = source.path / "calibration.json"
+    staging = staging_folder(request.out)
+    bundle = save_bundle(staging / "bundle", source.model, source.task_set, source.network, source.thresholds,
+                         name=source.manifest["name"], prior=source.prior, training=source.manifest["training"],
+                         metrics=metrics, segmentation_dir=request.segmentation, version=request.version,
+                         calibration=json.loads(calibration.read_text()) if calibration.is_file() else None)
+    map_scale = source.path / "map_scale.json"
+    if map_scale.is_file():
+        add_map_scale(bundle, json.loads(map_scale.read_text()))
+    recipe = load_bundle(_bundle_folder(request.recipe)).manifest if request.recipe is not None else None
+    size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 2 ** 20
+    (bundle / CARD_NAME).write_text(model_card(source, metrics, request, recipe, size))
+    for item in bundle.iterdir():
+        item.rename(staging / item.name)
+    bundle.rmdir()
+    replace_folder(staging, request.out, "package-bundle")
+    return Path(request.out)
 
 
 def fmt(m: dict) -> str:
@@ -56,31 +99,10 @@ def _segmentation_schedule(model_dir: Path, config: dict) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=runs_path, required=True, help="a run (or bundle) under $LUNGNODULE_RUNS")
-    p.add_argument("--segmentation", type=runs_path, default=None, help="nnU-Net model folder under $LUNGNODULE_RUNS")
-    p.add_argument("--evaluation", type=runs_path, default=None, help="an `evaluate` output folder (under $LUNGNODULE_RUNS) to quote")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--version", default="1")
-    p.add_argument("--recipe", type=runs_path, default=None,
-                   help="for a run without validation patients (train --val-fraction 0): a held-out run of the "
-                        "same recipe whose validation figures the card quotes")
-    p.add_argument("--recipe-differs", default="",
-                   help="where --recipe is the nearest held-out run rather than the same recipe: how it differs")
-    p.add_argument("--note", default="", help="a line for the card's provenance (e.g. where RUN came from)")
-    args = p.parse_args(argv)
-
-    source = load_bundle(args.run / "bundle" if (args.run / "bundle").is_dir() else args.run)
-    m = source.manifest
-    metrics = dict(m["metrics"])
-    if args.evaluation is not None:
-        metrics["validation_with_segmentation_prior"] = json.loads((args.evaluation / "metrics.json").read_text())
-    bundle = save_bundle(args.out, source.model, source.task_set, source.network, source.thresholds,
-                         name=m["name"], prior=m["prior"], training=m["training"], metrics=metrics,
-                         segmentation_dir=args.segmentation, version=args.version)
-    size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 2 ** 20
-    t = m["training"]
+def model_card(source: ModelBundle, metrics: dict, request: PackageRequest, recipe: dict | None,
+               size_mib: float) -> str:
+    """MODEL_CARD.md of the packaged bundle: what it is, data and split, the metrics, limitations, provenance."""
+    m, t, size = source.manifest, source.manifest["training"], size_mib
     reference = m["prior"] == PRIOR_REFERENCE_MASK
     ensemble = source.members > 1
     if ensemble:
@@ -95,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     readers = [task.name for task in source.task_set.all_tasks if task.readers_column]
     held_out = "validation" in metrics  # else `train --val-fraction 0`: every patient trained members
     figures = metrics["validation" if held_out else "out_of_fold"]
-    card = [f"# Model card: {m['name']} v{args.version}", "",
+    card = [f"# Model card: {m['name']} v{request.version}", "",
             "**Intended use: research only. Not a medical device; not for clinical decisions.** It predicts "
             "radiologists' suspicion ratings from LIDC-IDRI, not pathology.", "",
             "## What it is",
@@ -118,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
                "nodule segmented by the fold model that never saw its patient, as the paper does; the descriptors "
                "come from the same maps")
             + "). At analysis time the prior is the bundled nnU-Net model's probability map.",
-            f"- Segmentation: {'nnU-Net v2 model in segmentation/ (see docs/SEGMENTATION.md)' if args.segmentation else 'none'}.",
+            f"- Segmentation: {'nnU-Net v2 model in segmentation/ (see docs/SEGMENTATION.md)' if request.segmentation else 'none'}.",
             f"- Bundle size: {size:.1f} MiB; every file SHA-256-checked at load; weights in safetensors.", "",
             "## Data and split",
-            f"- Trained on `{named(Path(t['data']))}` (LIDC-IDRI VOIs, CC BY 3.0): {t['n_train']} nodules of "
+            f"- Trained on `{Path(t['data']).name}` (LIDC-IDRI VOIs, CC BY 3.0): {t['n_train']} nodules of "
             f"{t['n_train_patients']} patients; "
             + ((("validation (only to measure the finished ensemble: no epoch, threshold or weight was chosen on it) "
                  if ensemble else "validation (model selection, thresholds) ")
@@ -129,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                if held_out else
                "**every patient of the set**, no validation hold-out: "
                + ("the nearest recipe was measured on held-out patients (below) and this model's difference from it "
-                  "shipped under a criterion written before the run (docs/RESULTS.md)." if args.recipe_differs else
+                  "shipped under a criterion written before the run (docs/RESULTS.md)." if request.recipe_differs else
                   "the recipe was fixed beforehand on held-out patients (docs/RESULTS.md), so this model only adds "
                   "their data.")
                + f" Folds **by patient**, seed {t['seed']}."),
@@ -154,15 +176,14 @@ def main(argv: list[str] | None = None) -> int:
                "so nothing here was tuned on these patients." if ensemble else
                "Thresholds were chosen on these same patients (Youden), so the threshold metrics are optimistic; "
                "the AUCs are not tuned."), "", metrics_table(figures)]
-    if args.recipe is not None:
-        recipe = load_bundle(args.recipe / "bundle" if (args.recipe / "bundle").is_dir() else args.recipe).manifest
+    if recipe is not None:
         rt = recipe["training"]
-        card += ["", f"## The {'nearest' if args.recipe_differs else 'same'} recipe on patients it never chose "
+        card += ["", f"## The {'nearest' if request.recipe_differs else 'same'} recipe on patients it never chose "
                  f"anything on (`{recipe['name']}` trained on {rt['n_train_patients']} patients, measured on its "
                  f"{rt['n_val_patients']} validation patients)",
                  "", "The recipe's estimate: its members held those patients out entirely (no epoch, threshold or "
                  "weight chosen on them). This model adds their data to the training."
-                 + (f" It differs from this model's recipe: {args.recipe_differs}." if args.recipe_differs else ""), "",
+                 + (f" It differs from this model's recipe: {request.recipe_differs}." if request.recipe_differs else ""), "",
                  metrics_table(recipe["metrics"]["validation"])]
     if ensemble and held_out:
         card += ["", "What the averaging adds, on the same patients: each member alone, and the members' pooled "
@@ -186,15 +207,15 @@ def main(argv: list[str] | None = None) -> int:
         if "segmentation_dice" in ev:
             d = ev["segmentation_dice"]
             card += ["", f"Segmentation Dice {d['mean']:.3f} ({d['ci_low']:.3f}–{d['ci_high']:.3f}), n={d['n']}."]
-    seg_cv = (args.segmentation / "cross_validation.json") if args.segmentation else None
+    seg_cv = (request.segmentation / "cross_validation.json") if request.segmentation else None
     if seg_cv is not None and seg_cv.is_file():
         import numpy as np
         cv = json.loads(seg_cv.read_text())
-        folds = sorted(p.name for p in args.segmentation.glob("fold_*"))
+        folds = sorted(p.name for p in request.segmentation.glob("fold_*"))
         mean_dice = float(np.mean(list(cv["dice"].values())))
         card += ["", "## Segmentation model",
                  f"nnU-Net v2, small plans, folds present: {', '.join(folds)} (ensembled at analysis time); trained "
-                 f"{_segmentation_schedule(args.segmentation, cv.get('config', {}))}. Out-of-fold Dice "
+                 f"{_segmentation_schedule(request.segmentation, cv.get('config', {}))}. Out-of-fold Dice "
                  "(connected component at the centre vs the reference mask; "
                  + cv.get("dice_note", "as recorded during training, with the crop of the code of that time")
                  + f") mean {mean_dice:.4f} over {len(cv['dice'])} nodules; by fold and size with its CI in "
@@ -213,13 +234,6 @@ def main(argv: list[str] | None = None) -> int:
              "folds): benchmarks/descriptor_baseline/, benchmarks/network_vs_descriptors/ (results per bundle "
              "version, the newest current).",
              "- LIDC readers' ratings are subjective; 'malignant' means 'rated suspicious' (4-5).", "",
-             f"Made with: `python {' '.join(a for a in sys.argv if a not in ('--note', args.note))}`"
-             + (f" ({args.note})" if args.note else "")]
-    text = "\n".join(card) + "\n"
-    (args.out / "MODEL_CARD.md").write_text(text.replace(str(Path("../shared/data").resolve()), "../shared/data"))
-    print(f"bundle {bundle} ({size:.1f} MiB)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+             f"Made with: `{request.command}`"
+             + (f" ({request.note})" if request.note else "")]
+    return "\n".join(card) + "\n"
