@@ -7,7 +7,7 @@ Stages: reading the CT and loading the model happen once (reported apart); each 
 centroid of `nodules.json` and reads the stages the engine itself records in Finding.timings_s (crop, segment,
 classify, maps, paste back, ...), plus the wall time of the whole `analyze` call; writing the report folder is
 timed once at the end. Peak memory: the process's maximum resident set size (resource.getrusage), and on CUDA
-torch's peak allocation. Results go to benchmarks/analyze_timing.md (a new file, or a section appended).
+torch's peak allocation. Results go to benchmarks/analyze_timing/results.md (a new file, or a section appended).
 Target (issue 4): at most 3 s from point to Finding on 2 CPU cores for a CT already in memory.
 The process CPU time per click is recorded beside the wall time: on a machine shared with other work the wall
 time measures the others too, while CPU time / threads is what the click costs on cores of its own.

@@ -3,7 +3,7 @@ and HU of the reference-mask region, the same numbers the network's descriptor t
 baseline and, when --run is given, the trained network on the very same validation patients.
 
     python benchmarks/descriptor_baseline/descriptor_baseline.py --data lidc-voi [--run default] \
-        [--out benchmarks/descriptor_baseline.md]
+        [--out benchmarks/descriptor_baseline/descriptor_baseline.md]
 
 Two estimates, both split by patient: (1) the training run's split (`patient_split`, 20% of patients, seed 0),
 so the network and the regression are judged on the same patients; (2) patient-grouped 5-fold cross-validation,

@@ -1,7 +1,7 @@
 """Why "round" scores far below the paper's sphericity: the two are different labels.
 
     python benchmarks/sphericity_label/sphericity_label.py --data lidc-voi \
-        [--predictions EVALUATE_OUT/predictions.csv] [--out benchmarks/sphericity_label.md]
+        [--predictions EVALUATE_OUT/predictions.csv] [--out benchmarks/sphericity_label/sphericity_label.md]
 
 Our "round" is the readers' sphericity rating (mode 4-5 vs 1-3, configs/tasks-lidc.json). The authors' final code
 (METHOD.md) labels sphericity from the consensus mask instead: shape sphericity >= 0.8. This script computes that
