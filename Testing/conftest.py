@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -62,3 +65,28 @@ def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001 (pytes
         if (SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.originalname in SLOW_TESTS
                 or item.path.name in SLOW_MODULES):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_temp_folder(tmp_path_factory):
+    """The suite's temporary files (the code's and its subprocesses': TMPDIR is inherited) go to a private folder
+    that must be empty at the end: what the engine, the worker or the Slicer module leaves behind in the temp
+    folder fails the suite, and the system temp folder is left as it was found. (pytest's own tmp_path folders
+    stay in pytest's basetemp, made before the switch.)"""
+    tmp_path_factory.getbasetemp()
+    system = tempfile.gettempdir()
+    folder = Path(tempfile.mkdtemp(prefix="lungnodule-tests-"))
+    saved = {name: os.environ.get(name) for name in ("TMPDIR", "TORCHINDUCTOR_CACHE_DIR")}, tempfile.tempdir
+    # torch's compile cache is no patient data and is reused between runs: it stays where torch keeps it
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(system, f"torchinductor_{getpass.getuser()}"))
+    os.environ["TMPDIR"], tempfile.tempdir = str(folder), str(folder)
+    yield folder
+    for name, value in saved[0].items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    tempfile.tempdir = saved[1]
+    left = sorted(p.name for p in folder.iterdir())
+    shutil.rmtree(folder, ignore_errors=True)
+    assert not left, f"the tests left {left} in the temp folder"
