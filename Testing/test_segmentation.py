@@ -221,9 +221,15 @@ def test_a_model_folder_missing_plans_or_a_fold_raises_bundle_error_naming_it(tr
 def test_cross_validation_refuses_an_existing_output_folder_before_doing_anything(small_voi, tmp_path):
     from LungNoduleExplainLib.segmentation.training import cross_validate
 
+    from LungNoduleExplainLib.errors import OutputExistsError
+
     (tmp_path / "model").mkdir()
-    with pytest.raises(DatasetError, match="exists already"):
+    (tmp_path / "model" / "notes.txt").write_text("someone's")  # an empty folder may be used; this one may not
+    with pytest.raises(OutputExistsError, match="not empty"):
         cross_validate(small_voi, tmp_path / "work", tmp_path / "model")
+    with pytest.raises(OutputExistsError, match="nothing was deleted"):
+        cross_validate(small_voi, tmp_path / "work", tmp_path / "model", overwrite=True)
+    assert (tmp_path / "model" / "notes.txt").exists()
     assert not (tmp_path / "work").exists()
 
 
