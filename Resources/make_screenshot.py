@@ -46,13 +46,16 @@ def loadCt(scene, ctDir: Path):
     if (ctDir / PATIENT / "dicom").is_dir():
         centroid = next(n["centroid_ras_mm"] for n in json.loads((ctDir / "nodules.json").read_text())
                         if n["patient_id"] == PATIENT)
-        path = Path(tempfile.mkdtemp(prefix="LungNoduleExplain-shot-")) / "ct.nrrd"
-        sitk.WriteImage(read_ct(ctDir / PATIENT / "dicom"), str(path))
+        # the copy of the patient's CT lives only while the scene reads it
+        with tempfile.TemporaryDirectory(prefix="LungNoduleExplain-shot-") as folder:
+            path = Path(folder) / "ct.nrrd"
+            sitk.WriteImage(read_ct(ctDir / PATIENT / "dicom"), str(path))
+            ctNode = loadVolume(scene, path, PATIENT)
     else:
         from LungNoduleExplainLib.sample import SAMPLE_CT
         x, y, z = json.loads((SAMPLE_CT.parent / "sample.json").read_text())["point_lps_mm"]
-        centroid, path = [-x, -y, z], SAMPLE_CT
-    ctNode = loadVolume(scene, path, PATIENT)
+        centroid = [-x, -y, z]
+        ctNode = loadVolume(scene, SAMPLE_CT, PATIENT)
     ctNode.GetDisplayNode().SetAutoWindowLevel(False)
     ctNode.GetDisplayNode().SetWindowLevel(1500, -600)  # lung window
     return ctNode, tuple(centroid)
