@@ -64,8 +64,7 @@ def replace_folder(staging: Path, target: Path, verb: str) -> None:
     if not target.exists():
         staging.rename(target)
         return
-    previous = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.previous"
-    target.rename(previous)
+    previous = _aside(target)
     try:
         staging.rename(target)
     except BaseException:
@@ -74,15 +73,20 @@ def replace_folder(staging: Path, target: Path, verb: str) -> None:
     shutil.rmtree(previous, ignore_errors=True)
 
 
+def _aside(folder: Path) -> Path:
+    """Rename `folder` to a hidden sibling (one rename: atomic) and return where it went."""
+    previous = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.previous"
+    folder.rename(previous)
+    return previous
+
+
 def start_folder(folder: Path, verb: str, *, overwrite: bool, resume: bool = False) -> None:
     """For verbs that write into their folder as they go (train): check, move an old folder of ours away when
     replacing it, create and mark the folder."""
     folder = Path(folder)
     check_output_folder(folder, overwrite=overwrite, resume=resume)
     if overwrite and not resume and folder.is_dir() and any(folder.iterdir()):
-        previous = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.previous"
-        folder.rename(previous)
-        shutil.rmtree(previous, ignore_errors=True)
+        shutil.rmtree(_aside(folder), ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     if not is_ours(folder):
         mark(folder, verb)
