@@ -430,3 +430,34 @@ def test_a_worker_that_took_the_request_and_died_fails_it_without_a_retry(tmp_pa
     client.runner.end(-9)  # the out-of-memory killer, during the analysis
     assert events[-1] == ("ended", -9) and client.runner.starts == 1
     client.close()
+
+
+def test_a_request_that_waits_is_answered_before_the_previous_results_report(tmp_path, small_ct):
+    """The report (overlays, report.html) is written once no request waits: a click made as soon as the previous
+    result is shown does not wait for that result's report, and every report still comes."""
+    from LungNoduleExplainLib.worker import MessageWriter
+    from LungNoduleExplainLib.worker_loop import serve
+
+    read_end, write_end = os.pipe()
+    requests = os.fdopen(write_end, "w", buffering=1)
+    seen = []
+
+    class FrontEnd:  # sends request 2 the moment result 1 arrives, and hangs up after the last report
+        def write(self, text: str) -> None:
+            for line in text.splitlines():
+                message = json.loads(line)
+                seen.append((message["type"], message.get("id")))
+                if message["type"] == "result" and message["id"] == "1":
+                    requests.write(json.dumps(analyze_line(tmp_path, small_ct, "2")) + "\n")
+                if message["type"] == "report" and message["id"] == "2":
+                    requests.close()
+
+        def flush(self) -> None:
+            pass
+
+    requests.write(json.dumps(analyze_line(tmp_path, small_ct, "1")) + "\n")
+    with os.fdopen(read_end, "r") as stdin:
+        serve([], MessageWriter(FrontEnd()), stdin, analyzer_factory=FakeAnalyzer, cuda_available=lambda: False)
+    assert [s for s in seen if s[0] in ("result", "report")] == [("result", "1"), ("result", "2"),
+                                                                 ("report", "1"), ("report", "2")]
+    assert all((tmp_path / f"out-{n}" / "report.html").is_file() for n in ("1", "2"))

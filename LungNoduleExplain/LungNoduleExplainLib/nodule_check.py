@@ -118,26 +118,6 @@ def refusal_message(point_lps: Sequence[float], check: NoduleCheck) -> str:
             "Click on the nodule, or classify anyway for research (--classify-anyway, classify_anyway=True)")
 
 
-def analyze_or_refusal(analyzer: Any, ct: sitk.Image, point: Sequence[float], space: str, *,
-                       classify_anyway: bool = False, several: bool = True) -> Any:
-    """`analyzer.analyze(...)`; with `several` points, a point without a nodule becomes a NoNodule entry so that
-    the others go on (a single point raises NoNoduleError). The one loop body of the CLI and the worker."""
-    try:
-        return analyzer.analyze(ct, point, space=space, classify_anyway=classify_anyway)
-    except NoNoduleError as exc:
-        if not several or exc.check is None:
-            raise
-        logger.warning("%s", exc)
-        return NoNodule(tuple(float(v) for v in exc.point_lps), exc.check)
-
-
-def require_a_nodule(results: Sequence[Any]) -> None:
-    """NoNoduleError when not one of several points found a nodule (nothing to report)."""
-    if results and all(isinstance(r, NoNodule) for r in results):
-        reasons = "; ".join(f"point {n}: {r.check.reason}" for n, r in enumerate(results, start=1))
-        raise NoNoduleError(f"no nodule found at any of the {len(results)} points: {reasons}")
-
-
 def check_nodule(ct: sitk.Image, mask: sitk.Image, probability: sitk.Image, point_lps: Sequence[float],
                  field_box: tuple[Sequence[int], Sequence[int]] | None = None) -> NoduleCheck:
     """Decide whether the segmented component `mask` (uint8, CT grid) is a nodule at `point_lps` (LPS mm).

@@ -188,26 +188,22 @@ def _default_ct_reader(path: Path) -> Any:
     return read_ct(path)
 
 
-def finding_paths(out_dir: Path, count: int) -> list[Path]:
-    """Where write_findings puts each nodule's finding.json, in point order."""
-    return [out_dir / f"nodule-{i + 1:02d}" / "finding.json" for i in range(count)]
-
-
 def run_request(request: Request, messages: MessageWriter, *,
                 analyzer_factory: AnalyzerFactory = _default_analyzer_factory,
                 findings_writer: FindingsWriter = _default_findings_writer,
                 ct_reader: Callable[[Path], Any] = _default_ct_reader,
                 cuda_available: Callable[[], bool] | None = None,
-                analyzer_source: Callable[..., AnalyzerLike] | None = None, report_later: bool = False) -> None:
+                analyzer_source: Callable[..., AnalyzerLike] | None = None,
+                report_later: bool = False) -> Callable[[], None] | None:
     """Analyse every point of the request and write the results; raises on failure (main turns it into a line).
     analyzer_source(bundle=, device=, progress=) -> analyzer: where the analyzer comes from (the request loop's
     cache of loaded models, worker_loop.py); analyzer_factory when None. report_later: send the result once the
-    files a viewer needs are written (findings_writer(report=False)), then write the overlays and report.html and
-    say {"type": "report", "report": path}: the front end shows the results ~2 s sooner."""
+    files a viewer needs are written (findings_writer(report=False)) and return what writes the overlays and
+    report.html and then says {"type": "report", "report": path}: the front end shows the results ~1-2 s sooner,
+    and the request loop writes the report when no other request waits (worker_loop.serve)."""
     device, note = device_and_note(request.device, cuda_available)
     if note:
         messages.log(note, level="warning")
-    n = len(request.points)
     # Share of the bar: 5 % reading and model loading, 85 % analysing, 10 % writing.
     messages.progress(0.0, f"Reading CT {request.ct.name}")
     if not request.ct.exists():
@@ -215,36 +211,32 @@ def run_request(request: Request, messages: MessageWriter, *,
                               "cleaned while the analysis was starting?)")
     ct = ct_reader(request.ct)
     messages.progress(0.02, f"Loading the model on {device.upper()}")
-    current = {"index": 0}
-
-    def on_progress(fraction: float, message: str) -> None:
-        overall = 0.05 + 0.85 * (current["index"] + min(max(fraction, 0.0), 1.0)) / n
-        prefix = f"Nodule {current['index'] + 1}/{n}: " if n > 1 else ""
-        messages.progress(overall, prefix + message)
-
-    from .nodule_check import analyze_or_refusal, require_a_nodule
-    analyzer = (analyzer_source or analyzer_factory)(bundle=request.bundle, device=device, progress=on_progress)
-    findings = []
-    for index, point in enumerate(request.points):
-        current["index"] = index
-        on_progress(0.0, f"analysing point {tuple(round(v, 1) for v in point)} ({request.space.upper()})")
-        findings.append(analyze_or_refusal(analyzer, ct, point, request.space,
-                                           classify_anyway=request.classify_anyway, several=n > 1))
-    require_a_nodule(findings)
+    from .points import ClickedPoint, analyze_points
+    analyzer = (analyzer_source or analyzer_factory)(bundle=request.bundle, device=device, progress=None)
+    points = [ClickedPoint(tuple(p), request.space, f"point {i}") for i, p in enumerate(request.points, start=1)]
+    findings = analyze_points(analyzer, ct, points, classify_anyway=request.classify_anyway,
+                              progress=lambda fraction, message: messages.progress(0.05 + 0.85 * fraction, message))
     messages.progress(0.9, "Writing segmentation, maps and report")
     source = request.source or str(request.ct)
     report = findings_writer(findings, ct, request.out_dir, source=source,
                              progress=lambda fraction, message: messages.progress(0.9 + 0.1 * fraction, message),
                              **({"report": False} if report_later else {}))
-    paths = finding_paths(request.out_dir, n)
+    from .reports import finding_files
+    paths = finding_files(request.out_dir, len(points))
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise RuntimeError(f"the findings writer did not write {', '.join(missing)}")
     messages.progress(1.0, "Done")
     messages.send("result", out_dir=str(request.out_dir), findings=[str(p) for p in paths],
                   report=str(report) if report and not report_later else None, device=device)
-    if report_later:
+    if not report_later:
+        return None
+
+    def write_report() -> None:
+        if not request.out_dir.is_dir():  # the front end removed that run's results: nobody wants its report
+            return
         messages.send("report", report=str(_default_report_writer(findings, ct, request.out_dir, source=source)))
+    return write_report
 
 
 def main(argv: Sequence[str] | None = None, *, stream: IO[str] | None = None, stdin: IO[str] | None = None,

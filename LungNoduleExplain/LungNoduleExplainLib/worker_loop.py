@@ -7,7 +7,8 @@ them. stdin carries one JSON object per line:
                                                                           or "error", all with "id": "3"; after
                                                                           a result {"type": "report", "id": "3",
                                                                           "report": path} once report.html is
-                                                                          written (the result comes first)
+                                                                          written (the result comes first; the
+                                                                          report once no request waits)
     {"type": "load", "id": "1", "bundle": null, "device": "auto"}      -> {"type": "loaded", "id": "1", ...}
                                                                           (loads the model ahead of the 1st click)
     {"type": "exit"}                                                    -> the process ends with code 0
@@ -23,13 +24,15 @@ The protocol runs over the pipes of a child process only; it opens no port (a re
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import select
 import shutil
 import time
 from pathlib import Path
-from typing import IO, Any, Callable, Sequence
+from typing import IO, Any, Callable, Iterable, Sequence
 
 from .worker import (EXIT_OK, AnalyzerLike, MessageWriter, Request, RequestError, _default_analyzer_factory,
                      _default_ct_reader, device_and_note, report_failure, run_request)
@@ -37,6 +40,7 @@ from .worker import (EXIT_OK, AnalyzerLike, MessageWriter, Request, RequestError
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
+REPORT_IDLE_S = 1.0  # a click within this long of the previous result is answered before that result's report
 
 
 def bundle_fingerprint(bundle: Path | None) -> tuple:
@@ -100,28 +104,61 @@ class CtCache:
         return self.image
 
 
-def serve(argv: Sequence[str], messages: MessageWriter, stdin: IO[str], *,
+def serve(argv: Sequence[str], messages: MessageWriter, stdin: IO[str] | Iterable[str], *,
           analyzer_factory: Callable[..., AnalyzerLike] = _default_analyzer_factory,
           ct_reader: Callable[[Path], Any] = _default_ct_reader, **injected: Any) -> int:
-    """Answer requests from `stdin` until it closes or says exit. `injected`: findings_writer, cuda_available."""
+    """Answer requests from `stdin` until it closes or says exit. `injected`: findings_writer, cuda_available.
+
+    A result's report (overlays and report.html) is written once no request has come for REPORT_IDLE_S, so that
+    a click soon after the previous result does not wait for it."""
     remove_on_exit = _remove_on_exit(argv)
     analyzers, cts = AnalyzerCache(analyzer_factory), CtCache(ct_reader)
+    reports: list[Callable[[], None]] = []  # oldest first
     messages.send("ready", pid=os.getpid(), protocol=PROTOCOL_VERSION)
+    lines = iter(stdin)
     try:
-        for line in stdin:
+        while True:
+            if reports and not _line_within(stdin, REPORT_IDLE_S):
+                _write_report(reports.pop(0), messages)
+                continue
+            line = next(lines, "")
+            if not line:
+                break
             if not line.strip():
                 continue
-            if _answer(line, messages, analyzers, cts, injected) == "exit":
+            answer = _answer(line, messages, analyzers, cts, injected)
+            if answer == "exit":
                 break
+            if callable(answer):
+                reports.append(answer)
     finally:
         if remove_on_exit is not None:
             shutil.rmtree(remove_on_exit, ignore_errors=True)
     return EXIT_OK
 
 
+def _line_within(stream: IO[str] | Iterable[str], seconds: float) -> bool:
+    """True when input arrives on `stream` within `seconds`. False when that cannot be known (a stream without a
+    file descriptor, or a Windows pipe, which select cannot wait on): the report is then written at once."""
+    try:
+        ready, _, _ = select.select([stream], [], [], seconds)
+    except (OSError, ValueError, TypeError, io.UnsupportedOperation):
+        return False
+    return bool(ready)
+
+
+def _write_report(write: Callable[[], None], messages: MessageWriter) -> None:
+    """Write one pending report; a failure is a log line (the result was delivered and stands)."""
+    try:
+        write()
+    except Exception as exc:  # noqa: BLE001 - the loop survives; the front end finds report.html missing
+        messages.log(f"the report could not be written: {type(exc).__name__}: {exc}", level="warning")
+
+
 def _answer(line: str, messages: MessageWriter, analyzers: AnalyzerCache, cts: CtCache,
-            injected: dict) -> str | None:
-    """Answer one request line; every failure becomes an error line with the request's id."""
+            injected: dict) -> str | Callable[[], None] | None:
+    """Answer one request line; every failure becomes an error line with the request's id. Returns "exit", the
+    result's pending report writer, or None."""
     request_id = None
     try:
         data = json.loads(line)
@@ -137,8 +174,8 @@ def _answer(line: str, messages: MessageWriter, analyzers: AnalyzerCache, cts: C
         elif kind == "analyze":
             request = Request.from_json(data, source=f"request {request_id!r}")
             # the report after the result, unless a test's writer stands in for the real one
-            run_request(request, tagged, ct_reader=cts, analyzer_source=analyzers,
-                        report_later="findings_writer" not in injected, **injected)
+            return run_request(request, tagged, ct_reader=cts, analyzer_source=analyzers,
+                               report_later="findings_writer" not in injected, **injected)
         else:
             raise RequestError(f"request type {kind!r} is not one of 'analyze', 'load', 'exit'")
     except json.JSONDecodeError as exc:

@@ -84,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     ct = read_ct(ct_dir / args.patient / "dicom")
     once["read CT (DICOM)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    segmenter = None
-    if args.segmentation is not None:
-        from LungNoduleExplainLib.segmentation.predict import NoduleSegmenter
-        segmenter = NoduleSegmenter(args.segmentation, device=args.device)
+    from LungNoduleExplainLib.bundle import default_bundle_path
+    from LungNoduleExplainLib.segmentation.predict import NoduleSegmenter
+    # every repeat is the same click: nothing may be answered from the segmenter's memory of recent crops
+    segmenter = NoduleSegmenter(args.segmentation or (args.model or default_bundle_path()) / "segmentation",
+                                device=args.device, recent_crops=0)
     analyzer = Analyzer(bundle=args.model, device=args.device, segmenter=segmenter)
     once["load model"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -111,8 +111,8 @@ def timing(model: Path, ct_root: Path, repeats: int, whole_ct: str) -> list[str]
     from LungNoduleExplainLib.volume import read_ct
 
     nodules = json.loads((ct_root / "nodules.json").read_text())
-    segmenter = NoduleSegmenter(model, device="cpu")
-    plain = NoduleSegmenter(model, device="cpu")
+    segmenter = NoduleSegmenter(model, device="cpu", recent_crops=0)  # timed: nothing answered from memory
+    plain = NoduleSegmenter(model, device="cpu", recent_crops=0)
     for module in plain._predictor.network.modules():  # undo devices.use_onednn_convolutions: what it buys
         if isinstance(module, torch.nn.Conv3d):
             module.__class__ = torch.nn.Conv3d
@@ -129,7 +129,7 @@ def timing(model: Path, ct_root: Path, repeats: int, whole_ct: str) -> list[str]
                  f"{wall:.2f} / {cpu:.2f}", f"{plain_wall:.2f} / {plain_cpu:.2f}", "yes" if same else "**no**",
                  "", ""]
         if nodule["patient_id"] == whole_ct:  # one fold (minutes each), extrapolated to the ensemble and 300 slices
-            one_fold = NoduleSegmenter(model, folds=segmenter.folds[:1], device="cpu")
+            one_fold = NoduleSegmenter(model, folds=segmenter.folds[:1], device="cpu", recent_crops=0)
             hu = sitk.GetArrayFromImage(ct).astype(np.float32)
             w, c, _ = timed(lambda: one_fold.predict_array(hu, ct.GetSpacing()[::-1]), 1)
             scale = 300 / ct.GetSize()[2] * len(segmenter.folds)
@@ -142,7 +142,7 @@ def whole_ct_only(args: argparse.Namespace) -> int:
     from LungNoduleExplainLib.segmentation import NoduleSegmenter
     from LungNoduleExplainLib.volume import read_ct
 
-    segmenter = NoduleSegmenter(args.model, device="cpu")
+    segmenter = NoduleSegmenter(args.model, device="cpu", recent_crops=0)
     ct = read_ct(args.ct / args.whole_ct / "dicom")
     hu = sitk.GetArrayFromImage(ct).astype(np.float32)
     wall, cpu, _ = timed(lambda: segmenter.predict_array(hu, ct.GetSpacing()[::-1]), 1)

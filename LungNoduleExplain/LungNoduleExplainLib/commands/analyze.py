@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import NoNoduleError, PointError
+from ..points import ClickedPoint, analyze_points
+from ..errors import PointError
 from ..explain import MAP_METHODS
 from ..finding import Finding
-from ..nodule_check import NoNodule, analyze_or_refusal, require_a_nodule
+from ..nodule_check import NoNodule
 from ..volume import POINT_SPACES
 from ..worker import DEVICES
 from . import dicom_options
@@ -29,15 +30,6 @@ from . import dicom_options
 logger = logging.getLogger(__name__)
 
 AnalyzerFactory = Callable[..., Any]  # (bundle=, device=, progress=) -> object with analyze(ct, point, space)
-
-
-@dataclass(frozen=True)
-class ClickedPoint:
-    """One point to analyse: three coordinates in `space` (RAS or LPS mm, or voxel index i, j, k)."""
-
-    coordinates: tuple[float, float, float]
-    space: str
-    origin: str  # where it came from, for error messages: "--point 2" or "points.csv row 3"
 
 
 def parse_point(text: str) -> tuple[float, float, float]:
@@ -112,7 +104,7 @@ def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = 
         check_out_keeps_ct(args.out, ct_path)
         ct, series = dicom_options.read_input(args, ct_path)
         check_points(ct, points)
-        findings = analyze_points(ct, points, bundle=args.model, device=args.device,
+        findings = load_and_analyze(ct, points, bundle=args.model, device=args.device,
                                   analyzer_factory=analyzer_factory, quiet=getattr(args, "quiet", False),
                                   classify_anyway=getattr(args, "classify_anyway", False),
                                   map_method=getattr(args, "map_method", MAP_METHODS[0]))
@@ -202,13 +194,10 @@ def check_points(ct: Any, points: Sequence[ClickedPoint]) -> None:
             raise PointError(f"{point.origin}: {exc}") from exc
 
 
-def analyze_points(ct: Any, points: Sequence[ClickedPoint], *, bundle: Path | None, device: str,
-                   analyzer_factory: AnalyzerFactory | None = None, quiet: bool = False,
-                   classify_anyway: bool = False, map_method: str = MAP_METHODS[0]) -> list[Finding | NoNodule]:
-    """Load the model once and analyse every point, with a tqdm bar on stderr (fractions within a nodule).
-
-    A point without a nodule raises NoNoduleError when it is the only one (or all are such), and is a NoNodule
-    entry among several."""
+def load_and_analyze(ct: Any, points: Sequence[ClickedPoint], *, bundle: Path | None, device: str,
+                     analyzer_factory: AnalyzerFactory | None = None, quiet: bool = False,
+                     classify_anyway: bool = False, map_method: str = MAP_METHODS[0]) -> list[Finding | NoNodule]:
+    """Load the model once and analyse every point (analysis.analyze_points) with a tqdm bar on stderr."""
     from tqdm import tqdm
 
     if analyzer_factory is None:
@@ -216,32 +205,19 @@ def analyze_points(ct: Any, points: Sequence[ClickedPoint], *, bundle: Path | No
         analyzer_factory = Analyzer
     bar = tqdm(total=len(points), unit="nodule", disable=quiet, file=sys.stderr,
                bar_format="{l_bar}{bar}| {n:.1f}/{total} nodules [{elapsed}<{remaining}]")
-    state = {"done": 0}
 
     def on_progress(fraction: float, message: str) -> None:
-        bar.n = state["done"] + min(max(float(fraction), 0.0), 1.0)
+        bar.n = len(points) * fraction
         bar.set_description_str(message[:40], refresh=False)
         bar.refresh()
 
     try:
         bar.set_description_str("loading the model")
         extra = {} if map_method == MAP_METHODS[0] else {"map_method": map_method}  # test factories take none
-        analyzer = analyzer_factory(bundle=bundle, device=device, progress=on_progress, **extra)
-        findings = []
-        for index, point in enumerate(points):
-            state["done"] = index
-            on_progress(0.0, f"nodule {index + 1}: starting")
-            try:
-                findings.append(analyze_or_refusal(analyzer, ct, point.coordinates, point.space,
-                                                   classify_anyway=classify_anyway, several=len(points) > 1))
-            except NoNoduleError as exc:
-                raise NoNoduleError(f"{point.origin}: {exc}", exc.check, exc.point_lps) from exc
-        require_a_nodule(findings)
-        state["done"] = len(points)
-        on_progress(0.0, "done")
+        analyzer = analyzer_factory(bundle=bundle, device=device, progress=None, **extra)
+        return analyze_points(analyzer, ct, points, classify_anyway=classify_anyway, progress=on_progress)
     finally:
         bar.close()
-    return findings
 
 
 def print_summary(findings: Sequence[Finding | NoNodule], report: Path) -> None:

@@ -21,7 +21,8 @@ from ..errors import ConfigError
 from ..finding import Finding
 from ..metrics import dice as segmentation_dice
 from ..worker import DEVICES
-from .analyze import AnalyzerFactory, ClickedPoint, analyze_points
+from ..points import ClickedPoint
+from .analyze import AnalyzerFactory, load_and_analyze
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace, *, analyzer_factory: AnalyzerFactory | None = 
     check_out_dir(args.out.absolute(), overwrite)
     case = phantom_case(args.seed, args.diameter) if args.phantom else real_case()
     # classify_anyway: the demo always shows the whole pipeline; a refusal by the nodule check stands as a warning
-    findings = analyze_points(case.ct, [case.point], bundle=args.model, device=args.device,
+    findings = load_and_analyze(case.ct, [case.point], bundle=args.model, device=args.device,
                               analyzer_factory=analyzer_factory, quiet=getattr(args, "quiet", False),
                               classify_anyway=True)
     dice = check_against_truth(findings[0], case)

@@ -45,8 +45,8 @@ from .overlays import OverlayRenderer, PlaneStack
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_findings", "add_report", "OutputExistsError", "check_on_grid", "check_out_dir", "RESEARCH_NOTICE",
-           "PHANTOM_NOTICE"]
+__all__ = ["write_findings", "add_report", "finding_files", "OutputExistsError", "check_on_grid", "check_out_dir",
+           "RESEARCH_NOTICE", "PHANTOM_NOTICE"]
 
 Progress = Callable[[float, str], None]
 REPORT_NAME = "report.html"
@@ -99,14 +99,24 @@ def write_findings(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | P
     return out_dir / REPORT_NAME
 
 
+def nodule_folder(index: int) -> str:
+    """The folder of nodule `index` (from 1, in point order) inside a report folder."""
+    return f"nodule-{index:02d}"
+
+
+def finding_files(out_dir: str | Path, count: int) -> list[Path]:
+    """Where write_findings puts each of `count` nodules' finding.json, in point order."""
+    return [Path(out_dir) / nodule_folder(i) / "finding.json" for i in range(1, count + 1)]
+
+
 def add_report(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | Path, *,
                title: str = "Lung nodule analysis", source: str = "CT given in memory", is_phantom: bool = False,
                study: StudyInfo | None = None) -> Path:
     """The overlays and report.html of a folder that write_findings(report=False) wrote for the same findings;
     each finding.json gets its overlays' paths. report.html appears last and whole (renamed into place)."""
     out_dir = Path(out_dir).absolute()
-    sections = [NoduleSection(f, f"nodule-{i:02d}", {} if isinstance(f, NoNodule) else
-                              _write_overlays(out_dir / f"nodule-{i:02d}", i, f, ct))
+    sections = [NoduleSection(f, nodule_folder(i), {} if isinstance(f, NoNodule) else
+                              _write_overlays(out_dir / nodule_folder(i), i, f, ct))
                 for i, f in enumerate(findings, start=1)]
     partial = out_dir / f".{REPORT_NAME}.partial"
     partial.write_text(render_report(sections, ct, title=title, source=source, is_phantom=is_phantom, study=study),
@@ -177,7 +187,7 @@ def _write_all(folder: Path, findings: Sequence[Finding], ct: sitk.Image, *, tit
 
 def _write_nodule(root: Path, index: int, finding: Finding, ct: sitk.Image, source: str,
                   study: StudyInfo | None = None, overlays: bool = True) -> NoduleSection:
-    name = f"nodule-{index:02d}"
+    name = nodule_folder(index)
     folder = root / name
     if isinstance(finding, NoNodule):  # only the reason and the facts: nothing was segmented or classified
         folder.mkdir()

@@ -14,7 +14,9 @@ any case verified by SHA-256 checksum before it is loaded (bundle.py).
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -38,6 +40,7 @@ DEFAULT_CROP_MM: tuple[float, float, float] = (48.0, 48.0, 40.0)
 DEFAULT_THRESHOLD = 0.5
 # The second pass is centred on the nodule only while the click stays this far (mm) inside the moved crop.
 RECENTRE_MARGIN_MM = 4.0
+RECENT_CROPS = 8  # nnU-Net answers kept per segmenter (each about 0.3 MB at the default crop)
 # nnU-Net imports the classes plans.json names (pydoc.locate): allow only its architectures and torch.nn layers.
 ARCHITECTURE_PREFIX = "dynamic_network_architectures.architectures."
 LAYER_PREFIX = "torch.nn."
@@ -107,6 +110,7 @@ class NoduleSegmenter:
     recentre: segment a second time with the crop centred on the box of the component found at the click, so that
     where inside a nodule the user clicked barely changes the result (the probability map, which feeds the
     classifier's prior, otherwise follows the crop's edges and nnU-Net's tiling: benchmarks/click_stability).
+    recent_crops: how many of nnU-Net's answers to keep by the crop's exact voxels (0: none, e.g. for timing).
     Raises BundleError naming the missing or unreadable file.
 
     On CPU the network's 3D convolutions are switched to oneDNN (devices.use_onednn_convolutions): nnU-Net predicts
@@ -115,7 +119,8 @@ class NoduleSegmenter:
 
     def __init__(self, model_dir: str | Path, folds: Sequence[int] | None = None, device: str | None = "auto",
                  use_mirroring: bool = False, crop_mm: Sequence[float] = DEFAULT_CROP_MM,
-                 threshold: float = DEFAULT_THRESHOLD, tile_step_size: float = 0.5, recentre: bool = True):
+                 threshold: float = DEFAULT_THRESHOLD, tile_step_size: float = 0.5, recentre: bool = True,
+                 recent_crops: int = RECENT_CROPS):
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise BundleError(f"segmentation model folder {self.model_dir} does not exist")
@@ -135,6 +140,8 @@ class NoduleSegmenter:
         self.recentre = bool(recentre)
         self.device = resolve_device(device)
         self._predictor = self._make_predictor(plans, dataset_json, checkpoints, use_mirroring, tile_step_size)
+        self._recent: collections.OrderedDict[bytes, np.ndarray] = collections.OrderedDict()
+        self._recent_crops = int(recent_crops)
 
     def _make_predictor(self, plans: dict, dataset_json: dict, checkpoints: list[dict], use_mirroring: bool,
                         tile_step_size: float):
@@ -173,11 +180,26 @@ class NoduleSegmenter:
         return predictor
 
     def predict_array(self, hu_zyx: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
-        """nnU-Net's nodule probability for a HU array [z, y, x] with spacing (z, y, x) mm; same shape, float32."""
+        """nnU-Net's nodule probability for a HU array [z, y, x] with spacing (z, y, x) mm; same shape, float32,
+        read-only. The last few answers are kept by the crop's exact voxels and spacing: a click beside the previous
+        one is often re-centred onto the same crop, and nnU-Net would only compute the same numbers again."""
+        hu = np.ascontiguousarray(hu_zyx, dtype=np.float32)
+        spacing = [float(s) for s in spacing_zyx]
+        key = hashlib.blake2b(hu.tobytes(), digest_size=16)
+        key.update(np.asarray(hu.shape + tuple(spacing), dtype=np.float64).tobytes())
+        key = key.digest()
+        if key in self._recent:
+            self._recent.move_to_end(key)
+            return self._recent[key]
         with contextlib.redirect_stdout(io.StringIO()):
-            _, probabilities = self._predictor.predict_single_npy_array(
-                hu_zyx[None].astype(np.float32), {"spacing": [float(s) for s in spacing_zyx]}, None, None, True)
-        return np.clip(np.asarray(probabilities[1], dtype=np.float32), 0.0, 1.0)
+            _, probabilities = self._predictor.predict_single_npy_array(hu[None], {"spacing": spacing}, None, None,
+                                                                        True)
+        probability = np.clip(np.asarray(probabilities[1], dtype=np.float32), 0.0, 1.0)
+        probability.setflags(write=False)
+        self._recent[key] = probability
+        while len(self._recent) > self._recent_crops:
+            self._recent.popitem(last=False)
+        return probability
 
     def segment(self, ct: sitk.Image, point: Sequence[float], space: PointSpace = "lps",
                 crop_mm: Sequence[float] | None = None) -> SegmentationResult:
