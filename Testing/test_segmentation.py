@@ -363,6 +363,45 @@ def test_onednn_convolutions_give_pytorchs_results_and_keep_loading_weights():
     assert use_onednn_convolutions(network) == 0  # already switched
 
 
+def test_a_crop_seen_lately_is_answered_from_memory_and_the_answer_cannot_be_changed():
+    """nnU-Net is asked once per distinct crop (its exact voxels and spacing); recent_crops=0 asks every time."""
+    import collections
+
+    class CountingPredictor:
+        def __init__(self):
+            self.calls = 0
+
+        def predict_single_npy_array(self, data, properties, *rest):
+            self.calls += 1
+            probability = (data[0] > -300).astype(np.float32)
+            return None, np.stack([1.0 - probability, probability])
+
+    def segmenter_keeping(recent: int) -> NoduleSegmenter:
+        segmenter = object.__new__(NoduleSegmenter)
+        segmenter._predictor, segmenter._recent, segmenter._recent_crops = CountingPredictor(), \
+            collections.OrderedDict(), recent
+        return segmenter
+
+    crop = np.full((8, 10, 12), -800.0, dtype=np.float32)
+    crop[3:5, 4:6, 5:7] = 40.0
+    other = crop.copy()
+    other[0, 0, 0] = -799.0  # one voxel differs: another crop
+    keeping = segmenter_keeping(2)
+    first = keeping.predict_array(crop, (2.0, 0.7, 0.7))
+    again = keeping.predict_array(crop.copy(), (2.0, 0.7, 0.7))
+    assert keeping._predictor.calls == 1 and again is first and first.sum() == 8
+    with pytest.raises(ValueError, match="read-only"):
+        again[0, 0, 0] = 1.0
+    keeping.predict_array(other, (2.0, 0.7, 0.7))
+    keeping.predict_array(crop, (2.5, 0.7, 0.7))  # another spacing: another answer
+    assert keeping._predictor.calls == 3
+    keeping.predict_array(crop, (2.0, 0.7, 0.7))  # the oldest of 2 was dropped
+    assert keeping._predictor.calls == 4
+    forgetting = segmenter_keeping(0)
+    forgetting.predict_array(crop, (2.0, 0.7, 0.7)), forgetting.predict_array(crop, (2.0, 0.7, 0.7))
+    assert forgetting._predictor.calls == 2
+
+
 def _threshold_segmenter(recentre: bool) -> NoduleSegmenter:
     """A NoduleSegmenter whose network is a HU threshold (translation-equivariant, no weights), to test cropping."""
     segmenter = object.__new__(NoduleSegmenter)
