@@ -326,7 +326,7 @@ def test_the_default_crop_is_crop_mm_around_the_point_and_an_explicit_crop_is_us
     ct = sitk.GetImageFromArray(np.full((60, 120, 120), -800, dtype=np.int16))
     ct.SetSpacing((0.7, 0.7, 1.25))
     seen = []
-    monkeypatch.setattr(segmenter, "predict_array", lambda hu, spacing: seen.append(hu.shape) or
+    monkeypatch.setattr(segmenter, "predict_array", lambda hu, spacing, locate=False: seen.append(hu.shape) or
                         np.zeros(hu.shape, dtype=np.float32))
     result = segmenter.segment(ct, (60, 60, 30), space="ijk")
     np.testing.assert_allclose(np.asarray(result.crop.size) * np.asarray(result.crop.spacing), segmenter.crop_mm,
@@ -368,6 +368,8 @@ def test_a_crop_seen_lately_is_answered_from_memory_and_the_answer_cannot_be_cha
     import collections
 
     class CountingPredictor:
+        list_of_parameters = [{}]  # one fold
+
         def __init__(self):
             self.calls = 0
 
@@ -407,7 +409,9 @@ def _threshold_segmenter(recentre: bool) -> NoduleSegmenter:
     segmenter = object.__new__(NoduleSegmenter)
     segmenter.crop_mm, segmenter.threshold, segmenter.recentre = (48.0, 48.0, 40.0), 0.5, recentre
     segmenter.calls = []
-    segmenter.predict_array = lambda hu, spacing: segmenter.calls.append(hu.shape) or (hu > -300).astype(np.float32)
+    segmenter._predictor = segmenter._locator = None  # no nnU-Net: one "fold"
+    segmenter.predict_array = lambda hu, spacing, locate=False: segmenter.calls.append(hu.shape) or \
+        (hu > -300).astype(np.float32)
     return segmenter
 
 
@@ -449,3 +453,19 @@ def test_a_click_at_the_nodule_centre_is_segmented_once_and_a_far_reaching_struc
     click = np.asarray(ct.TransformContinuousIndexToPhysicalPoint((2.0, 34.0, 15.0)))
     assert recentred_crop_centre(ct, slab, start, click, (48.0, 48.0, 40.0)) is None
     assert recentred_crop_centre(ct, np.zeros_like(slab), start, click, (48.0, 48.0, 40.0)) is None
+
+
+def test_with_locating_folds_the_first_pass_only_finds_the_nodule_and_the_ensemble_always_gives_the_result():
+    ct, centre = _ball_ct()
+    segmenter = _threshold_segmenter(True)
+    segmenter._locator = object()  # fewer folds than the ensemble
+    passes = []
+    segmenter.predict_array = lambda hu, spacing, locate=False: passes.append(locate) or \
+        (hu > -300).astype(np.float32)
+    at_centre = segmenter.segment(ct, centre)
+    assert passes == [True, False], "the crop stays, yet the result is the whole ensemble's"
+    moved = segmenter.segment(ct, centre + (3.0, 0.0, 0.0))
+    assert passes[2:] == [True, False] and moved.crop.origin == at_centre.crop.origin
+    segmenter.recentre = False
+    segmenter.segment(ct, centre)
+    assert passes[4:] == [False], "no re-centring: one pass, by the ensemble"

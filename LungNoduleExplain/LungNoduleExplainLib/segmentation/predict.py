@@ -41,6 +41,7 @@ DEFAULT_THRESHOLD = 0.5
 # The second pass is centred on the nodule only while the click stays this far (mm) inside the moved crop.
 RECENTRE_MARGIN_MM = 4.0
 RECENT_CROPS = 8  # nnU-Net answers kept per segmenter (each about 0.3 MB at the default crop)
+LOCATE_FOLDS: int | None = None  # folds that find the nodule before the re-centred pass (None: all)
 # nnU-Net imports the classes plans.json names (pydoc.locate): allow only its architectures and torch.nn layers.
 ARCHITECTURE_PREFIX = "dynamic_network_architectures.architectures."
 LAYER_PREFIX = "torch.nn."
@@ -111,6 +112,9 @@ class NoduleSegmenter:
     where inside a nodule the user clicked barely changes the result (the probability map, which feeds the
     classifier's prior, otherwise follows the crop's edges and nnU-Net's tiling: benchmarks/click_stability).
     recent_crops: how many of nnU-Net's answers to keep by the crop's exact voxels (0: none, e.g. for timing).
+    locate_folds: with recentre, how many folds (the first ones) find the nodule for the first pass; the result is
+    always the whole ensemble's, on the re-centred crop (or on the first crop when it stays). None: every fold
+    (the first pass then costs as much as the second; benchmarks/locate_pass).
     Raises BundleError naming the missing or unreadable file.
 
     On CPU the network's 3D convolutions are switched to oneDNN (devices.use_onednn_convolutions): nnU-Net predicts
@@ -120,7 +124,7 @@ class NoduleSegmenter:
     def __init__(self, model_dir: str | Path, folds: Sequence[int] | None = None, device: str | None = "auto",
                  use_mirroring: bool = False, crop_mm: Sequence[float] = DEFAULT_CROP_MM,
                  threshold: float = DEFAULT_THRESHOLD, tile_step_size: float = 0.5, recentre: bool = True,
-                 recent_crops: int = RECENT_CROPS):
+                 recent_crops: int = RECENT_CROPS, locate_folds: int | None = LOCATE_FOLDS):
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise BundleError(f"segmentation model folder {self.model_dir} does not exist")
@@ -140,6 +144,9 @@ class NoduleSegmenter:
         self.recentre = bool(recentre)
         self.device = resolve_device(device)
         self._predictor = self._make_predictor(plans, dataset_json, checkpoints, use_mirroring, tile_step_size)
+        self._locator = self._predictor
+        if recentre and locate_folds is not None and 0 < locate_folds < len(checkpoints):
+            self._locator = self._predictor_like(self._predictor, self._predictor.list_of_parameters[:locate_folds])
         self._recent: collections.OrderedDict[bytes, np.ndarray] = collections.OrderedDict()
         self._recent_crops = int(recent_crops)
 
@@ -179,21 +186,39 @@ class NoduleSegmenter:
                                             tuple(mirror_axes) if mirror_axes is not None else None)
         return predictor
 
-    def predict_array(self, hu_zyx: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
+    @staticmethod
+    def _predictor_like(predictor, parameters: list[dict]):  # noqa: ANN001, ANN205 - nnU-Net's types
+        """A second nnU-Net predictor on the same network with fewer folds' weights (nnU-Net loads a fold's
+        weights into the network before each prediction, so the two may share it)."""
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            other = nnUNetPredictor(tile_step_size=predictor.tile_step_size, use_gaussian=predictor.use_gaussian,
+                                    use_mirroring=predictor.use_mirroring,
+                                    perform_everything_on_device=predictor.perform_everything_on_device,
+                                    device=predictor.device, verbose=False, allow_tqdm=False)
+            other.manual_initialization(predictor.network, predictor.plans_manager, predictor.configuration_manager,
+                                        parameters, predictor.dataset_json, predictor.trainer_name,
+                                        predictor.allowed_mirroring_axes)
+        return other
+
+    def predict_array(self, hu_zyx: np.ndarray, spacing_zyx: Sequence[float], *, locate: bool = False) -> np.ndarray:
         """nnU-Net's nodule probability for a HU array [z, y, x] with spacing (z, y, x) mm; same shape, float32,
         read-only. The last few answers are kept by the crop's exact voxels and spacing: a click beside the previous
-        one is often re-centred onto the same crop, and nnU-Net would only compute the same numbers again."""
+        one is often re-centred onto the same crop, and nnU-Net would only compute the same numbers again.
+        locate: the locating folds' answer (locate_folds)."""
         hu = np.ascontiguousarray(hu_zyx, dtype=np.float32)
         spacing = [float(s) for s in spacing_zyx]
+        predictor = self._locator if locate else self._predictor
         key = hashlib.blake2b(hu.tobytes(), digest_size=16)
-        key.update(np.asarray(hu.shape + tuple(spacing), dtype=np.float64).tobytes())
+        key.update(np.asarray(hu.shape + tuple(spacing) + (len(predictor.list_of_parameters),),
+                              dtype=np.float64).tobytes())
         key = key.digest()
         if key in self._recent:
             self._recent.move_to_end(key)
             return self._recent[key]
         with contextlib.redirect_stdout(io.StringIO()):
-            _, probabilities = self._predictor.predict_single_npy_array(hu[None], {"spacing": spacing}, None, None,
-                                                                        True)
+            _, probabilities = predictor.predict_single_npy_array(hu[None], {"spacing": spacing}, None, None, True)
         probability = np.clip(np.asarray(probabilities[1], dtype=np.float32), 0.0, 1.0)
         probability.setflags(write=False)
         self._recent[key] = probability
@@ -213,9 +238,10 @@ class NoduleSegmenter:
         _check_image(ct)
         point_lps = point_to_lps(point, space, ct)
         crop_mm = self.crop_mm if crop_mm is None else crop_mm
-        probability, mask, start, geometry = self._segment_crop(ct, point_lps, crop_mm)
+        locating = self.recentre and self._locator is not self._predictor
+        probability, mask, start, geometry = self._segment_crop(ct, point_lps, crop_mm, locate=locating)
         centre = recentred_crop_centre(ct, mask, start, point_lps, crop_mm) if self.recentre else None
-        if centre is not None:
+        if centre is not None or locating:  # the whole ensemble segments, on the re-centred crop if there is one
             probability, mask, start, geometry = self._segment_crop(ct, point_lps, crop_mm, crop_centre_lps=centre)
         result = SegmentationResult(
             probability=paste_crop(probability, start, ct, np.float32),
@@ -227,12 +253,12 @@ class NoduleSegmenter:
         return result
 
     def _segment_crop(self, ct: sitk.Image, point_lps: np.ndarray, crop_mm: Sequence[float],
-                      crop_centre_lps: np.ndarray | None = None):
+                      crop_centre_lps: np.ndarray | None = None, locate: bool = False):
         """Probability and the component at the point on the crop of `crop_mm` around `crop_centre_lps` (default:
-        the point), its start and geometry."""
+        the point), its start and geometry; locate: by the locating folds only."""
         crop_hu, geometry, start = crop_around(ct, point_lps if crop_centre_lps is None else crop_centre_lps, crop_mm)
         spacing_zyx = ct.GetSpacing()[::-1]
-        probability = self.predict_array(crop_hu, spacing_zyx)
+        probability = self.predict_array(crop_hu, spacing_zyx, locate=locate)
         center_index = np.asarray(ct.TransformPhysicalPointToContinuousIndex(point_lps.tolist()))[::-1] - start[::-1]
         mask = select_component(probability >= self.threshold, center_index, spacing_zyx)
         return probability, mask, start, geometry
