@@ -94,6 +94,10 @@ def click(logic: AnalysisLogic, ct, point, name: str, timeline: Timeline, anyway
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--pause-s", type=float, default=0.0,
+                        help="seconds between results shown and the next Analyze, the main thread polling as the "
+                             "widget's timer does (a radiologist looks, then places the next point); the worker "
+                             "writes the previous report once it has been idle 1 s (default 0: back to back)")
     args = parser.parse_args(argv)
     nodules = {n["patient_id"]: n for n in json.loads((DATA / "lidc-ct" / "nodules.json").read_text())}
     scene, logics = makeScene()
@@ -112,7 +116,11 @@ def main(argv=None) -> int:
                     ("LIDC-IDRI-0001", 0.0, "same CT, same point again"), ("LIDC-IDRI-0003", 0.0, "another CT"),
                     ("LIDC-IDRI-0003", -3.0, "same CT, 3 mm"), ("LIDC-IDRI-0002", 0.0, "another CT (classify anyway)"),
                     ("LIDC-IDRI-0001", 0.0, "back to the first CT")]
-            for patient, dx, what in plan:
+            for index, (patient, dx, what) in enumerate(plan):
+                pause_until = time.monotonic() + (args.pause_s if index else 0.0)
+                while time.monotonic() < pause_until:
+                    logic.poll()
+                    time.sleep(0.02)
                 centroid = nodules[patient]["centroid_ras_mm"]
                 point = (centroid[0] + dx, centroid[1], centroid[2])
                 # nnU-Net misses 0002's nodule (README, test_cli_analyze): classified anyway, as the timing is the point
@@ -125,7 +133,7 @@ def main(argv=None) -> int:
             logic.cleanup()
     later = [r["seconds_to_results_shown"] for r in rows[1:]]
     summary = {"first_click_s": rows[0]["seconds_to_results_shown"], "later_clicks_median_s": float(np.median(later)),
-               "later_clicks_max_s": max(later), "worker_starts": rows[-1]["worker_starts"],
+               "later_clicks_max_s": max(later), "pause_s": args.pause_s, "worker_starts": rows[-1]["worker_starts"],
                "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(),
                "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                                         text=True).stdout.strip()}
