@@ -29,7 +29,8 @@ import SimpleITK as sitk
 from ..devices import resolve_device, use_onednn_convolutions
 from ..errors import BundleError, InputImageError
 from ..patch import AIR_HU, PatchGeometry
-from ..volume import MAX_SPACING_MM, MIN_SPACING_MM, PointSpace, point_to_lps
+from ..vocabulary import Device, PointSpace
+from ..volume import MAX_SPACING_MM, MIN_SPACING_MM, point_to_lps
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class NoduleSegmenter:
     one tile at a time, and PyTorch's own choice for a batch of one is 4-5x slower with these thin layers.
     """
 
-    def __init__(self, model_dir: str | Path, folds: Sequence[int] | None = None, device: str | None = "auto",
+    def __init__(self, model_dir: str | Path, folds: Sequence[int] | None = None, device: str | None = Device.AUTO,
                  use_mirroring: bool = False, crop_mm: Sequence[float] = DEFAULT_CROP_MM,
                  threshold: float = DEFAULT_THRESHOLD, tile_step_size: float = 0.5, recentre: bool = True):
         self.model_dir = Path(model_dir)
@@ -179,7 +180,7 @@ class NoduleSegmenter:
                 hu_zyx[None].astype(np.float32), {"spacing": [float(s) for s in spacing_zyx]}, None, None, True)
         return np.clip(np.asarray(probabilities[1], dtype=np.float32), 0.0, 1.0)
 
-    def segment(self, ct: sitk.Image, point: Sequence[float], space: PointSpace = "lps",
+    def segment(self, ct: sitk.Image, point: Sequence[float], space: PointSpace | str = PointSpace.LPS,
                 crop_mm: Sequence[float] | None = None) -> SegmentationResult:
         """Segment the nodule at `point` (RAS/LPS mm or voxel index i, j, k) of `ct` (HU).
 
