@@ -25,6 +25,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from LungNoduleExplainLib.vocabulary import Device
 from LungNoduleExplainSlicer import NoduleSelection
 from LungNoduleExplainSlicer.AnalysisLogic import AnalysisLogic, AnalysisOutcome
 from LungNoduleExplainSlicer.InstallLogic import InstallCancelled, InstallLogic, cudaNote, environmentProblem
@@ -90,7 +91,7 @@ def registerSampleData() -> None:
 class LungNoduleExplainParameterNode:
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     points: slicer.vtkMRMLMarkupsFiducialNode
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    device: Annotated[str, Choice(list(Device.names()))] = Device.AUTO.value  # the combo box lists these
     bundlePath: pathlib.Path
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_OPACITY
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_THRESHOLD

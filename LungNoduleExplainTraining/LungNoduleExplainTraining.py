@@ -27,19 +27,21 @@ from typing import Sequence, TextIO
 
 XML_PATH = Path(__file__).with_suffix(".xml")
 EPOCH_PATTERN = re.compile(r"\bepoch\s+(\d+)\s*/\s*(\d+)", re.IGNORECASE)
-VARIANTS = ("hesam-mt-aag", "hesam-mt-cbam", "hesam-mt", "hesam", "vgg", "resnet", "densenet")
-DEVICES = ("auto", "cpu", "cuda")
+VALUE_FLAGS = ("data", "tasks", "variant", "epochs", "members", "device", "out")  # in the order they are passed on
+SWITCHES = ("resume", "overwrite")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Exactly the flags of LungNoduleExplainTraining.xml (a test checks they agree)."""
+    """Exactly the flags of LungNoduleExplainTraining.xml (a test checks they agree), without choices or defaults:
+    those are the engine's (`lungnodule-explain train` checks the values; a flag not given keeps its default there),
+    and Testing/test_vocabulary.py checks the XML's against them."""
     parser = argparse.ArgumentParser(description="Slicer CLI entry of `lungnodule-explain train`.")
     parser.add_argument("--data", required=True, help="folder in the lidc-voi format")
-    parser.add_argument("--tasks", default="lidc", help="built-in task set or task JSON file")
-    parser.add_argument("--variant", choices=VARIANTS, default="hesam-mt-aag")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--members", type=int, default=1)
-    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--tasks", help="built-in task set or task JSON file")
+    parser.add_argument("--variant", help="network variant")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--members", type=int)
+    parser.add_argument("--device")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--out", required=True, help="output bundle folder")
@@ -47,14 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train_argv(args: argparse.Namespace) -> list[str]:
-    """The `lungnodule-explain` arguments for these CLI parameters."""
-    argv = ["train", "--data", args.data, "--tasks", args.tasks, "--variant", args.variant,
-            "--epochs", str(args.epochs), "--members", str(args.members), "--device", args.device, "--out", args.out]
-    if args.resume:
-        argv.append("--resume")
-    if args.overwrite:
-        argv.append("--overwrite")
-    return argv
+    """The `lungnodule-explain` arguments for these CLI parameters (those given)."""
+    argv = ["train"]
+    for name in VALUE_FLAGS:
+        if getattr(args, name) is not None:
+            argv += [f"--{name}", str(getattr(args, name))]
+    return argv + [f"--{name}" for name in SWITCHES if getattr(args, name)]
 
 
 class FilterProgressHandler(logging.Handler):

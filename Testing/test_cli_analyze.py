@@ -404,7 +404,7 @@ def threshold_segmenter():
             self.threshold = predict.DEFAULT_THRESHOLD
             self.recentre = False
 
-        def predict_array(self, hu_zyx: np.ndarray, spacing_zyx) -> np.ndarray:
+        def predict_array(self, hu_zyx: np.ndarray, spacing_zyx, locate: bool = False) -> np.ndarray:
             grid = np.indices(hu_zyx.shape, dtype=np.float32)
             centre = (np.asarray(hu_zyx.shape, dtype=np.float32) - 1) / 2
             step = np.asarray(spacing_zyx, dtype=np.float32)[:, None, None, None]

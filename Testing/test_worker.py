@@ -81,10 +81,13 @@ def test_falling_back_to_cpu_is_said_as_a_warning(tmp_path, small_ct):
     assert warnings == ["CUDA not available: running on CPU"]
 
 
-def test_explicit_cuda_without_a_gpu_runs_on_cpu_and_says_so(tmp_path, small_ct):
-    _, messages = run_in_process(write_request(tmp_path, small_ct, device="cuda"))
-    assert any("CUDA was requested but is not available" in m.get("message", "") for m in messages)
-    assert messages[-1]["device"] == "cpu"
+def test_explicit_cuda_without_a_gpu_is_an_error_line_that_says_what_to_choose(tmp_path, small_ct):
+    code, messages = run_in_process(write_request(tmp_path, small_ct, device="cuda"))
+    assert code == 2
+    error = messages[-1]
+    assert error["type"] == "error" and error["error_type"] == "ConfigError"
+    assert "no CUDA GPU" in error["message"] and "'auto'" in error["message"] and "'cpu'" in error["message"]
+    assert not (tmp_path / "out").exists(), "nothing runs on a device the user did not ask for"
 
 
 def test_choosing_cpu_gives_no_fallback_note(tmp_path, small_ct):
@@ -319,6 +322,15 @@ def test_a_load_request_loads_ahead_and_the_next_analysis_reuses_it(tmp_path, sm
     assert loads == [None]
     loaded = next(m for m in messages if m["type"] == "loaded")
     assert loaded["id"] == "p" and loaded["device"] == "cpu" and loaded["seconds"] >= 0
+
+
+def test_loading_on_cuda_without_a_gpu_fails_that_request_only(tmp_path, small_ct):
+    loads = []
+    _, messages = serve_in_process([{"type": "load", "id": "p", "bundle": None, "device": "cuda"},
+                                    analyze_line(tmp_path, small_ct, "1")], analyzer_factory=counting_factory(loads))
+    error = next(m for m in messages if m["type"] == "error")
+    assert error["id"] == "p" and error["error_type"] == "ConfigError" and "no CUDA GPU" in error["message"]
+    assert loads == [None] and any(m["type"] == "result" and m["id"] == "1" for m in messages)
 
 
 def test_a_bundle_changed_on_disk_is_loaded_and_verified_again(tmp_path, small_ct):

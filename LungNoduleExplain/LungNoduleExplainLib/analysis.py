@@ -29,7 +29,8 @@ from .nodule_check import refusal_message, segment_and_check
 from .networks.ensemble import member_probabilities
 from .patch import PatchGeometry, extract_patch, mask_box_lps, resample_to_grid
 from .devices import resolve_device
-from .volume import PointSpace, point_to_lps, validate_ct
+from .vocabulary import Device, PointSpace
+from .volume import point_to_lps, validate_ct
 
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[float, str], None]
@@ -50,11 +51,12 @@ class Analyzer:
     """Loads a bundle once and analyses any number of clicked points.
 
     bundle: a bundle folder, an already loaded ModelBundle, or None for the bundle shipped with the package.
-    device: "auto" (CUDA when available), "cpu" or "cuda". progress(fraction, message) is called per stage.
+    device: a vocabulary.Device name (devices.choose_device: "auto" is CUDA when available, else the CPU; "cuda"
+    without CUDA is a ConfigError). progress(fraction, message) is called per stage.
     segmenter: an object with `segment(ct, point_lps) -> SegmentationResult` (default: the bundle's nnU-Net model).
     """
 
-    def __init__(self, bundle: str | Path | ModelBundle | None = None, device: str = "auto",
+    def __init__(self, bundle: str | Path | ModelBundle | None = None, device: str = Device.AUTO,
                  progress: ProgressCallback | None = None, segmenter=None,  # noqa: ANN001
                  map_method: str = attribution.DEFAULT_MAP_METHOD) -> None:
         start = time.perf_counter()
@@ -84,7 +86,7 @@ class Analyzer:
             self.progress(fraction, message)
 
     @torch.inference_mode()
-    def analyze(self, ct: sitk.Image, point: Sequence[float], space: PointSpace = "ras", *,
+    def analyze(self, ct: sitk.Image, point: Sequence[float], space: PointSpace | str = PointSpace.RAS, *,
                 classify_anyway: bool = False) -> Finding:
         """Analyse the nodule at `point` (RAS mm by default, as Slicer; or LPS mm, or voxel index i, j, k).
 
@@ -173,6 +175,6 @@ class Analyzer:
 
 
 def analyze(ct: sitk.Image, point: Sequence[float], bundle: str | Path | ModelBundle | None = None, *,
-            space: PointSpace = "ras", device: str = "auto") -> Finding:
+            space: PointSpace | str = PointSpace.RAS, device: str = Device.AUTO) -> Finding:
     """One-shot convenience: load the bundle and analyse one point (use Analyzer for many points)."""
     return Analyzer(bundle, device=device).analyze(ct, point, space=space)

@@ -37,6 +37,7 @@ from .errors import BundleError
 from .networks import Ensemble, NetworkConfig, build_network
 from .patch import PATCH_SIZE_XYZ, SPACING_XYZ_MM
 from .tasks import TaskSet
+from .vocabulary import Prior
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +100,8 @@ class ModelBundle:
 
     @property
     def prior(self) -> str:
-        """What the AAG prior was at training time: "reference-mask" or "nnunet-oof"."""
-        return self.manifest.get("prior", "reference-mask")
+        """What the AAG prior was at training time: a vocabulary.Prior name."""
+        return self.manifest.get("prior", Prior.REFERENCE_MASK.value)
 
     @property
     def members(self) -> int:

@@ -1,24 +1,74 @@
-"""Which torch device to run on (one rule for training, evaluation, analysis and segmentation), and running fast on
-it."""
+"""Which torch device to run on: the one rule for training, evaluation, analysis, segmentation, the worker and the
+Slicer module (choose_device), and running fast on it."""
 
 from __future__ import annotations
 
 import functools
+import logging
+from typing import Callable
 
 from .errors import ConfigError
+from .vocabulary import Device
+
+logger = logging.getLogger(__name__)
+
+CUDA_MISSING = ("device 'cuda' was asked for, but PyTorch finds no CUDA GPU (a CPU-only PyTorch build, or no usable "
+                "NVIDIA GPU or driver); choose device 'auto' (the GPU when there is one, else the CPU) or 'cpu'")
+CPU_FALLBACK_NOTE = "CUDA not available: running on CPU"
 
 
-def resolve_device(device: str | None = "auto"):  # -> torch.device; torch is imported lazily
-    """"auto" or None -> CUDA when available, else CPU; "cpu"; "cuda[:N]" (ConfigError without a GPU)."""
+def choose_device(requested: str | None = Device.AUTO,
+                  cuda_available: Callable[[], bool] | None = None) -> tuple[str, str | None]:
+    """(torch device name, note for the user or None) for a device asked for as a vocabulary.Device name.
+
+    The rule:
+    - "auto" (or None): "cuda" when PyTorch finds a CUDA GPU, else "cpu" with the note CPU_FALLBACK_NOTE. The user
+      left the choice to us, so the CPU is a right answer, but it is said: each nodule (and each training epoch)
+      then takes many times longer, and the user should know why.
+    - "cpu": "cpu", no note.
+    - "cuda" (or "cuda:N", which torchrun's processes use): that device when CUDA is available, else ConfigError.
+      The user asked for something this machine cannot do (a CPU-only torch, a missing driver). Running on the
+      CPU anyway would be many times slower than they planned for, and a note is easy to miss in a long
+      training log or behind a Slicer progress bar; an error that says what to choose instead costs one rerun.
+      The Slicer module's device note (InstallLogic.cudaNote) applies this rule ahead, so it says so before
+      Analyze.
+    Anything else is a ConfigError naming the choices. `cuda_available` (tests, the Slicer module's note) stands
+    in for torch.cuda.is_available; torch is imported only when it is needed.
+    """
+    requested = Device.AUTO.value if requested is None else str(requested)
+    if requested == Device.CPU:
+        return Device.CPU.value, None
+    if requested != Device.AUTO and not _is_cuda(requested):
+        raise ConfigError(f"unknown device {requested!r}; expected {Device.listed()}")
+    if (cuda_available or _torch_cuda_available)():
+        return (Device.CUDA.value if requested == Device.AUTO else requested), None
+    if requested == Device.AUTO:
+        return Device.CPU.value, CPU_FALLBACK_NOTE
+    raise ConfigError(CUDA_MISSING)
+
+
+def resolve_device(requested: str | None = Device.AUTO):  # -> torch.device; torch is imported lazily
+    """choose_device's device as a torch.device; its note goes to the log (INFO: the command line shows it)."""
     import torch
 
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ConfigError(f"unknown device {device!r}; expected auto, cpu or cuda[:N]")
-    return torch.device(device)
+    name, note = choose_device(requested)
+    if note:
+        logger.info(note)
+    return torch.device(name)
+
+
+def _is_cuda(name: str) -> bool:
+    """"cuda" or "cuda:N"."""
+    kind, colon, index = name.partition(":")
+    return kind == Device.CUDA and (not colon or index.isdigit())
+
+
+def _torch_cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # the Slicer module before its first-use install
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def use_onednn_convolutions(network) -> int:

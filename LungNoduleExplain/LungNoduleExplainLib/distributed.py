@@ -14,14 +14,18 @@ import os
 import torch
 import torch.distributed as dist
 
+from .devices import resolve_device
+from .vocabulary import Device
+
 logger = logging.getLogger(__name__)
 
 
-def init_from_env(device: str = "auto") -> bool:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); returns True when distributed."""
+def init_from_env(device: str = Device.AUTO) -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1) on `device` (devices.choose_device's rule);
+    returns True when distributed."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
         return dist.is_available() and dist.is_initialized()
-    use_cuda = device != "cpu" and torch.cuda.is_available()
+    use_cuda = resolve_device(device).type == "cuda"
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
@@ -46,10 +50,10 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def local_device(device: str) -> str:
-    """Under torchrun with CUDA each process uses its own GPU."""
-    if is_distributed() and device != "cpu" and torch.cuda.is_available():
-        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+def local_device(device: torch.device) -> torch.device:
+    """`device` (devices.resolve_device's), except that under torchrun with CUDA each process uses its own GPU."""
+    if is_distributed() and device.type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
 
 

@@ -23,6 +23,7 @@ from .data.patches import PatchSet
 from .data.voi_table import NoduleRecord
 from .calibration import UNCALIBRATED_NOTICE
 from .errors import DatasetError
+from .vocabulary import Device, Prior
 from .metrics import auc_with_ci, calibration_with_ci, reliability_bins, threshold_metrics, youden_threshold
 
 logger = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ def _saved_maps_prior(folder: Path, dice_by_case: dict[str, tuple[float, str]]) 
 
 
 def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str | Path, *, prior: str = "auto",
-                    device: str = "auto", n_boot: int = 1000, progress: ProgressCallback | None = None,
+                    device: str = Device.AUTO, n_boot: int = 1000, progress: ProgressCallback | None = None,
                     overwrite: bool = False) -> dict:
     """Evaluate a bundle on a dataset folder it has never seen; returns the metrics written to OUT/metrics.json.
 
@@ -219,7 +220,7 @@ def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str |
     """
     from .bundle import load_bundle
     from .output_folder import check_output_folder
-    from .data.patches import PRIOR_REFERENCE_MASK, build_patch_set
+    from .data.patches import build_patch_set
     from .data.voi_table import read_voi_table
     from .errors import ConfigError
     from .devices import resolve_device
@@ -229,14 +230,14 @@ def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str |
     check_output_folder(Path(out), overwrite=overwrite)  # before the work, not after it
     bundle = load_bundle(bundle_path, device=resolve_device(device))
     if prior == "auto":
-        prior = PRIOR_REFERENCE_MASK if bundle.prior == PRIOR_REFERENCE_MASK else "segmentation"
+        prior = Prior.REFERENCE_MASK.value if bundle.prior == Prior.REFERENCE_MASK else "segmentation"
     map_folder = None
-    if prior not in ("segmentation", PRIOR_REFERENCE_MASK):
+    if prior not in ("segmentation", Prior.REFERENCE_MASK):
         map_folder = Path(prior)
         if not map_folder.is_dir():
             raise ConfigError(f"prior must be auto, segmentation, reference-mask or a folder of probability maps "
                               f"<case_id>.nii.gz; {prior!r} is none of these")
-    records = read_voi_table(data, bundle.task_set, require_masks=prior == PRIOR_REFERENCE_MASK)
+    records = read_voi_table(data, bundle.task_set, require_masks=prior == Prior.REFERENCE_MASK)
     dice_by_case: dict[str, tuple[float, str]] = {}  # case -> (Dice, patient)
     prior_maps = None
     if map_folder is not None:
@@ -246,7 +247,7 @@ def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str |
             raise ConfigError(f"bundle {bundle.path} has no segmentation model; use --prior reference-mask")
         prior_maps = _segmentation_prior(bundle, dice_by_case)
 
-    patches = build_patch_set(records, bundle.task_set, PRIOR_REFERENCE_MASK, channels=bundle.network.inputs,
+    patches = build_patch_set(records, bundle.task_set, Prior.REFERENCE_MASK, channels=bundle.network.inputs,
                               prior_maps=prior_maps,
                               spacing=bundle.spacing, size=bundle.patch_size,
                               progress=(lambda f, m: progress(0.8 * f, m)) if progress else None)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bundle import ModelBundle, add_map_scale, load_bundle, save_bundle
-from .data.patches import PRIOR_REFERENCE_MASK
 from .output_folder import check_output_folder, replace_folder, staging_folder
 from .patch import CHANNEL_DESCRIPTIONS
+from .vocabulary import Prior
 
 CARD_NAME = "MODEL_CARD.md"
 
@@ -103,7 +103,7 @@ def model_card(source: ModelBundle, metrics: dict, request: PackageRequest, reci
                size_mib: float) -> str:
     """MODEL_CARD.md of the packaged bundle: what it is, data and split, the metrics, limitations, provenance."""
     m, t, size = source.manifest, source.manifest["training"], size_mib
-    reference = m["prior"] == PRIOR_REFERENCE_MASK
+    reference = m["prior"] == Prior.REFERENCE_MASK
     ensemble = source.members > 1
     if ensemble:
         weights = {k: round(sum(w[k] for w in t["task_weights"]) / len(t["task_weights"]), 3)
@@ -197,7 +197,7 @@ def model_card(source: ModelBundle, metrics: dict, request: PackageRequest, reci
                         f"{t['members_out_of_fold_auc'][name]:.3f} |")
     if "validation_with_segmentation_prior" in metrics:
         ev = metrics["validation_with_segmentation_prior"]
-        how = (f"prior `{ev['prior']}`" if ev["prior"] in ("segmentation", PRIOR_REFERENCE_MASK) else
+        how = (f"prior `{ev['prior']}`" if ev["prior"] in ("segmentation", Prior.REFERENCE_MASK) else
                "out-of-fold nnU-Net maps: each nodule segmented by the fold model that never saw its patient, with "
                "the default crop; descriptors from those maps too")
         card += ["", f"## The same patients with the nnU-Net prior (as at analysis time; {how})", "",

@@ -26,7 +26,7 @@ from . import distributed
 from .atomic import write_json_atomic
 from .bundle import save_bundle, sha256
 from .calibration import Calibration, fit_calibration
-from .data.patches import PRIOR_REFERENCE_MASK, PatchSet, build_patch_set
+from .data.patches import PatchSet, build_patch_set
 from .data.voi_table import patient_folds, patient_split, read_voi_table
 from .errors import BundleError, ConfigError
 from .evaluation import output_metrics
@@ -35,6 +35,7 @@ from .output_folder import start_folder
 from .tasks import TaskSet, load_task_set
 from .networks import Ensemble, predict
 from .training import RESUMABLE_CHANGES, Trainer, TrainConfig, TrainResult
+from .vocabulary import Device, Prior
 
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[float, str], None]
@@ -48,9 +49,9 @@ class RunSpec:
     data: Path
     run_dir: Path
     tasks: str = "lidc"
-    prior: str = PRIOR_REFERENCE_MASK
+    prior: str = Prior.REFERENCE_MASK.value
     val_fraction: float = 0.2
-    device: str = "auto"
+    device: str = Device.AUTO.value
     name: str = "lungnodule-explain"
     members: int = 1
 
@@ -63,8 +64,8 @@ class RunSpec:
                               "folds are then where epochs are picked and the figures come from")
         if self.val_fraction != 0 and not 0.05 <= self.val_fraction <= 0.5:
             raise ConfigError(f"val_fraction must be 0 or in [0.05, 0.5], got {self.val_fraction}")
-        if self.prior != PRIOR_REFERENCE_MASK and not Path(self.prior).is_dir():
-            raise ConfigError(f"prior must be {PRIOR_REFERENCE_MASK!r} or a folder of probability maps; "
+        if self.prior != Prior.REFERENCE_MASK and not Path(self.prior).is_dir():
+            raise ConfigError(f"prior must be '{Prior.REFERENCE_MASK}' or a folder of probability maps; "
                               f"{self.prior} is not a folder")
 
     def to_dict(self) -> dict:
@@ -90,7 +91,7 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False, overw
             raise ConfigError(f"--resume: {config_path} differs from this run's configuration")
     if distributed.is_main_process():
         write_json_atomic(config_path, run_config)
-    records = read_voi_table(spec.data, task_set, require_masks=spec.prior == PRIOR_REFERENCE_MASK)
+    records = read_voi_table(spec.data, task_set, require_masks=spec.prior == Prior.REFERENCE_MASK)
     train_idx, val_idx = patient_split(records, spec.val_fraction, config.seed)  # fraction 0: no validation patients
     if distributed.is_main_process():
         write_json_atomic(spec.run_dir / "split.json", {
@@ -163,8 +164,9 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False, overw
     # Without validation patients the bundle's figures are the members' out-of-fold ones, and say so.
     estimate = "validation" if len(val_set) else "out_of_fold"
     write_json_atomic(spec.run_dir / f"{estimate}_metrics.json", metrics)
-    path = save_bundle(spec.run_dir / "bundle", model, task_set, config.network, thresholds,
-                       name=spec.name, prior="reference-mask" if spec.prior == PRIOR_REFERENCE_MASK else "nnunet-oof",
+    prior = Prior.REFERENCE_MASK if spec.prior == Prior.REFERENCE_MASK else Prior.NNUNET_OOF
+    path = save_bundle(spec.run_dir / "bundle", model, task_set, config.network, thresholds, name=spec.name,
+                       prior=prior.value,
                        training=training, metrics={estimate: metrics}, calibration=calibration)
     distributed.barrier()
     return path

@@ -28,6 +28,7 @@ from . import distributed
 from .data.patches import PatchDataset, PatchSet
 from .atomic import write_text_atomic
 from .devices import resolve_device
+from .vocabulary import Device
 from .errors import ConfigError
 from .metrics import safe_auc
 from .networks import build_network, predict
@@ -98,12 +99,12 @@ class Trainer:
     """Runs the cascade on a training and a validation PatchSet, writing checkpoints and logs into `out_dir`."""
 
     def __init__(self, config: TrainConfig, train_set: PatchSet, val_set: PatchSet, out_dir: str | Path,
-                 n_manifestations: int, output_names: list[str], device: str = "auto",
+                 n_manifestations: int, output_names: list[str], device: str = Device.AUTO,
                  progress: ProgressCallback | None = None, show_progress_bar: bool = True) -> None:
         self.config, self.train_set, self.val_set = config, train_set, val_set
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.device = resolve_device(distributed.local_device(device))
+        self.device = distributed.local_device(resolve_device(device))
         self.progress, self.show_progress_bar = progress, show_progress_bar
         self.output_names = output_names
         self.multitask = config.network.multitask

@@ -12,17 +12,15 @@ import logging
 import struct
 import zlib
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, PointError
+from .vocabulary import PointSpace
 
 logger = logging.getLogger(__name__)
-
-PointSpace = Literal["ras", "lps", "ijk"]
-POINT_SPACES: tuple[str, ...] = ("ras", "lps", "ijk")
 
 # Spacing outside this range (mm) is not a CT a radiologist would read nodules on.
 MIN_SPACING_MM = 0.05
@@ -169,20 +167,20 @@ def ras_to_lps(point: Sequence[float]) -> np.ndarray:
 lps_to_ras = ras_to_lps  # the same sign flip both ways
 
 
-def point_to_lps(point: Sequence[float], space: PointSpace, image: sitk.Image) -> np.ndarray:
+def point_to_lps(point: Sequence[float], space: PointSpace | str, image: sitk.Image) -> np.ndarray:
     """Convert a point given in RAS mm, LPS mm or voxel index (i, j, k) to LPS mm; check it is inside `image`."""
     if len(point) != 3:
         raise PointError(f"a point needs 3 coordinates, got {len(point)}: {tuple(point)}")
     if not np.all(np.isfinite(np.asarray(point, dtype=float))):
         raise PointError(f"point {tuple(point)} has non-finite coordinates")
-    if space == "ras":
+    if space == PointSpace.RAS:
         lps = ras_to_lps(point)
-    elif space == "lps":
+    elif space == PointSpace.LPS:
         lps = np.asarray(point, dtype=float)
-    elif space == "ijk":
+    elif space == PointSpace.IJK:
         lps = np.asarray(image.TransformContinuousIndexToPhysicalPoint([float(c) for c in point]))
     else:
-        raise PointError(f"unknown point space {space!r}; expected one of {POINT_SPACES}")
+        raise PointError(f"unknown point space {space!r}; expected one of {PointSpace.names()}")
     index = np.asarray(image.TransformPhysicalPointToContinuousIndex(lps.tolist()))
     size = np.asarray(image.GetSize())
     if np.any(index < -0.5) or np.any(index > size - 0.5):

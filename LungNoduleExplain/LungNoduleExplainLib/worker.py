@@ -15,7 +15,8 @@ Anything else a library prints goes to stderr, so stdout carries only protocol l
 
 The request (JSON object):
     ct: path of a CT (DICOM folder, NRRD, NIfTI, MHA); points: [[x, y, z], ...]; space: "ras" | "lps" | "ijk"
-    (default "ras"); bundle: null (the shipped model) or a bundle path; device: "auto" | "cpu" | "cuda";
+    (vocabulary.PointSpace; default "ras"); bundle: null (the shipped model) or a bundle path; device: "auto" |
+    "cpu" | "cuda" (vocabulary.Device; devices.choose_device's rule: "cuda" without a GPU is an error);
     out_dir: folder for write_findings' layout (nodule-01/finding.json, ..., report.html), absent or empty;
     source (optional): how the user knows the CT, shown in the report; classify_anyway (optional, default false):
     classify a point where no nodule is found (research; the finding carries the warning). Without it such a point
@@ -34,12 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Protocol, Sequence
 
+from .devices import choose_device
 from .errors import InputImageError, LungNoduleExplainError
-from .volume import POINT_SPACES
+from .vocabulary import Device, PointSpace
 
 logger = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 ProgressCallback = Callable[[float, str], None]
@@ -50,7 +51,7 @@ class RequestError(LungNoduleExplainError, ValueError):
 
 
 class AnalyzerLike(Protocol):
-    def analyze(self, ct: Any, point: Sequence[float], space: str = "ras") -> Any: ...
+    def analyze(self, ct: Any, point: Sequence[float], space: str = PointSpace.RAS) -> Any: ...
 
 
 AnalyzerFactory = Callable[..., AnalyzerLike]  # (bundle=, device=, progress=) -> analyzer
@@ -62,9 +63,9 @@ class Request:
     ct: Path
     points: list[tuple[float, float, float]]
     out_dir: Path
-    space: str = "ras"
+    space: str = PointSpace.RAS.value
     bundle: Path | None = None
-    device: str = "auto"
+    device: str = Device.AUTO.value
     source: str = ""  # how the user knows the CT (e.g. the Slicer volume's name), shown in the report
     classify_anyway: bool = False  # classify points where no nodule is found (research)
 
@@ -82,12 +83,12 @@ class Request:
             if not isinstance(point, (list, tuple)) or len(point) != 3 or \
                     not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point):
                 raise RequestError(f"{source}: each point must be [x, y, z] numbers, got {point!r}")
-        space = data.get("space", "ras")
-        if space not in POINT_SPACES:
-            raise RequestError(f"{source}: 'space' is {space!r}; expected one of {POINT_SPACES}")
-        device = data.get("device", "auto")
-        if device not in DEVICES:
-            raise RequestError(f"{source}: 'device' is {device!r}; expected one of {DEVICES}")
+        space = data.get("space", PointSpace.RAS.value)
+        if space not in PointSpace.names():
+            raise RequestError(f"{source}: 'space' is {space!r}; expected one of {PointSpace.names()}")
+        device = data.get("device", Device.AUTO.value)
+        if device not in Device.names():
+            raise RequestError(f"{source}: 'device' is {device!r}; expected one of {Device.names()}")
         bundle = data.get("bundle")
         classify_anyway = data.get("classify_anyway", False)
         if not isinstance(classify_anyway, bool):
@@ -145,27 +146,6 @@ class _ProtocolLogHandler(logging.Handler):
             self.handleError(record)
 
 
-def device_and_note(requested: str, cuda_available: Callable[[], bool] | None = None) -> tuple[str, str | None]:
-    """(device to use, note for the user or None). Never falls back silently."""
-    if requested == "cpu":
-        return "cpu", None
-    if cuda_available is None:
-        cuda_available = _torch_cuda_available
-    if cuda_available():
-        return "cuda", None
-    if requested == "cuda":
-        return "cpu", "CUDA was requested but is not available: running on CPU (this is much slower)"
-    return "cpu", "CUDA not available: running on CPU"
-
-
-def _torch_cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
 def _default_analyzer_factory(**kwargs: Any) -> AnalyzerLike:
     from .analysis import Analyzer
     return Analyzer(**kwargs)
@@ -201,7 +181,7 @@ def run_request(request: Request, messages: MessageWriter, *,
     files a viewer needs are written (findings_writer(report=False)) and return what writes the overlays and
     report.html and then says {"type": "report", "report": path}: the front end shows the results ~1-2 s sooner,
     and the request loop writes the report when no other request waits (worker_loop.serve)."""
-    device, note = device_and_note(request.device, cuda_available)
+    device, note = choose_device(request.device, cuda_available)
     if note:
         messages.log(note, level="warning")
     # Share of the bar: 5 % reading and model loading, 85 % analysing, 10 % writing.

@@ -34,8 +34,10 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Sequence
 
+from .devices import choose_device
+from .vocabulary import Device
 from .worker import (EXIT_OK, AnalyzerLike, MessageWriter, Request, RequestError, _default_analyzer_factory,
-                     _default_ct_reader, device_and_note, report_failure, run_request)
+                     _default_ct_reader, report_failure, run_request)
 
 logger = logging.getLogger(__name__)
 
@@ -186,8 +188,7 @@ def _answer(line: str, messages: MessageWriter, analyzers: AnalyzerCache, cts: C
 
 
 def _load(data: dict, messages: MessageWriter, analyzers: AnalyzerCache, cuda_available) -> None:
-    requested = data.get("device", "auto")
-    device, note = device_and_note(requested, cuda_available)
+    device, note = choose_device(data.get("device", Device.AUTO), cuda_available)
     if note:
         messages.log(note, level="warning")
     start = time.perf_counter()

@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 
 import slicer
 import vtk
+from LungNoduleExplainLib.vocabulary import Device, PointSpace
 from LungNoduleExplainLib.worker import Request
 
 from . import DicomExport, MapDisplay, NoduleSelection
@@ -38,7 +39,6 @@ from .ResultNodes import (ROLE_ATTRIBUTE, SOURCE_VOLUME_ATTRIBUTE, NoduleNodes, 
 from .WorkerProcess import ProcessRunnerProtocol, WorkerProcess
 
 MODULE_DIR = Path(__file__).resolve().parents[1]  # holds LungNoduleExplainLib, put on the worker's PYTHONPATH
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -119,11 +119,11 @@ class AnalysisLogic:
         """An analysis is in flight (the worker process itself stays between analyses)."""
         return self.worker.busy
 
-    def prepareWorker(self, device: str = "auto", bundlePath: str | Path | None = None) -> None:
+    def prepareWorker(self, device: str = Device.AUTO, bundlePath: str | Path | None = None) -> None:
         """Start the worker and load the model now, so that the first Analyze does not wait for it."""
         self.worker.prepare(str(bundlePath) if bundlePath else None, device)
 
-    def startAnalysis(self, ctNode, nodules: Sequence[NoduleRequest], device: str = "auto",
+    def startAnalysis(self, ctNode, nodules: Sequence[NoduleRequest], device: str = Device.AUTO,
                       bundlePath: str | Path | None = None, classifyAnyway: bool = False) -> None:
         """Start the worker; returns at once. Raises ValueError (nothing started) when the inputs are unusable.
         classifyAnyway: classify points where no nodule is found (research; their table says so); by default
@@ -137,8 +137,8 @@ class AnalysisLogic:
                              "select the CT")
         if not nodules:
             raise ValueError("place at least one nodule point (\"Place nodule point\", then click the nodule)")
-        if device not in DEVICES:
-            raise ValueError(f"device {device!r} is not one of {DEVICES}")
+        if device not in Device.names():  # which device it runs on is the worker's (devices.choose_device)
+            raise ValueError(f"device {device!r} is not one of {Device.names()}")
         if bundlePath and not Path(bundlePath).exists():
             raise ValueError(f"model bundle not found: {bundlePath}")
         self._workDir = self.worker.runFolder()
@@ -161,7 +161,7 @@ class AnalysisLogic:
         ctPath = self.worker.ctFile(ctKey, lambda path: self._writeVolume(ctNode, path))
         points = [volumeRasFromWorld(ctNode, n.pointRas) for n in nodules]
         request = Request(ct=ctPath, points=points, out_dir=self._workDir / "results",
-                          space="ras", bundle=Path(bundlePath) if bundlePath else None, device=device,
+                          space=PointSpace.RAS, bundle=Path(bundlePath) if bundlePath else None, device=device,
                           source=f"Slicer volume {ctNode.GetName()!r}", classify_anyway=classifyAnyway)
         self.worker.submit(request.to_json(), str(bundlePath) if bundlePath else None, device)
 

@@ -23,6 +23,8 @@ import weakref
 from pathlib import Path
 from typing import Callable, Sequence
 
+from LungNoduleExplainLib.vocabulary import Device
+
 from . import SessionFolder
 from .WorkerProcess import ProcessRunnerProtocol, WorkerProcess
 
@@ -98,7 +100,7 @@ class AnalysisWorker:
         self.requestId, self._pending = requestId, (message, bundle, device)
         return requestId
 
-    def prepare(self, bundle: str | None = None, device: str = "auto") -> None:
+    def prepare(self, bundle: str | None = None, device: str = Device.AUTO) -> None:
         """Start the worker and load the model ahead of the first request (its memory is held from now on)."""
         if not self.busy:
             self._ensure(bundle, device)

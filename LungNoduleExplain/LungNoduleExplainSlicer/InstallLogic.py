@@ -39,6 +39,10 @@ from typing import Callable, Iterator, Sequence
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from LungNoduleExplainLib.devices import choose_device
+from LungNoduleExplainLib.errors import ConfigError
+from LungNoduleExplainLib.vocabulary import Device
+
 logger = logging.getLogger(__name__)
 
 MINIMUM_SLICER_VERSION = (5, 10)
@@ -77,18 +81,23 @@ def environmentProblem(slicerVersion: Sequence[int] | None,
     return None
 
 
-def cudaNote(cudaBuilt: bool, cudaAvailable: bool, device: str = "auto") -> str:
-    """What the user should know about where the analysis runs; '' when it runs on the GPU as asked."""
-    if device == "cpu":
+def cudaNote(cudaBuilt: bool, cudaAvailable: bool, device: str = Device.AUTO) -> str:
+    """What the user should know about where the analysis runs: the worker's rule (devices.choose_device) applied
+    ahead of it; '' when it runs on the GPU as asked."""
+    if device == Device.CPU:
         return "Device: CPU (as chosen). Each nodule takes seconds to tens of seconds."
-    if cudaAvailable:
+    try:
+        chosen, _ = choose_device(device, cuda_available=lambda: cudaAvailable)
+    except ConfigError:  # the worker will refuse it ("cuda" without a GPU)
+        chosen = None
+    if chosen not in (None, Device.CPU):
         return ""
     if not cudaBuilt:
         why = ("the installed PyTorch is a CPU-only build; to use an NVIDIA GPU, reinstall PyTorch in the "
                "PyTorch Utils module (it picks the CUDA build for the driver), then restart Slicer")
     else:
         why = "PyTorch has CUDA support but finds no usable NVIDIA GPU or driver"
-    action = "Analyze will fail: choose 'auto' or 'cpu'" if device == "cuda" else "the analysis runs on the CPU"
+    action = "the analysis runs on the CPU" if chosen else "Analyze will fail: choose 'auto' or 'cpu'"
     return f"No CUDA GPU: {why}. With device '{device}', {action} (seconds to tens of seconds per nodule)."
 
 

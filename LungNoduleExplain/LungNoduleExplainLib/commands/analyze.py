@@ -14,7 +14,6 @@ import logging
 import math
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,13 +22,14 @@ from ..errors import PointError
 from ..explain import MAP_METHODS
 from ..finding import Finding
 from ..nodule_check import NoNodule
-from ..volume import POINT_SPACES
-from ..worker import DEVICES
+from ..vocabulary import PointSpace
 from . import dicom_options
+from .device_option import add_device_argument
 
 logger = logging.getLogger(__name__)
 
 AnalyzerFactory = Callable[..., Any]  # (bundle=, device=, progress=) -> object with analyze(ct, point, space)
+DEFAULT_SPACE = PointSpace.RAS  # Slicer's
 
 
 def parse_point(text: str) -> tuple[float, float, float]:
@@ -65,17 +65,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--point", type=parse_point, action="append", default=[], metavar="X,Y,Z",
                         help="a point on the nodule (repeat for several nodules); RAS mm unless --lps or --ijk")
     space = parser.add_mutually_exclusive_group()
-    for name, meaning in (("ras", "RAS millimetres, as Slicer shows them (default)"),
-                          ("lps", "LPS millimetres, as ITK/DICOM store them"),
-                          ("ijk", "voxel index i,j,k (column, row, slice) counted from 0")):
-        space.add_argument(f"--{name}", dest="space", action="store_const", const=name, help=f"points in {meaning}")
+    for kind in PointSpace:
+        default = " (default)" if kind == DEFAULT_SPACE else ""
+        space.add_argument(f"--{kind}", dest="space", action="store_const", const=kind.value,
+                           help=f"points in {kind.meaning}{default}")
     parser.add_argument("--points-csv", type=existing_file, metavar="FILE",
-                        help="CSV with columns x,y,z and optionally space (ras, lps or ijk) per row")
+                        help=f"CSV with columns x,y,z and optionally space ({PointSpace.listed()}) per row")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created)")
     parser.add_argument("--model", type=Path, default=None, metavar="BUNDLE",
                         help="model bundle folder (default: the model shipped with the package)")
-    parser.add_argument("--device", choices=DEVICES, default="auto",
-                        help=f"where the networks run: {', '.join(DEVICES)} (default auto: CUDA if available)")
+    add_device_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     parser.add_argument("--classify-anyway", action="store_true",
                         help="classify a point where no nodule is found (research: the finding, report and "
@@ -85,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="what the maps show: contribution (default: the SAM head's evidence with its spatial "
                              "weights), sam (the paper's map) or occlusion (slower); benchmarks/map_quality")
     dicom_options.add_arguments(parser)
-    parser.set_defaults(func=run, space="ras")
+    parser.set_defaults(func=run, space=DEFAULT_SPACE.value)
     # RAS points are often negative: let "--point -56.4,-86.3,-116" be a value, not an unknown option. argparse
     # only knows plain negative numbers ("-5", "-.5") by this (private, stable since Python 3.2) matcher.
     parser._negative_number_matcher = re.compile(r"^-\d*\.?\d+([eE][-+]?\d+)?(,\s*[-+]?[\d.eE+-]+)*$")
@@ -144,7 +143,7 @@ def gather_points(flag_points: Sequence[tuple[float, float, float]], csv_path: P
     return points
 
 
-def read_points_csv(path: Path, default_space: str = "ras") -> list[ClickedPoint]:
+def read_points_csv(path: Path, default_space: str = DEFAULT_SPACE) -> list[ClickedPoint]:
     """Rows of a CSV with header x,y,z[,space] (case-insensitive; other columns ignored). Raises PointError."""
     try:
         return _read_points_rows(path, default_space)
@@ -174,8 +173,9 @@ def _read_points_rows(path: Path, default_space: str) -> list[ClickedPoint]:
             if not all(math.isfinite(v) for v in xyz):
                 raise PointError(f"points file {path} line {line}: coordinates {xyz} are not finite")
             space = (row.get(header.get("space", ""), "") or "").strip().lower() or default_space
-            if space not in POINT_SPACES:
-                raise PointError(f"points file {path} line {line}: space {space!r} is not one of {POINT_SPACES}")
+            if space not in PointSpace.names():
+                raise PointError(f"points file {path} line {line}: space {space!r} is not one of "
+                                 f"{PointSpace.names()}")
             points.append(ClickedPoint(xyz, space, f"{path.name} line {line}"))
     if not points:
         raise PointError(f"points file {path} has a header but no points")
@@ -197,7 +197,7 @@ def check_points(ct: Any, points: Sequence[ClickedPoint]) -> None:
 def load_and_analyze(ct: Any, points: Sequence[ClickedPoint], *, bundle: Path | None, device: str,
                      analyzer_factory: AnalyzerFactory | None = None, quiet: bool = False,
                      classify_anyway: bool = False, map_method: str = MAP_METHODS[0]) -> list[Finding | NoNodule]:
-    """Load the model once and analyse every point (analysis.analyze_points) with a tqdm bar on stderr."""
+    """Load the model once and analyse every point (points.analyze_points) with a tqdm bar on stderr."""
     from tqdm import tqdm
 
     if analyzer_factory is None:

@@ -20,9 +20,10 @@ import SimpleITK as sitk
 from ..errors import ConfigError
 from ..finding import Finding
 from ..metrics import dice as segmentation_dice
-from ..worker import DEVICES
 from ..points import ClickedPoint
+from ..vocabulary import PointSpace
 from .analyze import AnalyzerFactory, load_and_analyze
+from .device_option import add_device_argument
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"with --phantom: nodule diameter in mm, 3 to 40 ({PHANTOM_DIAMETER_MM:.0f})")
     parser.add_argument("--model", type=Path, default=None, metavar="BUNDLE",
                         help="model bundle folder (default: the model shipped with the package)")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="where the networks run (default auto)")
+    add_device_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     parser.set_defaults(func=run)
 
@@ -105,7 +106,7 @@ def real_case() -> DemoCase:
     sample = load_sample()
     size = " x ".join(str(n) for n in sample.ct.GetSize())
     return DemoCase(
-        ct=sample.ct, point=ClickedPoint(sample.point_lps, "lps", "the readers' nodule centroid"),
+        ct=sample.ct, point=ClickedPoint(sample.point_lps, PointSpace.LPS, "the readers' nodule centroid"),
         truth=sample.readers_mask, truth_name="the LIDC readers' mask",
         title=f"LungNoduleExplain demo on {sample.info['patient_id']} (LIDC-IDRI)",
         source=f"{sample.info['description']}; {CITATION}", is_phantom=False,
@@ -123,7 +124,7 @@ def phantom_case(seed: int | None, diameter_mm: float | None) -> DemoCase:
     phantom = make_phantom_ct(seed=seed, diameter_mm=diameter_mm)
     size = " x ".join(str(n) for n in phantom.ct.GetSize())
     return DemoCase(
-        ct=phantom.ct, point=ClickedPoint(phantom.nodule_center_lps, "lps", "phantom nodule centre"),
+        ct=phantom.ct, point=ClickedPoint(phantom.nodule_center_lps, PointSpace.LPS, "phantom nodule centre"),
         truth=phantom.nodule_mask, truth_name="the phantom's true nodule",
         title="LungNoduleExplain demo on a synthetic phantom",
         source=f"synthetic phantom (seed {seed}), saved as phantom_ct.nrrd", is_phantom=True,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from .device_option import add_device_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -22,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "reference-mask, segmentation (the bundle's nnU-Net model, as at analysis time; reports "
                         "Dice) or a folder of probability maps <case_id>.nii.gz, e.g. out-of-fold nnU-Net maps")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of patients (default 1000)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 

@@ -9,6 +9,8 @@ from ..network_config import (DEFAULT_DESCRIPTOR_SET, DEFAULT_FEATURES, DEFAULT_
                               NetworkConfig)
 from ..tasks import BUILTIN_TASK_SETS
 from ..train_config import TrainConfig, default
+from ..vocabulary import Prior
+from .device_option import add_device_argument
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="which descriptors (descriptors.DESCRIPTOR_SETS): shape-density (default: volume, diameter, "
                         "shape ratios, HU percentiles inside and around the region) or shape-density-outline "
                         "(adds the outline's solidity and radial variation)")
-    p.add_argument("--prior", default="reference-mask",
-                   help="AAG prior: 'reference-mask' or a folder of out-of-fold probability maps <case_id>.nii.gz")
+    p.add_argument("--prior", default=Prior.REFERENCE_MASK.value,
+                   help=f"AAG prior: '{Prior.REFERENCE_MASK}' or a folder of out-of-fold probability maps "
+                        "<case_id>.nii.gz")
     # defaults: TrainConfig's (train_config.py), the one source
     p.add_argument("--epochs", type=int, default=default("max_epochs"),
                    help=f"maximum epochs (default {default('max_epochs')})")
@@ -71,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "training patients but patient fold k, where it picks its epoch; thresholds from their "
                         "out-of-fold predictions; the validation patients only measure the ensemble")
     p.add_argument("--seed", type=int, default=default("seed"))
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    add_device_argument(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--name", default="lungnodule-explain", help="model name recorded in the bundle")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -7,6 +7,9 @@ import json
 import logging
 from pathlib import Path
 
+from ..vocabulary import Device
+from .device_option import add_device_argument
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--features", type=int, nargs=2, default=[8, 64], metavar=("FIRST", "MAX"),
                         help="features of the first stage and the cap (default: 8 64, small enough for 2 CPU cores; "
                              "nnU-Net's own default is 32 320, for a GPU)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="training device (default: cpu)")
+    add_device_argument(parser, default=Device.CPU, what="training device")
     parser.add_argument("--processes", type=int, default=2, help="worker processes for preprocessing (default: 2)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is fastest on a crowded machine)")

@@ -35,6 +35,7 @@ import SimpleITK as sitk
 from ..atomic import write_text_atomic
 from ..errors import DatasetError, InputImageError, PointError
 from ..tasks import TaskSet, prevalence
+from ..vocabulary import PointSpace
 from ..volume import point_to_lps, read_ct
 from .voi_table import REQUIRED_COLUMNS, read_image, same_grid
 from .voi_writer import (PrepareSummary, ProgressCallback, VoiFolderWriter, box_around_point, crop_with_context,
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 INPUT_COLUMNS = ("case_id", "patient_id", "ct")
 POINT_COLUMNS = ("point_x_mm", "point_y_mm", "point_z_mm")
+MM_SPACES = (PointSpace.RAS.value, PointSpace.LPS.value)  # point_space of a table's point: its columns are mm
 OWN_SOURCE_COLUMNS = ("source_ct", "source_mask", "mask_source")
 DEFAULT_CONTEXT_MM = 30.0
 BLANK_CELLS = ("", "na", "nan", "none")  # an unknown label: left out of that output, never an error
@@ -154,8 +156,9 @@ def _parse_row(row: dict[str, str], line: int, base: Path, task_set: TaskSet, se
             point = tuple(float(row[c]) for c in POINT_COLUMNS)
         except (KeyError, ValueError) as exc:
             raise RowError("bad point", f"{where}: point_x/y/z_mm must all be numbers ({exc})") from exc
-        if space not in ("ras", "lps"):
-            raise RowError("bad point", f"{where}: point_space must be 'ras' or 'lps', got {space!r}")
+        if space not in MM_SPACES:
+            raise RowError("bad point", f"{where}: point_space must be {' or '.join(map(repr, MM_SPACES))}, got "
+                                        f"{space!r}")
     if mask is None and point is None:
         raise RowError("no mask or point", f"{where}: give a mask file or a point (point_x/y/z_mm, point_space)")
     diameter = None

@@ -19,12 +19,12 @@ from ..descriptors import DESCRIPTOR_NAMES
 from ..errors import DatasetError
 from ..patch import PATCH_SIZE_XYZ, SPACING_XYZ_MM, extract_patch
 from ..tasks import TaskSet
+from ..vocabulary import Prior
 from .voi_table import NoduleRecord, read_image
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[float, str], None]
-PRIOR_REFERENCE_MASK = "reference-mask"
 
 
 @dataclass
@@ -69,12 +69,12 @@ class PatchSet:
 
 def prior_path(record: NoduleRecord, prior: str) -> Path | None:
     """Where the prior of `record` lives: its reference mask, or `<prior folder>/<case_id>.nii.gz`."""
-    if prior == PRIOR_REFERENCE_MASK:
+    if prior == Prior.REFERENCE_MASK:
         return record.mask_path
     return Path(prior) / f"{record.case_id}.nii.gz"
 
 
-def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: str = PRIOR_REFERENCE_MASK, *,
+def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: str = Prior.REFERENCE_MASK, *,
                     channels: Sequence[str], spacing: Sequence[float] = SPACING_XYZ_MM, size: Sequence[int] = PATCH_SIZE_XYZ,
                     prior_maps: Callable[[NoduleRecord, sitk.Image], sitk.Image] | None = None,
                     progress: ProgressCallback | None = None, training_targets: bool = False) -> PatchSet:
@@ -106,7 +106,7 @@ def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: s
             path = prior_path(record, prior)
             if path is None or not path.is_file():
                 raise DatasetError(f"prior map for case {record.case_id} not found: {path}")
-            what = "mask" if prior == PRIOR_REFERENCE_MASK else "prior map"
+            what = "mask" if prior == Prior.REFERENCE_MASK else "prior map"
             prior_image = read_image(path, f"{what} of case {record.case_id}", on_grid_of=ct)
         patch = extract_patch(ct, record.center_lps, prior_image, channels=channels, spacing=spacing, size=size)
         images[i], priors[i], descriptors[i] = patch.image, patch.prior, patch.descriptors

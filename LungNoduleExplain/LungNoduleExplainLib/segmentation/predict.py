@@ -31,7 +31,8 @@ import SimpleITK as sitk
 from ..devices import resolve_device, use_onednn_convolutions
 from ..errors import BundleError, InputImageError
 from ..patch import AIR_HU, PatchGeometry
-from ..volume import MAX_SPACING_MM, MIN_SPACING_MM, PointSpace, point_to_lps
+from ..vocabulary import Device, PointSpace
+from ..volume import MAX_SPACING_MM, MIN_SPACING_MM, point_to_lps
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class NoduleSegmenter:
     one tile at a time, and PyTorch's own choice for a batch of one is 4-5x slower with these thin layers.
     """
 
-    def __init__(self, model_dir: str | Path, folds: Sequence[int] | None = None, device: str | None = "auto",
+    def __init__(self, model_dir: str | Path, folds: Sequence[int] | None = None, device: str | None = Device.AUTO,
                  use_mirroring: bool = False, crop_mm: Sequence[float] = DEFAULT_CROP_MM,
                  threshold: float = DEFAULT_THRESHOLD, tile_step_size: float = 0.5, recentre: bool = True,
                  recent_crops: int = RECENT_CROPS, locate_folds: int | None = LOCATE_FOLDS):
@@ -226,7 +227,7 @@ class NoduleSegmenter:
             self._recent.popitem(last=False)
         return probability
 
-    def segment(self, ct: sitk.Image, point: Sequence[float], space: PointSpace = "lps",
+    def segment(self, ct: sitk.Image, point: Sequence[float], space: PointSpace | str = PointSpace.LPS,
                 crop_mm: Sequence[float] | None = None) -> SegmentationResult:
         """Segment the nodule at `point` (RAS/LPS mm or voxel index i, j, k) of `ct` (HU).
 

@@ -26,8 +26,10 @@ import SimpleITK as sitk
 
 from ..atomic import write_json_atomic
 from ..data.voi_table import read_image, read_voi_table
+from ..devices import resolve_device
 from ..errors import ConfigError
 from ..output_folder import check_output_folder, replace_folder
+from ..vocabulary import Device
 from .export import DEFAULT_DATASET_ID, DEFAULT_NAME, DEFAULT_PAD_MM, dataset_name, export_nnunet_dataset
 from .metrics import dice, seed_point
 from .plans import CONFIGURATION, PLANS_NAME, SmallPlansConfig, fingerprint_and_preprocess, plan, use_work_folder
@@ -40,14 +42,14 @@ Progress = Callable[[str, float], None]  # (message, fraction of the whole run d
 
 @dataclass(frozen=True)
 class SegmentationTrainingConfig:
-    """How to train. epochs x iterations_per_epoch batches per fold; device 'cpu' or 'cuda'."""
+    """How to train. epochs x iterations_per_epoch batches per fold; device: a vocabulary.Device name."""
 
     folds: tuple[int, ...] = (0, 1, 2, 3, 4)
     epochs: int = 20
     iterations_per_epoch: int = 50
     val_iterations_per_epoch: int = 5
     initial_lr: float = 1e-2
-    device: str = "cpu"
+    device: str = Device.CPU.value
     dataset_id: int = DEFAULT_DATASET_ID
     pad_mm: tuple[float, float, float] = DEFAULT_PAD_MM
     plans: SmallPlansConfig = field(default_factory=SmallPlansConfig)
@@ -65,8 +67,8 @@ class SegmentationTrainingConfig:
         if self.epochs < 1 or self.iterations_per_epoch < 1 or self.val_iterations_per_epoch < 1:
             raise ConfigError(f"epochs ({self.epochs}) and iterations ({self.iterations_per_epoch}, "
                               f"{self.val_iterations_per_epoch}) must be >= 1")
-        if self.device not in ("cpu", "cuda"):
-            raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.device not in Device.names():
+            raise ConfigError(f"device must be one of {Device.names()}, got {self.device!r}")
         if self.init_from is not None:
             missing = [k for k in self.folds if not (Path(self.init_from) / f"fold_{k}" / CHECKPOINT_NAME).is_file()]
             if missing:
@@ -124,7 +126,7 @@ def train_fold(fold: int, config: SegmentationTrainingConfig,
     plans = load_json(str(base / f"{PLANS_NAME}.json"))
     dataset_json = load_json(str(base / "dataset.json"))
     plans["continue_training"] = False  # nnunetv2 2.8's trainer pops this key (run_training.py sets it)
-    trainer = nnUNetTrainerLungNodule(plans, CONFIGURATION, fold, dataset_json, device=torch.device(config.device))
+    trainer = nnUNetTrainerLungNodule(plans, CONFIGURATION, fold, dataset_json, device=resolve_device(config.device))
     trainer.configure(config.epochs, config.iterations_per_epoch, config.val_iterations_per_epoch,
                       config.initial_lr, epoch_callback)
     if config.init_from is not None:
@@ -182,6 +184,7 @@ def cross_validate(voi_folder: str | Path, work: str | Path, out: str | Path,
     """
     voi_folder, work, out = Path(voi_folder), Path(work), Path(out)
     check_output_folder(out, overwrite=overwrite)
+    resolve_device(config.device)  # "cuda" without a GPU fails now, not after the preprocessing
     report = progress or (lambda message, fraction: logger.info("%s (%.0f%%)", message, 100 * fraction))
     work.mkdir(parents=True, exist_ok=True)
     report("exporting and preprocessing with nnU-Net", 0.0)
