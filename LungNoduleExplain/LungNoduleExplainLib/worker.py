@@ -42,8 +42,6 @@ logger = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
-ProgressCallback = Callable[[float, str], None]
-
 
 class RequestError(LungNoduleExplainError, ValueError):
     """The worker's request file is missing, not JSON, or lacks a required field."""

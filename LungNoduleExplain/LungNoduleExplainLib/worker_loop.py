@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable, Sequence
 
+from .progress import Progress
 from .worker import (EXIT_OK, AnalyzerLike, MessageWriter, Request, RequestError, _default_analyzer_factory,
                      _default_ct_reader, device_and_note, report_failure, run_request)
 
@@ -69,7 +70,7 @@ class AnalyzerCache:
         self.analyzer: AnalyzerLike | None = None
         self.loads = 0
 
-    def __call__(self, *, bundle: Path | None, device: str, progress: Callable[[float, str], None]) -> AnalyzerLike:
+    def __call__(self, *, bundle: Path | None, device: str, progress: Progress) -> AnalyzerLike:
         key = (str(bundle) if bundle else None, device, self.fingerprint(bundle))
         if self.analyzer is not None and key != self.key:
             if key[:2] == self.key[:2]:

@@ -39,6 +39,8 @@ from typing import Callable, Iterator, Sequence
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from LungNoduleExplainLib.progress import Progress
+
 logger = logging.getLogger(__name__)
 
 MINIMUM_SLICER_VERSION = (5, 10)
@@ -144,7 +146,7 @@ class InstallLogic:
                  torchLogicFactory: Callable[[], object | None] = _pyTorchUtilsLogic,
                  confirm: Callable[[str], bool] = lambda message: True,
                  log: Callable[[str], None] = logger.info,
-                 progress: Callable[[float, str], None] = lambda fraction, message: None):
+                 progress: Progress = lambda fraction, message: None):
         self.pipInstall, self.versionOf, self.torchLogicFactory = pipInstall, versionOf, torchLogicFactory
         self.confirm, self.log, self.progress = confirm, log, progress
         self.needsRestart = False
