@@ -11,7 +11,8 @@ import pytest
 from conftest import untrained_bundle
 from LungNoduleExplainLib.cli import main
 from LungNoduleExplainLib.errors import OutputExistsError
-from LungNoduleExplainLib.output_folder import MARKER, check_output_folder, is_ours, replace_folder, staging_folder
+from LungNoduleExplainLib.output_folder import (MARKER, check_output_folder, is_ours, new_folder, replace_folder,
+                                               staging_folder)
 
 
 def _someone_elses(folder: Path) -> Path:
@@ -105,3 +106,45 @@ def test_train_and_prepare_never_write_into_someone_elses_folder(tmp_path):
     assert (run / "checkpoint.pt").exists()
     start_folder(run, "train", overwrite=True)
     assert is_ours(run) and not (run / "checkpoint.pt").exists()
+
+
+def test_a_failing_folder_write_leaves_the_old_folder_intact_and_nothing_half_written_beside_it(tmp_path):
+    out = tmp_path / "out"
+    with new_folder(out, verb="test") as folder:
+        (folder / "result.txt").write_text("first")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with new_folder(out, verb="test") as folder:
+            (folder / "result.txt").write_text("second, half")
+            raise RuntimeError("disk full")
+    assert (out / "result.txt").read_text() == "first" and is_ours(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_when_the_final_rename_fails_the_old_folder_is_renamed_back(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    with new_folder(out) as folder:
+        (folder / "result.txt").write_text("first")
+    rename = Path.rename
+
+    def staging_cannot_move(self, target):  # noqa: ANN001, ANN202
+        if self.name.endswith(".partial"):
+            raise PermissionError(f"cannot rename {self}")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", staging_cannot_move)
+    with pytest.raises(PermissionError):
+        with new_folder(out) as folder:
+            (folder / "result.txt").write_text("second")
+    assert (out / "result.txt").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging, no previous folder
+
+
+def test_a_bundle_that_fails_half_way_leaves_the_old_bundle_and_nothing_beside_it(tmp_path):
+    from LungNoduleExplainLib.bundle import load_bundle, read_manifest, save_bundle
+
+    old = load_bundle(untrained_bundle(tmp_path / "bundle"))
+    with pytest.raises(FileNotFoundError):  # the weights are written, then the segmentation folder is missing
+        save_bundle(old.path, old.model, old.task_set, old.network, old.thresholds, name="second",
+                    prior="reference-mask", training={}, metrics={}, segmentation_dir=tmp_path / "missing")
+    assert read_manifest(old.path) == old.manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]

@@ -275,7 +275,7 @@ def test_an_interrupted_prepare_leaves_no_table_that_looks_complete(small_cts, i
     out = small_cts / "out"
     path = _small(small_cts, "c1,p1,a.nii.gz,m_a.nii.gz,MPL,1,0,1,1\nc2,p2,b.nii.gz,m_b.nii.gz,SOL,0,0,0,0\n")
 
-    def interrupt(done, total, current):
+    def interrupt(fraction, message):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):  # after the first CT

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -28,12 +28,12 @@ from .finding import Finding, OutputResult, mask_size
 from .nodule_check import refusal_message, segment_and_check
 from .networks.ensemble import member_probabilities
 from .patch import PatchGeometry, extract_patch, mask_box_lps, resample_to_grid
+from .progress import Progress
 from .devices import resolve_device
 from .vocabulary import Device, PointSpace
 from .volume import point_to_lps, validate_ct
 
 logger = logging.getLogger(__name__)
-ProgressCallback = Callable[[float, str], None]
 
 AIR_SEARCH_RADIUS_MM = 10.0
 
@@ -57,7 +57,7 @@ class Analyzer:
     """
 
     def __init__(self, bundle: str | Path | ModelBundle | None = None, device: str = Device.AUTO,
-                 progress: ProgressCallback | None = None, segmenter=None,  # noqa: ANN001
+                 progress: Progress | None = None, segmenter=None,  # noqa: ANN001
                  map_method: str = attribution.DEFAULT_MAP_METHOD) -> None:
         start = time.perf_counter()
         if map_method not in attribution.MAP_METHODS:

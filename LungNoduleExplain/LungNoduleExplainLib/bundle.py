@@ -17,7 +17,6 @@ import logging
 import os
 import platform
 import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
@@ -35,6 +34,7 @@ from .calibration import CALIBRATION_NAME, Calibration, read_calibration
 from .devices import use_onednn_convolutions
 from .errors import BundleError
 from .networks import Ensemble, NetworkConfig, build_network
+from .output_folder import new_folder
 from .patch import PATCH_SIZE_XYZ, SPACING_XYZ_MM
 from .tasks import TaskSet
 from .vocabulary import Prior
@@ -131,13 +131,12 @@ def save_bundle(path: str | Path, model: nn.Module, task_set: TaskSet, network: 
                 thresholds: dict[str, float], *, name: str, prior: str, training: dict, metrics: dict,
                 segmentation_dir: str | Path | None = None, version: str = "1",
                 calibration: dict | None = None) -> Path:
-    """Write a bundle folder atomically (built under a temporary name beside `path`, then renamed). An `Ensemble`
-    model is recorded with its number of members; `calibration` (calibration.fit_calibration's document) is written
-    as calibration.json, checksummed with the other files."""
+    """Write a bundle folder atomically (output_folder.new_folder: built beside `path`, then renamed; an existing
+    `path` is replaced, and kept when anything fails). An `Ensemble` model is recorded with its number of members;
+    `calibration` (calibration.fit_calibration's document) is written as calibration.json, checksummed with the
+    other files."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with new_folder(path) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME))
         if segmentation_dir is not None:
@@ -157,24 +156,8 @@ def save_bundle(path: str | Path, model: nn.Module, task_set: TaskSet, network: 
                          "python": platform.python_version()},
             "files": files,
         }
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=float) + "\n")
-        _swap_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json_atomic(tmp / MANIFEST_NAME, manifest)
     return path
-
-
-def _swap_into_place(tmp: Path, path: Path) -> None:
-    """Rename the finished folder `tmp` to `path`, replacing an existing `path` (moved aside first)."""
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
 
 
 def add_calibration(path: str | Path, calibration: dict) -> Path:
@@ -202,20 +185,13 @@ def add_bundle_file(path: str | Path, name: str, document: dict,
     manifest = read_manifest(path)
     task_set = TaskSet.from_dict(manifest["tasks"], where=f"{path}/{MANIFEST_NAME} tasks")
     check(task_set.names if NetworkConfig(**manifest["network"]).multitask else task_set.names[:1], manifest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with new_folder(path) as tmp:
         shutil.copytree(path, tmp, dirs_exist_ok=True, copy_function=_link_or_copy,
                         ignore=shutil.ignore_patterns(".*", "__pycache__"))
-        (tmp / name).unlink(missing_ok=True)
+        # the copies are hard links to the live files: the atomic writes replace a link, never write through it
         write_json_atomic(tmp / name, document)
         manifest["files"] = dict(sorted({**manifest["files"], name: sha256(tmp / name)}.items()))
-        (tmp / MANIFEST_NAME).unlink()  # hard-linked to the live manifest: never write through it
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=float) + "\n")
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the bundle folder keeps a normal mode
-        _swap_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json_atomic(tmp / MANIFEST_NAME, manifest)
     return path
 
 
@@ -224,12 +200,6 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_manifest(path: str | Path) -> dict:

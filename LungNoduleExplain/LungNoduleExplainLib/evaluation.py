@@ -10,24 +10,24 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import write_json_atomic, write_text_atomic
 from .data.patches import PatchSet
 from .data.voi_table import NoduleRecord
 from .calibration import UNCALIBRATED_NOTICE
 from .errors import DatasetError
 from .vocabulary import Device, Prior
 from .metrics import auc_with_ci, calibration_with_ci, reliability_bins, threshold_metrics, youden_threshold
+from .output_folder import new_folder
+from .progress import Progress, part
 
 logger = logging.getLogger(__name__)
-ProgressCallback = Callable[[float, str], None]
 
 
 def output_metrics(names: list[str], probs: np.ndarray, patches: PatchSet,
@@ -136,21 +136,13 @@ def write_evaluation(out: Path, metrics: dict, predictions: str, plot: Callable[
                      plot_calibration: Callable[[Path], None] | None = None) -> None:
     """Write metrics.json, predictions.csv, roc_curves.png and reliability.png together: built in a folder beside
     `out` and renamed into place (output_folder's rule, checked by the caller), so a failure leaves `out` as it was."""
-    from .output_folder import replace_folder, staging_folder
-
-    tmp = staging_folder(out)
-    try:
+    with new_folder(out, verb="evaluate") as folder:
         # strict JSON: an undefined figure (e.g. the AUC of an output with one class only) is null, not NaN
-        (tmp / "metrics.json").write_text(json.dumps(_nan_to_none(metrics), indent=2, default=float,
-                                                     allow_nan=False) + "\n")
-        (tmp / "predictions.csv").write_text(predictions)
-        plot(tmp / "roc_curves.png")
+        write_json_atomic(folder / "metrics.json", _nan_to_none(metrics), allow_nan=False)
+        write_text_atomic(folder / "predictions.csv", predictions)
+        plot(folder / "roc_curves.png")
         if plot_calibration is not None:
-            plot_calibration(tmp / "reliability.png")
-        replace_folder(tmp, out, verb="evaluate")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            plot_calibration(folder / "reliability.png")
 
 
 def _nan_to_none(value):  # noqa: ANN001, ANN202 - any JSON-like value
@@ -207,7 +199,7 @@ def _saved_maps_prior(folder: Path, dice_by_case: dict[str, tuple[float, str]]) 
 
 
 def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str | Path, *, prior: str = "auto",
-                    device: str = Device.AUTO, n_boot: int = 1000, progress: ProgressCallback | None = None,
+                    device: str = Device.AUTO, n_boot: int = 1000, progress: Progress | None = None,
                     overwrite: bool = False) -> dict:
     """Evaluate a bundle on a dataset folder it has never seen; returns the metrics written to OUT/metrics.json.
 
@@ -250,7 +242,7 @@ def evaluate_folder(data: str | Path, bundle_path: str | Path | None, out: str |
     patches = build_patch_set(records, bundle.task_set, Prior.REFERENCE_MASK, channels=bundle.network.inputs,
                               prior_maps=prior_maps,
                               spacing=bundle.spacing, size=bundle.patch_size,
-                              progress=(lambda f, m: progress(0.8 * f, m)) if progress else None)
+                              progress=part(progress, 0.0, 0.8))
     raw = predict(bundle.model, patches, bundle.device, bundle.network.inputs)
     probs, thresholds = bundle.calibrate(raw), bundle.call_thresholds
     names = bundle.output_names

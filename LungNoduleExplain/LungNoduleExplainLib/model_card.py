@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bundle import ModelBundle, add_map_scale, load_bundle, save_bundle
-from .output_folder import check_output_folder, replace_folder, staging_folder
+from .output_folder import check_output_folder, new_folder
 from .patch import CHANNEL_DESCRIPTIONS
 from .vocabulary import Prior
 
@@ -51,21 +51,20 @@ def package_bundle(request: PackageRequest, *, overwrite: bool = False) -> Path:
     if request.evaluation is not None:
         metrics["validation_with_segmentation_prior"] = json.loads((request.evaluation / "metrics.json").read_text())
     calibration = source.path / "calibration.json"
-    staging = staging_folder(request.out)
-    bundle = save_bundle(staging / "bundle", source.model, source.task_set, source.network, source.thresholds,
-                         name=source.manifest["name"], prior=source.prior, training=source.manifest["training"],
-                         metrics=metrics, segmentation_dir=request.segmentation, version=request.version,
-                         calibration=json.loads(calibration.read_text()) if calibration.is_file() else None)
-    map_scale = source.path / "map_scale.json"
-    if map_scale.is_file():
-        add_map_scale(bundle, json.loads(map_scale.read_text()))
-    recipe = load_bundle(_bundle_folder(request.recipe)).manifest if request.recipe is not None else None
-    size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 2 ** 20
-    (bundle / CARD_NAME).write_text(model_card(source, metrics, request, recipe, size))
-    for item in bundle.iterdir():
-        item.rename(staging / item.name)
-    bundle.rmdir()
-    replace_folder(staging, request.out, "package-bundle")
+    with new_folder(request.out, verb="package-bundle") as staging:
+        bundle = save_bundle(staging / "bundle", source.model, source.task_set, source.network, source.thresholds,
+                             name=source.manifest["name"], prior=source.prior, training=source.manifest["training"],
+                             metrics=metrics, segmentation_dir=request.segmentation, version=request.version,
+                             calibration=json.loads(calibration.read_text()) if calibration.is_file() else None)
+        map_scale = source.path / "map_scale.json"
+        if map_scale.is_file():
+            add_map_scale(bundle, json.loads(map_scale.read_text()))
+        recipe = load_bundle(_bundle_folder(request.recipe)).manifest if request.recipe is not None else None
+        size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 2 ** 20
+        (bundle / CARD_NAME).write_text(model_card(source, metrics, request, recipe, size))
+        for item in bundle.iterdir():
+            item.rename(staging / item.name)
+        bundle.rmdir()
     return Path(request.out)
 
 

@@ -40,7 +40,6 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.spatial import ConvexHull, QhullError
 
-from .errors import NoNoduleError
 from .volume import lps_to_ras
 
 logger = logging.getLogger(__name__)

@@ -1,13 +1,19 @@
 """One rule for every verb's output folder: a non-empty folder is refused unless asked (`--overwrite`), and even
 then only a folder this program wrote (it holds MARKER) is replaced, by renames, so nobody's files are deleted and
 a failure leaves the old folder in place. Resumable verbs (`train --resume`, `prepare`) reuse only their own folder.
+
+Every folder written as a whole (a verb's output, a model bundle, the DICOM objects) is built by `new_folder`: in a
+hidden folder beside the target, renamed into place when complete (`replace_folder`). On failure the target is as
+it was (an old one renamed back) and the half-written folder is removed.
 """
 
 from __future__ import annotations
 
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from . import __version__
 from .atomic import write_json_atomic
@@ -56,11 +62,14 @@ def staging_folder(target: Path) -> Path:
     return staging
 
 
-def replace_folder(staging: Path, target: Path, verb: str) -> None:
-    """Mark `staging` and rename it to `target`; an existing `target` (checked by check_output_folder) is kept
-    aside until the rename succeeded, then deleted."""
-    mark(staging, verb)
-    target = Path(target)
+def replace_folder(staging: Path, target: Path, verb: str | None = None) -> None:
+    """Rename the finished folder `staging` to `target`, marked as `verb`'s output when given. An existing `target`
+    (checked by check_output_folder, for a verb's output) is renamed aside and deleted only once `staging` is in its
+    place; when the rename fails the old `target` is renamed back and `staging` stays where it is, for the caller to
+    remove (new_folder does) or to resume from (train-segmentation's `<out>.partial`)."""
+    staging, target = Path(staging), Path(target)
+    if verb is not None:
+        mark(staging, verb)
     if not target.exists():
         staging.rename(target)
         return
@@ -71,6 +80,24 @@ def replace_folder(staging: Path, target: Path, verb: str) -> None:
         previous.rename(target)
         raise
     shutil.rmtree(previous, ignore_errors=True)
+
+
+@contextmanager
+def new_folder(target: Path, verb: str | None = None) -> Iterator[Path]:
+    """Yield a new staging folder beside `target` to write into; when the block ends without error it replaces
+    `target` (replace_folder, marked as `verb`'s output when given). On any failure, in the block or in the
+    replacement, the staging folder is removed and `target` is as it was.
+
+        with new_folder(out, verb="evaluate") as folder:
+            write_json_atomic(folder / "metrics.json", metrics)
+    """
+    staging = staging_folder(target)
+    try:
+        yield staging
+        replace_folder(staging, target, verb)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _aside(folder: Path) -> Path:

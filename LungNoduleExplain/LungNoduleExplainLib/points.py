@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from .errors import NoNoduleError
 from .nodule_check import NoNodule
+from .progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class ClickedPoint:
 
 
 def analyze_points(analyzer: Any, ct: Any, points: Sequence[ClickedPoint], *, classify_anyway: bool = False,
-                   progress: Callable[[float, str], None] | None = None) -> list[Any]:
+                   progress: Progress | None = None) -> list[Any]:
     """Analyse every point with one loaded analyzer (an Analyzer, or anything with `analyze` and `progress`).
 
     progress(fraction of all points, message): each nodule's stages move the fraction within its share. A point

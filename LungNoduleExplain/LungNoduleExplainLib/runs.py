@@ -32,13 +32,13 @@ from .errors import BundleError, ConfigError
 from .evaluation import output_metrics
 from .metrics import safe_auc
 from .output_folder import start_folder
+from .progress import Progress, part
 from .tasks import TaskSet, load_task_set
 from .networks import Ensemble, predict
 from .training import RESUMABLE_CHANGES, Trainer, TrainConfig, TrainResult
 from .vocabulary import Device, Prior
 
 logger = logging.getLogger(__name__)
-ProgressCallback = Callable[[float, str], None]
 
 
 @dataclass
@@ -73,7 +73,7 @@ class RunSpec:
 
 
 def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-              progress: ProgressCallback | None = None, show_progress_bar: bool = True) -> Path:
+              progress: Progress | None = None, show_progress_bar: bool = True) -> Path:
     """Train a classifier as `spec` and `config` say; returns the bundle folder. The run folder must be empty,
     or one of ours to continue (`resume`) or replace (`overwrite`): output_folder's rule."""
     task_set = load_task_set(spec.tasks)
@@ -99,13 +99,9 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False, overw
             "train_patients": sorted({records[i].patient_id for i in train_idx}),
             "val_patients": sorted({records[i].patient_id for i in val_idx})})
 
-    def patch_progress(fraction: float, message: str) -> None:
-        if progress:
-            progress(0.1 * fraction, message)
-
     logger.info("cutting %d patches from %s", len(records), spec.data)
-    patches = build_patch_set(records, task_set, spec.prior, channels=config.network.inputs, progress=patch_progress,
-                              training_targets=True)
+    patches = build_patch_set(records, task_set, spec.prior, channels=config.network.inputs,
+                              progress=part(progress, 0.0, 0.1), training_targets=True)
     train_set, val_set = patches.subset(train_idx), patches.subset(val_idx)
     logger.info("%d training nodules (%d patients), %d validation nodules (%d patients)", len(train_set),
                 len(set(train_set.patient_ids)), len(val_set), len(set(val_set.patient_ids)))
@@ -114,7 +110,7 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False, overw
     if spec.members == 1:
         result = Trainer(config, train_set, val_set, spec.run_dir, len(task_set.manifestations), names,
                          device=spec.device,
-                         progress=(lambda f, m: progress(0.1 + 0.9 * f, m)) if progress else None,
+                         progress=part(progress, 0.1, 1.0),
                          show_progress_bar=show_progress_bar).run(resume=resume)
         model, names = result.model, names[:result.val_probs.shape[1]]
         metrics = output_metrics(names, result.val_probs, val_set, thresholds=None)
@@ -173,7 +169,7 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False, overw
 
 
 def _train_members(spec: RunSpec, config: TrainConfig, train_set: PatchSet, train_records: list, task_set: TaskSet,
-                   *, resume: bool, progress: ProgressCallback | None, show_progress_bar: bool
+                   *, resume: bool, progress: Progress | None, show_progress_bar: bool
                    ) -> tuple[list[TrainResult], np.ndarray]:
     """Train spec.members networks, member k on all training patients but fold k, its epoch picked on fold k.
     Returns the results and the pooled out-of-fold probabilities [n_train, n_outputs]."""
@@ -188,15 +184,14 @@ def _train_members(spec: RunSpec, config: TrainConfig, train_set: PatchSet, trai
             write_json_atomic(member_dir / "split.json", {
                 "train_patients": sorted({r.patient_id for r in train_records} - fold_patients),
                 "selection_patients": sorted(fold_patients)})
-        start, width = 0.1 + 0.9 * k / spec.members, 0.9 / spec.members
         logger.info("member %d of %d: %d nodules to train, %d to select on", k + 1, spec.members,
                     len(train_set) - len(fold), len(fold))
         trainer = Trainer(replace(config, seed=config.seed + k),  # members differ in initialisation too
                           train_set.subset([i for i in range(len(train_set)) if i not in in_fold]),
                           train_set.subset(fold), member_dir, len(task_set.manifestations), task_set.names,
                           device=spec.device,
-                          progress=(lambda f, m, k=k, s=start, w=width:
-                                    progress(s + w * f, f"member {k + 1}/{spec.members}: {m}")) if progress else None,
+                          progress=part(progress, 0.1 + 0.9 * k / spec.members, 0.1 + 0.9 * (k + 1) / spec.members,
+                                        f"member {k + 1}/{spec.members}: "),
                           show_progress_bar=show_progress_bar)
         result = trainer.run(resume=resume and trainer.checkpoint_path.is_file())
         if oof is None:

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .atomic import write_json_atomic
 from .errors import ConfigError
 
 BUILTIN_TASK_SETS = ("lidc", "inhouse-example")
@@ -181,7 +182,7 @@ class TaskSet:
                                         for i, m in enumerate(manifestations)))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json_atomic(path, self.to_dict())
 
 
 def load_task_set(name_or_path: str | Path) -> TaskSet:

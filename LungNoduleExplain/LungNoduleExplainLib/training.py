@@ -13,11 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -26,17 +24,17 @@ from tqdm import tqdm
 
 from . import distributed
 from .data.patches import PatchDataset, PatchSet
-from .atomic import write_text_atomic
+from .atomic import atomic_path, write_text_atomic
 from .devices import resolve_device
 from .vocabulary import Device
 from .errors import ConfigError
 from .metrics import safe_auc
 from .networks import build_network, predict
+from .progress import Progress
 from .train_config import TrainConfig  # noqa: F401 (re-exported: the trainer's config)
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[float, str], None]
 CHECKPOINT_NAME = "checkpoint.pt"
 RESUMABLE_CHANGES = ("max_epochs", "threads")
 HISTORY_NAME = "history.csv"
@@ -78,12 +76,6 @@ def output_aucs(probs: np.ndarray, labels: np.ndarray) -> list[float]:
     return [safe_auc(labels[:, k], probs[:, k]) for k in range(probs.shape[1])]
 
 
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -100,7 +92,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, train_set: PatchSet, val_set: PatchSet, out_dir: str | Path,
                  n_manifestations: int, output_names: list[str], device: str = Device.AUTO,
-                 progress: ProgressCallback | None = None, show_progress_bar: bool = True) -> None:
+                 progress: Progress | None = None, show_progress_bar: bool = True) -> None:
         self.config, self.train_set, self.val_set = config, train_set, val_set
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,10 +134,10 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not distributed.is_main_process():
             return
-        _atomic_torch_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                            "scheduler": self.scheduler.state_dict(), "best_model": self.best_state,
-                            "state": json.dumps(self.state), "config": json.dumps(self.config.to_dict())},
-                           self.checkpoint_path)
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(), "best_model": self.best_state,
+                        "state": json.dumps(self.state), "config": json.dumps(self.config.to_dict())}, tmp)
 
     def load_checkpoint(self) -> None:
         if not self.checkpoint_path.is_file():
@@ -292,7 +284,6 @@ def plot_history(history: list[dict], path: Path) -> None:
         if phase2 is not None and phase2 > 0:
             ax.axvline(phase2 - 0.5, color="grey", ls="--", lw=0.8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)

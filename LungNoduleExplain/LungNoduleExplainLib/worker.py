@@ -37,13 +37,12 @@ from typing import IO, Any, Callable, Protocol, Sequence
 
 from .devices import choose_device
 from .errors import InputImageError, LungNoduleExplainError
+from .progress import part
 from .vocabulary import Device, PointSpace
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
-
-ProgressCallback = Callable[[float, str], None]
 
 
 class RequestError(LungNoduleExplainError, ValueError):
@@ -195,11 +194,11 @@ def run_request(request: Request, messages: MessageWriter, *,
     analyzer = (analyzer_source or analyzer_factory)(bundle=request.bundle, device=device, progress=None)
     points = [ClickedPoint(tuple(p), request.space, f"point {i}") for i, p in enumerate(request.points, start=1)]
     findings = analyze_points(analyzer, ct, points, classify_anyway=request.classify_anyway,
-                              progress=lambda fraction, message: messages.progress(0.05 + 0.85 * fraction, message))
+                              progress=part(messages.progress, 0.05, 0.9))
     messages.progress(0.9, "Writing segmentation, maps and report")
     source = request.source or str(request.ct)
     report = findings_writer(findings, ct, request.out_dir, source=source,
-                             progress=lambda fraction, message: messages.progress(0.9 + 0.1 * fraction, message),
+                             progress=part(messages.progress, 0.9, 1.0),
                              **({"report": False} if report_later else {}))
     from .reports import finding_files
     paths = finding_files(request.out_dir, len(points))

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Sequence
 
 from .devices import choose_device
+from .progress import Progress
 from .vocabulary import Device
 from .worker import (EXIT_OK, AnalyzerLike, MessageWriter, Request, RequestError, _default_analyzer_factory,
                      _default_ct_reader, report_failure, run_request)
@@ -75,7 +76,7 @@ class AnalyzerCache:
         self.analyzer: AnalyzerLike | None = None
         self.loads = 0
 
-    def __call__(self, *, bundle: Path | None, device: str, progress: Callable[[float, str], None]) -> AnalyzerLike:
+    def __call__(self, *, bundle: Path | None, device: str, progress: Progress) -> AnalyzerLike:
         key = (str(bundle) if bundle else None, device, self.fingerprint(bundle))
         if self.analyzer is not None and key != self.key:
             if key[:2] == self.key[:2]:

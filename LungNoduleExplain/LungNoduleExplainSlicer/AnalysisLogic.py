@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 
 import slicer
 import vtk
+from LungNoduleExplainLib.progress import Progress
 from LungNoduleExplainLib.vocabulary import Device, PointSpace
 from LungNoduleExplainLib.worker import Request
 
@@ -77,7 +78,7 @@ class AnalysisLogic:
         self.worker = AnalysisWorker(self.workerCommand, self._onMessage, self._onWorkerEnded,
                                      onLog=lambda level, message: self.onLog(level, message),
                                      runnerFactory=runnerFactory, pythonPath=[str(MODULE_DIR)])
-        self.onProgress: Callable[[float, str], None] = lambda fraction, message: None
+        self.onProgress: Progress = lambda fraction, message: None
         self.onLog: Callable[[str, str], None] = lambda level, message: None  # warnings include CPU fallback
         self.onFinished: Callable[[AnalysisOutcome], None] = lambda outcome: None
         self.lastOutcome: AnalysisOutcome | None = None

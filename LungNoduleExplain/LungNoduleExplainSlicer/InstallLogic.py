@@ -41,6 +41,7 @@ from packaging.version import Version
 
 from LungNoduleExplainLib.devices import choose_device
 from LungNoduleExplainLib.errors import ConfigError
+from LungNoduleExplainLib.progress import Progress
 from LungNoduleExplainLib.vocabulary import Device
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ class InstallLogic:
                  torchLogicFactory: Callable[[], object | None] = _pyTorchUtilsLogic,
                  confirm: Callable[[str], bool] = lambda message: True,
                  log: Callable[[str], None] = logger.info,
-                 progress: Callable[[float, str], None] = lambda fraction, message: None):
+                 progress: Progress = lambda fraction, message: None):
         self.pipInstall, self.versionOf, self.torchLogicFactory = pipInstall, versionOf, torchLogicFactory
         self.confirm, self.log, self.progress = confirm, log, progress
         self.needsRestart = False

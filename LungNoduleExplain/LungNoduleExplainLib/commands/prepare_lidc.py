@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
+from ..progress import Count, Progress
 
 
 def context_mm_arg(text: str) -> float:
@@ -44,17 +45,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def tqdm_progress(desc: str, unit: str = "scan",
-                  quiet: bool = False) -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
-    """A (callback, close) pair drawing a tqdm bar on stderr from `(done, total, current)` calls."""
+def tqdm_progress(desc: str, unit: str = "scan", quiet: bool = False) -> tuple[Progress, Callable[[], None]]:
+    """A (progress, close) pair drawing a tqdm bar on stderr: counted units (progress.Count) as "3/10 series",
+    any other fraction as a share of 1; the message follows the bar."""
     from tqdm import tqdm  # noqa: PLC0415
 
     bar: list = []
 
-    def callback(done: int, total: int, current: str) -> None:
+    def callback(fraction: float, message: str) -> None:
+        done, total = (fraction.done, fraction.total) if isinstance(fraction, Count) else (float(fraction), 1.0)
         if not bar:
             bar.append(tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=quiet))
-        bar[0].set_postfix_str(current, refresh=False)
+        bar[0].total = total
+        bar[0].set_postfix_str(message, refresh=False)
         bar[0].update(done - bar[0].n)
 
     def close() -> None:

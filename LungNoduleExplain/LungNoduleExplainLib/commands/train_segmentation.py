@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                                         device=args.device, plans=plans,
                                         num_processes=args.processes, torch_threads=args.threads)
     result = cross_validate(args.data, args.work, args.out, config, oof_dir=args.oof_dir, overwrite=args.overwrite,
-                            progress=lambda message, fraction: logger.info("[%3.0f%%] %s", 100 * fraction, message))
+                            progress=lambda fraction, message: logger.info("[%3.0f%%] %s", 100 * fraction, message))
     mean, low, high = bootstrap_mean_ci(result.dice, result.patient_of_case)
     summary = {"model_dir": str(result.model_dir), "oof_dir": str(result.oof_dir), "cases": len(result.dice),
                "patients": len(set(result.patient_of_case.values())), "dice_mean": mean,

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from ..progress import Progress, report_count
 
 logger = logging.getLogger(__name__)
 
@@ -274,13 +275,12 @@ def query_scans(pylidc: ModuleType, series_uids: Sequence[str] | None = None,
 
 
 def count_enrollment(scans: Iterable[Any], rule: EnrollmentRule = EnrollmentRule(),
-                     progress: Callable[[int, int, str], None] | None = None) -> EnrollmentCounts:
+                     progress: Progress | None = None) -> EnrollmentCounts:
     """Enrollment counts over `scans` from the annotations alone (no DICOM)."""
     scans = list(scans)
     counts = EnrollmentCounts(scans=len(scans))
     for n, scan in enumerate(scans, start=1):
         for nodule in scan_nodules(scan, rule):
             counts.add(nodule, rule)
-        if progress is not None:
-            progress(n, len(scans), scan.patient_id)
+        report_count(progress, n, len(scans), scan.patient_id)
     return counts

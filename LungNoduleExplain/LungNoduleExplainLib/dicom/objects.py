@@ -16,8 +16,6 @@ the SR states it in words). Objects, one series each:
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,7 +29,7 @@ from pydicom.sr.codedict import codes
 from .. import __version__
 from ..errors import InputImageError
 from ..finding import Finding, OutputResult
-from ..output_folder import staging_folder
+from ..output_folder import new_folder
 from ..region import on_full_grid
 from .codes import output_concept
 from .series import DicomSeries
@@ -167,20 +165,14 @@ def _cropped_volume(image: sitk.Image, frame_of_reference_uid: str) -> hd.Volume
 
 def write_dicom(results: DicomResults, folder: str | Path) -> list[Path]:
     """Write every object as `<kind>-<n>.dcm` into `folder` (created, must not exist or be empty), through a
-    temporary folder beside it renamed into place: the folder holds all of them or does not exist."""
+    temporary folder beside it renamed into place (output_folder.new_folder): the folder holds all of them or is as
+    it was."""
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise FileExistsError(f"DICOM output folder {folder} exists and is not empty")
-    staging = staging_folder(folder)
     names = ["SEG-1.dcm", *[f"PM-{n}.dcm" for n in range(1, len(results.maps) + 1)], "SR-1.dcm"]
-    try:
+    with new_folder(folder) as staging:
         for name, dataset in zip(names, results.datasets):
             dataset.save_as(staging / name, enforce_file_format=True)
-        if folder.exists():
-            folder.rmdir()
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.debug("wrote %d DICOM objects to %s", len(names), folder)
     return [folder / name for name in names]

@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 import requests
 from pydicom.dataset import Dataset
 
+from ..atomic import atomic_path
 from ..errors import LungNoduleExplainError
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ def retrieve_series(client, study_uid: str, series_uid: str, folder: str | Path)
     paths = []
     for n, dataset in enumerate(datasets, start=1):
         paths.append(folder / f"{n:05d}.dcm")
-        dataset.save_as(paths[-1], enforce_file_format=True)
+        with atomic_path(paths[-1]) as tmp:
+            dataset.save_as(tmp, enforce_file_format=True)
     logger.info("retrieved %d instances from %s", len(paths), client.base_url)
     return paths
 

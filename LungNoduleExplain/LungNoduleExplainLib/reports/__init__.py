@@ -25,7 +25,6 @@ import datetime as _dt
 import json
 import logging
 import re
-import shutil
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -33,11 +32,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
-from ..atomic import write_json_atomic
+from ..atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from ..errors import OutputExistsError
 from ..finding import Finding
-from ..output_folder import check_output_folder, replace_folder, staging_folder
+from ..output_folder import check_output_folder, new_folder
 from ..nodule_check import NoNodule
+from ..progress import Progress
 from ..region import Box, box_in, fit, nodule_box
 from ..study import StudyInfo
 from .html import PHANTOM_NOTICE, RESEARCH_NOTICE, NoduleSection, render_report
@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["write_findings", "add_report", "finding_files", "OutputExistsError", "check_on_grid", "check_out_dir",
            "RESEARCH_NOTICE", "PHANTOM_NOTICE"]
 
-Progress = Callable[[float, str], None]
 REPORT_NAME = "report.html"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
@@ -83,17 +82,12 @@ def write_findings(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | P
         _check_file_name(name, "extra image")
     out_dir = Path(out_dir).absolute()
     check_out_dir(out_dir, overwrite)
-    staging = staging_folder(out_dir)
-    try:
+    with new_folder(out_dir, verb="analyze") as staging:
         _write_all(staging, findings, ct, title=title, source=source, is_phantom=is_phantom,
                    extra_images=extra_images or {}, progress=progress or (lambda f, m: None), study=study,
                    report=report)
         if extra_writer is not None:
             extra_writer(staging)
-        replace_folder(staging, out_dir, verb="analyze")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if report:
         logger.info("report written to %s", out_dir / REPORT_NAME)
     return out_dir / REPORT_NAME
@@ -118,10 +112,8 @@ def add_report(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | Path,
     sections = [NoduleSection(f, nodule_folder(i), {} if isinstance(f, NoNodule) else
                               _write_overlays(out_dir / nodule_folder(i), i, f, ct))
                 for i, f in enumerate(findings, start=1)]
-    partial = out_dir / f".{REPORT_NAME}.partial"
-    partial.write_text(render_report(sections, ct, title=title, source=source, is_phantom=is_phantom, study=study),
-                       encoding="utf-8")
-    partial.replace(out_dir / REPORT_NAME)
+    write_text_atomic(out_dir / REPORT_NAME, render_report(sections, ct, title=title, source=source,
+                                                          is_phantom=is_phantom, study=study))
     logger.info("report written to %s", out_dir / REPORT_NAME)
     return out_dir / REPORT_NAME
 
@@ -223,7 +215,7 @@ def _write_overlays(folder: Path, index: int, finding: Finding, ct: sitk.Image) 
                    f"({output.verdict}, threshold {threshold})")
         overlays[output.name] = renderer.render(output.activation_map, caption)
         paths[output.name] = f"overlays/{output.name}.png"
-        (folder / paths[output.name]).write_bytes(overlays[output.name])
+        write_bytes_atomic(folder / paths[output.name], overlays[output.name])
     body = json.loads((folder / "finding.json").read_text(encoding="utf-8"))
     body["files"]["overlays"] = paths
     write_json_atomic(folder / "finding.json", body)

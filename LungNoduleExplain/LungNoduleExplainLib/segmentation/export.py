@@ -17,13 +17,10 @@ is not air), and it keeps the net from learning that a nodule ends where the box
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -31,7 +28,9 @@ import SimpleITK as sitk
 from ..atomic import write_json_atomic
 from ..data.voi_table import NoduleRecord, patient_folds, read_image, read_voi_table
 from ..errors import DatasetError
+from ..output_folder import new_folder
 from ..patch import AIR_HU
+from ..progress import Progress, report_count
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +40,6 @@ DEFAULT_DATASET_ID = 501
 DEFAULT_NAME = "LungNodule"
 SPLIT_SEED = 12345
 _SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-ProgressCallback = Callable[[int, int, str], None]
-
 
 @dataclass(frozen=True)
 class ExportedDataset:
@@ -104,11 +100,12 @@ def export_nnunet_dataset(voi_folder: str | Path, out_raw_dir: str | Path, datas
                           name: str = DEFAULT_NAME, pad_mm: Sequence[float] = DEFAULT_PAD_MM,
                           min_size_mm: Sequence[float] = DEFAULT_MIN_SIZE_MM, n_folds: int = 5,
                           split_seed: int = SPLIT_SEED, case_ids: Sequence[str] | None = None,
-                          overwrite: bool = False, progress: ProgressCallback | None = None) -> ExportedDataset:
+                          overwrite: bool = False, progress: Progress | None = None) -> ExportedDataset:
     """Write `voi_folder` (the `lidc-voi` format) as nnU-Net raw dataset `Dataset<id>_<name>` under `out_raw_dir`.
 
     `case_ids` limits the export to those rows. The dataset is built under a temporary name in `out_raw_dir`
-    and renamed when complete, so a failure leaves nothing half-written. Raises DatasetError if the target
+    and renamed when complete (output_folder.new_folder), so a failure leaves nothing half-written and an
+    existing dataset as it was. progress(fraction, message) hears "case i of n". Raises DatasetError if the target
     exists (unless `overwrite`), a case id is not a safe file name, or a mask's grid differs from its image's.
     """
     records = read_voi_table(voi_folder, require_masks=True)
@@ -127,15 +124,12 @@ def export_nnunet_dataset(voi_folder: str | Path, out_raw_dir: str | Path, datas
     target = out_raw_dir / dataset_name(dataset_id, name)
     if target.exists() and not overwrite:
         raise DatasetError(f"nnU-Net dataset folder {target} exists already; remove it or pass overwrite=True")
-    out_raw_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out_raw_dir))
-    try:
+    with new_folder(target) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         for n, record in enumerate(records):
             _export_case(record, tmp, pad_mm, min_size_mm)
-            if progress is not None:
-                progress(n + 1, len(records), record.case_id)
+            report_count(progress, n + 1, len(records), record.case_id)
         write_json_atomic(tmp / "dataset.json", {
             "channel_names": {"0": "CT"},
             "labels": {"background": 0, "nodule": 1},
@@ -149,12 +143,6 @@ def export_nnunet_dataset(voi_folder: str | Path, out_raw_dir: str | Path, datas
                                    "patients": {r.case_id: r.patient_id for r in records}},
         })
         write_json_atomic(tmp / "splits_final.json", splits)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("exported %d cases (%d patients) to %s", len(records), len({r.patient_id for r in records}), target)
     return ExportedDataset(target, int(dataset_id), tuple(r.case_id for r in records),
                            tuple(tuple(s["val"]) for s in splits))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from ..data.voi_table import NoduleRecord, read_image
 from ..errors import DatasetError
 from ..metrics import dice, mean_with_ci
+from ..progress import Progress, report_count
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def seed_point(record: NoduleRecord, image: sitk.Image, reference: sitk.Image | 
 
 
 def segmentation_dice(segmenter, records: Sequence[NoduleRecord],
-                      progress: Callable[[int, int, str], None] | None = None) -> dict[str, float]:
+                      progress: Progress | None = None) -> dict[str, float]:
     """Per-case Dice of `segmenter.segment(image, seed_point(...))`'s mask against each record's mask.
 
     `segmenter` is a NoduleSegmenter (or anything with that `segment`); records come from read_voi_table.
@@ -46,8 +47,7 @@ def segmentation_dice(segmenter, records: Sequence[NoduleRecord],
         reference = read_image(record.mask_path, f"mask of case {record.case_id}", on_grid_of=image)
         result = segmenter.segment(image, seed_point(record, image, reference))
         scores[record.case_id] = dice(result.mask, reference)
-        if progress is not None:
-            progress(n + 1, len(records), record.case_id)
+        report_count(progress, n + 1, len(records), record.case_id)
     return scores
 
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,11 +22,12 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..atomic import write_json_atomic
+from ..atomic import atomic_path, write_json_atomic
 from ..data.voi_table import read_image, read_voi_table
 from ..devices import resolve_device
 from ..errors import ConfigError
 from ..output_folder import check_output_folder, replace_folder
+from ..progress import Progress
 from ..vocabulary import Device
 from .export import DEFAULT_DATASET_ID, DEFAULT_NAME, DEFAULT_PAD_MM, dataset_name, export_nnunet_dataset
 from .metrics import dice, seed_point
@@ -36,9 +35,6 @@ from .plans import CONFIGURATION, PLANS_NAME, SmallPlansConfig, fingerprint_and_
 from .predict import CHECKPOINT_NAME, NoduleSegmenter, load_weights_checkpoint
 
 logger = logging.getLogger(__name__)
-
-Progress = Callable[[str, float], None]  # (message, fraction of the whole run done in [0, 1])
-
 
 @dataclass(frozen=True)
 class SegmentationTrainingConfig:
@@ -107,7 +103,7 @@ def prepare_dataset(voi_folder: Path, work: Path, config: SegmentationTrainingCo
                           overwrite=True)
     plans = fingerprint_and_preprocess(config.dataset_id, config.plans, num_processes=config.num_processes,
                                        check_integrity=config.check_integrity)
-    done_marker.write_text(json.dumps(source))
+    write_json_atomic(done_marker, source)
     return plans
 
 
@@ -167,10 +163,8 @@ def package_fold(fold_output: Path, destination: Path, float16: bool = True, ext
             "current_epoch": int(checkpoint["current_epoch"]), "lungnodule_explain": extra or {}}
     destination.mkdir(parents=True, exist_ok=True)
     target = destination / CHECKPOINT_NAME
-    with tempfile.NamedTemporaryFile(dir=destination, suffix=".tmp", delete=False) as handle:
-        torch.save(slim, handle)
-    os.chmod(handle.name, 0o644)
-    os.replace(handle.name, target)
+    with atomic_path(target) as tmp:
+        torch.save(slim, tmp)
     return target
 
 
@@ -185,9 +179,9 @@ def cross_validate(voi_folder: str | Path, work: str | Path, out: str | Path,
     voi_folder, work, out = Path(voi_folder), Path(work), Path(out)
     check_output_folder(out, overwrite=overwrite)
     resolve_device(config.device)  # "cuda" without a GPU fails now, not after the preprocessing
-    report = progress or (lambda message, fraction: logger.info("%s (%.0f%%)", message, 100 * fraction))
+    report = progress or (lambda fraction, message: logger.info("%s (%.0f%%)", message, 100 * fraction))
     work.mkdir(parents=True, exist_ok=True)
-    report("exporting and preprocessing with nnU-Net", 0.0)
+    report(0.0, "exporting and preprocessing with nnU-Net")
     prepare_dataset(voi_folder, work, config)
     folders = use_work_folder(work)
     name = dataset_name(config.dataset_id, DEFAULT_NAME)
@@ -209,15 +203,15 @@ def cross_validate(voi_folder: str | Path, work: str | Path, out: str | Path,
             started = time.perf_counter()
 
             def on_epoch(epoch: int, epochs: int, loss: float, pseudo_dice: float, i=i, fold=fold) -> None:
-                report(f"fold {fold}: epoch {epoch}/{epochs}, train loss {loss:.3f}, pseudo-Dice {pseudo_dice:.3f}",
-                       (i + 0.9 * epoch / epochs) / n)
+                report((i + 0.9 * epoch / epochs) / n,
+                       f"fold {fold}: epoch {epoch}/{epochs}, train loss {loss:.3f}, pseudo-Dice {pseudo_dice:.3f}")
 
             fold_output = train_fold(fold, config, on_epoch)
             package_fold(fold_output, fold_dir, config.weights_float16, _training_record(config, fold))
             state["seconds_per_fold"][str(fold)] = time.perf_counter() - started
         if fold in state.setdefault("folds_done", []):
             continue
-        report(f"fold {fold}: out-of-fold predictions", (i + 0.9) / n)
+        report((i + 0.9) / n, f"fold {fold}: out-of-fold predictions")
         val_cases = splits[fold]["val"]
         fold_dice = write_oof(NoduleSegmenter(partial, folds=(fold,), device=config.device),
                               [records[c] for c in val_cases], oof)
@@ -225,7 +219,7 @@ def cross_validate(voi_folder: str | Path, work: str | Path, out: str | Path,
         state["fold_of_case"].update({c: fold for c in val_cases})
         state["folds_done"].append(fold)
         write_json_atomic(results_file, state)
-        report(f"fold {fold}: mean out-of-fold Dice {np.mean(list(fold_dice.values())):.3f}", (i + 1) / n)
+        report((i + 1) / n, f"fold {fold}: mean out-of-fold Dice {np.mean(list(fold_dice.values())):.3f}")
     replace_folder(partial, out, verb="train-segmentation")
     if oof_dir is None:
         oof = out / "oof"
@@ -262,10 +256,8 @@ def write_oof(segmenter: NoduleSegmenter, records: Sequence, oof_dir: Path) -> d
         image = read_image(record.image_path)
         reference = read_image(record.mask_path, f"mask of case {record.case_id}", on_grid_of=image)
         result = segmenter.segment(image, seed_point(record, image, reference))
-        target = oof_dir / f"{record.case_id}.nii.gz"
-        tmp = oof_dir / f".{record.case_id}.tmp.nii.gz"
-        sitk.WriteImage(result.probability, str(tmp), True)
-        os.replace(tmp, target)
+        with atomic_path(oof_dir / f"{record.case_id}.nii.gz") as tmp:
+            sitk.WriteImage(result.probability, str(tmp), True)
         scores[record.case_id] = dice(sitk.GetArrayViewFromImage(result.mask), sitk.GetArrayViewFromImage(reference))
     return scores
 
