@@ -239,13 +239,6 @@ def _fit_members_calibration(oof: np.ndarray, train_set: PatchSet, names: list[s
     return doc, lambda probs: calibration.apply_all(probs, names)
 
 
-def split_patch_set(patches: PatchSet, val_patients: set[str]) -> tuple[PatchSet, PatchSet]:
-    """(train, validation) subsets of a PatchSet by patient."""
-    val = [i for i, p in enumerate(patches.patient_ids) if p in val_patients]
-    train = [i for i, p in enumerate(patches.patient_ids) if p not in val_patients]
-    return patches.subset(train), patches.subset(val)
-
-
 def describe_prevalence(task_set: TaskSet, patches: PatchSet) -> dict[str, tuple[int, int]]:
     labels = patches.labels
     return {n: (int(np.nansum(labels[:, k] == 1)), int(np.nansum(labels[:, k] == 0)))
