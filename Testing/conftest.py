@@ -58,7 +58,9 @@ def untrained_bundle(folder: Path, *, prior: str = "reference-mask", name: str =
 SLOW_FIXTURES = {"real_analyzer", "lidc_report", "trained", "shipped_segmenter", "plateau_run"}
 SLOW_TESTS = {"test_a_short_real_training_run_lowers_the_loss",
               "test_an_ensemble_run_keeps_the_validation_patients_out_of_every_member_and_resumes",
-              "test_an_ensemble_run_without_validation_patients_trains_on_every_patient_and_reports_out_of_fold"}
+              "test_an_ensemble_run_without_validation_patients_trains_on_every_patient_and_reports_out_of_fold",
+              "test_a_run_leaves_its_excluded_patients_out_of_training_and_validation",
+              "test_the_ablation_trains_each_fold_through_train_run_and_predicts_it_with_the_bundle"}
 SLOW_MODULES = {"test_distributed.py"}
 
 

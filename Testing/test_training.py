@@ -369,3 +369,36 @@ def test_an_ensemble_run_without_validation_patients_trains_on_every_patient_and
     # 30 nodules leave an output without positives: no calibrator can be fitted, and the bundle says so
     # (the fitted case: test_calibration.py::test_an_ensemble_run_stores_the_calibrator_of_its_out_of_fold_predictions)
     assert not bundle.calibrated and bundle.manifest["training"]["calibration"].startswith("none")
+
+
+def test_a_run_leaves_its_excluded_patients_out_of_training_and_validation(voi_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    from LungNoduleExplainLib.bundle import load_bundle
+    from LungNoduleExplainLib.runs import RunSpec, train_run
+
+    folder, rows = _first_rows(voi_dir, tmp_path / "voi", 16)
+    patients = sorted({r["patient_id"] for r in rows})
+    excluded = patients[:3]  # e.g. a cross-validation's test fold
+    config = TrainConfig(network=TINY, max_epochs=1, phase1_epochs=0, batch_size=6, seed=0, threads=2)
+    spec = RunSpec(folder, tmp_path / "run", val_fraction=0.1, device="cpu", exclude_patients=excluded)
+    bundle = load_bundle(train_run(spec, config, show_progress_bar=False))
+
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["excluded_patients"] == excluded
+    assert set(split["train_patients"]) | set(split["val_patients"]) == set(patients) - set(excluded)
+    training = bundle.manifest["training"]
+    assert training["n_train"] + training["n_val"] == sum(r["patient_id"] not in excluded for r in rows)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["spec"]
+    assert saved["exclude_patients"] == excluded  # so --resume refuses another exclusion
+
+
+def test_a_run_refuses_to_exclude_a_patient_its_table_does_not_have(voi_dir: Path, tmp_path: Path) -> None:
+    from LungNoduleExplainLib.errors import ConfigError
+    from LungNoduleExplainLib.runs import RunSpec, train_run
+
+    # an empty exclusion is not written: a run begun before the field existed still resumes
+    assert "exclude_patients" not in RunSpec(voi_dir, tmp_path / "run").to_dict()
+    spec = RunSpec(voi_dir, tmp_path / "run", device="cpu", exclude_patients=("LIDC-IDRI-9999",))
+    with pytest.raises(ConfigError, match="LIDC-IDRI-9999"):  # a misspelt test patient would otherwise train
+        train_run(spec, TrainConfig(network=TINY, max_epochs=1, phase1_epochs=0), show_progress_bar=False)

@@ -43,8 +43,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RunSpec:
-    """What to train on and where: the data folder, task set, prior, validation share, the run folder, and how
-    many networks to train as an ensemble."""
+    """What to train on and where: the data folder, task set, prior, validation share, the run folder, how
+    many networks to train as an ensemble, and which patients of the data to leave out of the run altogether
+    (`exclude_patients`: neither trained nor validated on, e.g. a cross-validation's test fold)."""
 
     data: Path
     run_dir: Path
@@ -54,9 +55,11 @@ class RunSpec:
     device: str = Device.AUTO.value
     name: str = "lungnodule-explain"
     members: int = 1
+    exclude_patients: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.data, self.run_dir = Path(self.data), Path(self.run_dir)
+        self.exclude_patients = tuple(sorted(set(map(str, self.exclude_patients))))
         if not 1 <= self.members <= 10:
             raise ConfigError(f"members must be between 1 and 10, got {self.members}")
         if self.val_fraction == 0 and self.members < 2:
@@ -69,7 +72,9 @@ class RunSpec:
                               f"{self.prior} is not a folder")
 
     def to_dict(self) -> dict:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+        # an empty exclusion is not written: a run begun before the field existed still matches on --resume
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()
+                if not (k == "exclude_patients" and not v)}
 
 
 def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
@@ -92,12 +97,14 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False, overw
     if distributed.is_main_process():
         write_json_atomic(config_path, run_config)
     records = read_voi_table(spec.data, task_set, require_masks=spec.prior == Prior.REFERENCE_MASK)
+    records = _leave_out(records, spec.exclude_patients, spec.data)
     train_idx, val_idx = patient_split(records, spec.val_fraction, config.seed)  # fraction 0: no validation patients
     if distributed.is_main_process():
         write_json_atomic(spec.run_dir / "split.json", {
             "seed": config.seed, "val_fraction": spec.val_fraction,
             "train_patients": sorted({records[i].patient_id for i in train_idx}),
-            "val_patients": sorted({records[i].patient_id for i in val_idx})})
+            "val_patients": sorted({records[i].patient_id for i in val_idx}),
+            "excluded_patients": list(spec.exclude_patients)})
 
     logger.info("cutting %d patches from %s", len(records), spec.data)
     patches = build_patch_set(records, task_set, spec.prior, channels=config.network.inputs,
@@ -168,6 +175,20 @@ def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False, overw
     return path
 
 
+def _leave_out(records: list, patients: tuple[str, ...], data: Path) -> list:
+    """`records` without the nodules of `patients`; ConfigError naming any patient the table does not have (a
+    misspelt exclusion would otherwise leave a test patient in training)."""
+    excluded = set(patients)
+    unknown = sorted(excluded - {r.patient_id for r in records})
+    if unknown:
+        raise ConfigError(f"exclude_patients: {data} has no patient(s) {unknown[:5]}"
+                          + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+    kept = [r for r in records if r.patient_id not in excluded]
+    if not kept:
+        raise ConfigError(f"exclude_patients leaves out every patient of {data}: nothing to train on")
+    return kept
+
+
 def _train_members(spec: RunSpec, config: TrainConfig, train_set: PatchSet, train_records: list, task_set: TaskSet,
                    *, resume: bool, progress: Progress | None, show_progress_bar: bool
                    ) -> tuple[list[TrainResult], np.ndarray]:
@@ -213,13 +234,6 @@ def _fit_members_calibration(oof: np.ndarray, train_set: PatchSet, names: list[s
         return None, lambda probs: probs
     calibration = Calibration.from_dict(doc, names, "fitted calibration")
     return doc, lambda probs: calibration.apply_all(probs, names)
-
-
-def split_patch_set(patches: PatchSet, val_patients: set[str]) -> tuple[PatchSet, PatchSet]:
-    """(train, validation) subsets of a PatchSet by patient."""
-    val = [i for i, p in enumerate(patches.patient_ids) if p in val_patients]
-    train = [i for i, p in enumerate(patches.patient_ids) if p not in val_patients]
-    return patches.subset(train), patches.subset(val)
 
 
 def describe_prevalence(task_set: TaskSet, patches: PatchSet) -> dict[str, tuple[int, int]]:
