@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,46 +35,11 @@ from .output_folder import start_folder
 from .progress import Progress, part
 from .tasks import TaskSet, load_task_set
 from .networks import Ensemble, predict
+from .train_config import RunSpec
 from .training import RESUMABLE_CHANGES, Trainer, TrainConfig, TrainResult
-from .vocabulary import Device, Prior
+from .vocabulary import Prior
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RunSpec:
-    """What to train on and where: the data folder, task set, prior, validation share, the run folder, how
-    many networks to train as an ensemble, and which patients of the data to leave out of the run altogether
-    (`exclude_patients`: neither trained nor validated on, e.g. a cross-validation's test fold)."""
-
-    data: Path
-    run_dir: Path
-    tasks: str = "lidc"
-    prior: str = Prior.REFERENCE_MASK.value
-    val_fraction: float = 0.2
-    device: str = Device.AUTO.value
-    name: str = "lungnodule-explain"
-    members: int = 1
-    exclude_patients: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        self.data, self.run_dir = Path(self.data), Path(self.run_dir)
-        self.exclude_patients = tuple(sorted(set(map(str, self.exclude_patients))))
-        if not 1 <= self.members <= 10:
-            raise ConfigError(f"members must be between 1 and 10, got {self.members}")
-        if self.val_fraction == 0 and self.members < 2:
-            raise ConfigError("val_fraction 0 (no validation patients) needs members >= 2: the members' patient "
-                              "folds are then where epochs are picked and the figures come from")
-        if self.val_fraction != 0 and not 0.05 <= self.val_fraction <= 0.5:
-            raise ConfigError(f"val_fraction must be 0 or in [0.05, 0.5], got {self.val_fraction}")
-        if self.prior != Prior.REFERENCE_MASK and not Path(self.prior).is_dir():
-            raise ConfigError(f"prior must be '{Prior.REFERENCE_MASK}' or a folder of probability maps; "
-                              f"{self.prior} is not a folder")
-
-    def to_dict(self) -> dict:
-        # an empty exclusion is not written: a run begun before the field existed still matches on --resume
-        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()
-                if not (k == "exclude_patients" and not v)}
 
 
 def train_run(spec: RunSpec, config: TrainConfig, *, resume: bool = False, overwrite: bool = False,

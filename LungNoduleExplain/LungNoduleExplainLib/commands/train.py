@@ -8,7 +8,7 @@ import logging
 from ..network_config import (DEFAULT_DESCRIPTOR_SET, DEFAULT_FEATURES, DEFAULT_VARIANT, PRIOR_VARIANTS, VARIANTS,
                               NetworkConfig)
 from ..tasks import BUILTIN_TASK_SETS
-from ..train_config import TrainConfig, default
+from ..train_config import RunSpec, TrainConfig, default
 from ..vocabulary import Prior
 from .device_option import add_device_argument
 
@@ -33,8 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Runs under torchrun too (DistributedDataParallel: NCCL on GPUs, gloo on CPUs).")
     p.add_argument("--data", required=True, help="dataset folder in the lidc-voi format")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, curves, bundle/)")
-    p.add_argument("--tasks", default="lidc",
-                   help=f"task set: a built-in ({', '.join(BUILTIN_TASK_SETS)}) or a JSON file (default lidc)")
+    p.add_argument("--tasks", default=default("tasks", RunSpec),
+                   help=f"task set: a built-in ({', '.join(BUILTIN_TASK_SETS)}) or a JSON file "
+                        f"(default {default('tasks', RunSpec)})")
     p.add_argument("--variant", default=DEFAULT_VARIANT, choices=list(VARIANTS),
                    help="network: " + "; ".join(f"{k}: {v.description}" for k, v in VARIANTS.items()))
     p.add_argument("--features", type=features_arg, default=DEFAULT_FEATURES,
@@ -54,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="which descriptors (descriptors.DESCRIPTOR_SETS): shape-density (default: volume, diameter, "
                         "shape ratios, HU percentiles inside and around the region) or shape-density-outline "
                         "(adds the outline's solidity and radial variation)")
-    p.add_argument("--prior", default=Prior.REFERENCE_MASK.value,
+    p.add_argument("--prior", default=default("prior", RunSpec),
                    help=f"AAG prior: '{Prior.REFERENCE_MASK}' or a folder of out-of-fold probability maps "
                         "<case_id>.nii.gz")
     # defaults: TrainConfig's (train_config.py), the one source
@@ -66,17 +67,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=default("lr"))
     p.add_argument("--plateau-patience", type=int, default=default("plateau_patience"))
     p.add_argument("--early-stop-patience", type=int, default=default("early_stop_patience"))
-    p.add_argument("--val-fraction", type=float, default=0.2,
+    p.add_argument("--val-fraction", type=float, default=default("val_fraction", RunSpec),
                    help="share of PATIENTS held out for validation; 0 (with --members >= 2): none, every patient "
                         "trains members and the figures are their pooled out-of-fold predictions")
-    p.add_argument("--members", type=int, default=1,
+    p.add_argument("--members", type=int, default=default("members", RunSpec),
                    help="train an ensemble of this many networks (default 1: one network), member k on all "
                         "training patients but patient fold k, where it picks its epoch; thresholds from their "
                         "out-of-fold predictions; the validation patients only measure the ensemble")
     p.add_argument("--seed", type=int, default=default("seed"))
     add_device_argument(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--name", default="lungnodule-explain", help="model name recorded in the bundle")
+    p.add_argument("--name", default=default("name", RunSpec), help="model name recorded in the bundle")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out when it holds an earlier run (never a folder this program did not write)")
