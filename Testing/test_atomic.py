@@ -59,3 +59,17 @@ def test_files_get_the_mode_a_plain_open_would_give(tmp_path):
     existing.chmod(0o640)
     write_bytes_atomic(existing, b"new")  # an existing file keeps its mode, as open("w") would keep it
     assert existing.read_bytes() == b"new" and _mode(existing) == 0o640
+
+
+def test_the_temporaries_of_a_killed_writer_are_removed_and_only_those(tmp_path):
+    from LungNoduleExplainLib.atomic import remove_leftovers
+
+    target = tmp_path / "checkpoint.pt"
+    target.write_bytes(b"last whole epoch")
+    killed = [tmp_path / ".checkpoint.pt.k3j9x.tmp.pt", tmp_path / ".checkpoint.pt.a81zq.tmp.pt"]
+    others = [tmp_path / ".history.csv.b2c4d.tmp.csv", tmp_path / "checkpoint.pt.bak"]
+    for path in killed + others:
+        path.write_bytes(b"half")
+    assert remove_leftovers(target) == 2
+    assert not any(p.exists() for p in killed) and all(p.exists() for p in others)
+    assert target.read_bytes() == b"last whole epoch"

@@ -3,11 +3,13 @@ same folder that is renamed (`os.replace`) onto the final name only when the wri
 leaves a half-written file under the final name and a reader sees the old file or the new one.
 
 A process killed outright (SIGKILL: no clean-up runs) can leave its hidden temporary, `.<name>.<random>.tmp<suffix>`,
-beside the file; nothing reads it. Folders written as a whole go through output_folder.new_folder instead.
+beside the file; nothing reads it, and `remove_leftovers` deletes them where a run resumes. Folders written as a
+whole go through output_folder.new_folder instead.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import stat
@@ -45,6 +47,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_leftovers(path: str | Path) -> int:
+    """Delete the temporaries that writers of `path` killed mid-write left beside it (call only where no other
+    process writes `path`, e.g. when a run resumes); returns how many."""
+    path = Path(path)
+    leftovers = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"))
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    return len(leftovers)
 
 
 def _mode_of(path: Path) -> int:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .data.patches import PatchDataset, PatchSet
-from .atomic import atomic_path, write_text_atomic
+from .atomic import atomic_path, remove_leftovers, write_text_atomic
 from .devices import resolve_device
 from .vocabulary import Device
 from .errors import ConfigError
@@ -201,6 +201,7 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if resume:
+            remove_leftovers(self.checkpoint_path)  # a checkpoint write that the kill interrupted
             self.load_checkpoint()
         start_time = time.time() - sum(h.get("seconds", 0.0) for h in self.state["history"])
         first_epoch = self.state["epoch"] + 1
