@@ -27,6 +27,7 @@ from slicer.util import VTKObservationMixin
 
 from LungNoduleExplainSlicer import NoduleSelection
 from LungNoduleExplainSlicer.AnalysisLogic import AnalysisLogic, AnalysisOutcome
+from LungNoduleExplainSlicer.DicomExport import NotExportable, notFromDatabase
 from LungNoduleExplainSlicer.InstallLogic import InstallCancelled, InstallLogic, cudaNote, environmentProblem
 from LungNoduleExplainSlicer.MapDisplay import DEFAULT_OPACITY, DEFAULT_THRESHOLD
 
@@ -51,7 +52,7 @@ def sampleNoduleRas() -> tuple:
 
 POLL_INTERVAL_MS = 100
 SUBMODULES = ("WorkerProcess", "SessionFolder", "AnalysisWorker", "MapDisplay", "ResultNodes", "NoduleSelection",
-              "InstallLogic", "AnalysisLogic", "HeadlessScene")
+              "InstallLogic", "DicomExport", "AnalysisLogic", "HeadlessScene")
 
 
 class LungNoduleExplain(ScriptedLoadableModule):
@@ -140,6 +141,7 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.analyzeButton.connect("clicked(bool)", self.onAnalyzeButton)
         self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
         self.ui.exportReportButton.connect("clicked(bool)", self.onExportReport)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
         self.ui.mapSelector.connect("currentIndexChanged(int)", self.onMapSelected)
         self.ui.opacitySlider.connect("valueChanged(double)", self.logic.setMapOpacity)
         self.ui.thresholdSlider.connect("valueChanged(double)", self.logic.setMapThreshold)
@@ -337,6 +339,22 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.mapSelector.currentIndex = kept if kept >= 0 else 0
         self.ui.mapSelector.blockSignals(wasBlocked)
         self.onMapSelected(self.ui.mapSelector.currentIndex)
+        self.updateExportButtons()
+
+    def updateExportButtons(self) -> None:
+        """The HTML report is the last run's; Export to DICOM sends the analysed nodules of the shown nodule's CT."""
+        self.ui.exportReportButton.enabled = self.logic.lastResultDir is not None
+        views = NoduleSelection.nodulesToExport(slicer.mrmlScene, self._selectedKey)
+        self.ui.exportDicomButton.enabled = bool(views)
+        if not views:
+            self.ui.exportDicomButton.toolTip = _("Analyze a nodule first: its results, and those of the other "
+                                                  "nodules of its CT, go into Slicer's DICOM database.")
+            return
+        why = notFromDatabase(views[0].ctNode)
+        self.ui.exportDicomButton.toolTip = _(
+            "Add {names} to Slicer's DICOM database as a Segmentation, Parametric Maps and a Structured Report "
+            "(QuantitativeReporting shows it).").format(names=", ".join(v.name for v in views)) + (
+            " " + _("Not possible here: {why}.").format(why=why) if why else "")
 
     def onTableRowClicked(self, modelIndex) -> None:
         """A table row shows its output's map (column 0 holds the output's name)."""
@@ -362,6 +380,21 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         with slicer.util.tryWithErrorDisplay(_("Cannot export the report."), waitCursor=True):
             report = self.logic.exportReport(folder)
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(report)))
+
+    def onExportDicom(self) -> None:
+        views = NoduleSelection.nodulesToExport(slicer.mrmlScene, self._selectedKey)
+        refused = None
+        with slicer.util.tryWithErrorDisplay(_("Export to DICOM failed."), waitCursor=True):
+            try:
+                exported = self.logic.exportDicom([v.key for v in views])
+            except NotExportable as exc:  # what the user can change: say it plainly, no traceback
+                refused = str(exc)
+        if refused:
+            self.ui.statusLabel.text = _("Not exported to DICOM: {reason}").format(reason=refused)
+            slicer.util.warningDisplay(self.ui.statusLabel.text, windowTitle=_("Export to DICOM"))
+            return
+        self.ui.statusLabel.text = exported.describe()
+        self.onLog("info", exported.describe())
 
     # --- first use ---------------------------------------------------------------------------------------------
 

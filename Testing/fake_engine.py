@@ -123,7 +123,10 @@ def fake_write_findings(findings: list[Finding], ct: sitk.Image, out_dir, *, tit
         sitk.WriteImage(fit(finding.segmentation_probability, ct, box), str(folder / "segmentation_probability.nrrd"))
         for output in finding.outputs:
             sitk.WriteImage(fit(output.activation_map, ct, box), str(folder / "maps" / f"{output.name}.nrrd"))
-        (folder / "finding.json").write_text(json.dumps(finding.summary(), indent=1))
+        files = {"finding": "finding.json", "segmentation": "segmentation.nrrd",  # as write_findings lists them
+                 "segmentation_probability": "segmentation_probability.nrrd",
+                 "maps": {o.name: f"maps/{o.name}.nrrd" for o in finding.outputs}}
+        (folder / "finding.json").write_text(json.dumps({**finding.summary(), "files": files}, indent=1))
     report = out_dir / "report.html"
     report.write_text(f"<html><body><h1>{title}</h1>{len(findings)} nodules</body></html>")
     return report

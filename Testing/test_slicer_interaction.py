@@ -171,7 +171,8 @@ def test_the_self_test_is_skipped_never_passed_without_its_prerequisites(moduleF
 
     from LungNoduleExplainSlicer.InstallLogic import InstallLogic
     complete = {"torch": "2.8.0", "nnunetv2": "2.8.1", "numpy": "2.1.0", "scikit-learn": "1.5.0",
-                "matplotlib": "3.9.0", "tqdm": "4.66.0", "safetensors": "0.4.5", "packaging": "24.0"}
+                "matplotlib": "3.9.0", "tqdm": "4.66.0", "safetensors": "0.4.5", "packaging": "24.0",
+                "highdicom": "0.28.2", "pydicom": "3.0.1"}
     versions = {**complete, **installed}
     monkeypatch.setattr(moduleFile.slicer, "app", types.SimpleNamespace(majorVersion=version[0],
                                                                         minorVersion=version[1]), raising=False)
