@@ -134,7 +134,7 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.logic.onLog = self.onLog
         self.logic.onFinished = self.onFinished
         self.timer.setInterval(POLL_INTERVAL_MS)
-        self.timer.timeout.connect(self.logic.poll)  # delivers the worker's messages on the main thread
+        self.timer.timeout.connect(self.onPollTimer)  # delivers the worker's messages on the main thread
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -168,6 +168,7 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def enter(self) -> None:
         self.initializeParameterNode()
         self.updateNoduleSelector()  # results already in the scene (a saved scene, another module's deletions)
+        self.prepareAnalysis()
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -251,6 +252,33 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         return str(p.bundlePath) if p.bundlePath and str(p.bundlePath) not in ("", ".") else None
 
     # --- running (Analyze doubles as Cancel) -------------------------------------------------------------------
+
+    def prepareAnalysis(self) -> None:
+        """Start the analysis process and load the model now (the module is entered, or the packages were just
+        installed), so that the first Analyze does not wait for them. Returns at once: the process is started and
+        sent one line; its answer comes through the poll timer to the log. Nothing is started while Slicer is too
+        old, packages are missing, a run is in flight or the process already runs (a device or bundle changed since
+        restarts it at the next Analyze, not on every edit), or for a bundle path that does not exist. A failure is
+        a log line, never a dialog: Analyze starts the process again and says what fails."""
+        p = self._parameterNode
+        if (self.environmentProblem or p is None or self.logic.isRunning() or self.logic.worker.isAlive()
+                or not InstallLogic().check().ok):
+            return
+        bundle = self._bundle()
+        if bundle and not pathlib.Path(bundle).exists():
+            return
+        try:
+            self.logic.prepareWorker(p.device, bundle)
+        except OSError as exc:
+            self.onLog("warning", _("Could not start the analysis process ahead of Analyze: {error}").format(
+                error=exc))
+            return
+        self.timer.start()
+
+    def onPollTimer(self) -> None:
+        self.logic.poll()
+        if not self.logic.isRunning() and not self.logic.isPreparing():
+            self.timer.stop()
 
     def onAnalyzeButton(self) -> None:
         if self.logic.isRunning():
@@ -427,6 +455,8 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.statusLabel.text = _("The packages were updated: restart Slicer before running the analysis.")
             self.ui.restartButton.show()
             return False
+        if status.ok:
+            self.prepareAnalysis()
         return status.ok
 
     def onInstallProgress(self, fraction: float, message: str) -> None:

@@ -61,6 +61,8 @@ class FakeAnalyzer:
                  delay_s: float = 0.0, fail: str | None = None, no_nodule_at: Sequence[int] = ()):
         self.device, self.progress, self.delay_s, self.fail = device, progress or (lambda f, m: None), delay_s, fail
         self.no_nodule_at, self.calls = set(no_nodule_at), 0  # 1-based call numbers that find no nodule
+        if fail == "load":
+            raise RuntimeError("simulated failure loading the model")
 
     def analyze(self, ct: sitk.Image, point: Sequence[float], space: str = "ras", *,
                 classify_anyway: bool = False) -> Finding:

@@ -180,6 +180,10 @@ class AnalysisLogic:
         """Deliver the worker's messages (call from the main thread); True while an analysis is in flight."""
         return self.worker.poll()
 
+    def isPreparing(self) -> bool:
+        """prepareWorker's model load has not answered yet (poll() delivers its answer to onLog)."""
+        return self.worker.preparing
+
     def cancel(self) -> None:
         """Kill the worker and its children (the next Analyze starts a fresh one); the scene stays as it was."""
         self.worker.cancel()
