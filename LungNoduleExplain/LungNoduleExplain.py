@@ -215,11 +215,13 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 self.removeObserver(self._observedPoints, event, self.updateButtons)
             if points is not None:
                 self.addObserver(points, event, self.updateButtons)
-        if self._observedPoints is not None:
-            self.removeObserver(self._observedPoints, slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent,
-                                self.onPointClicked)
-        if points is not None:
-            self.addObserver(points, slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent, self.onPointClicked)
+        handlers = ((slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent, self.onPointClicked),
+                    (slicer.vtkMRMLMarkupsNode.PointRemovedEvent, self.onPointRemoved))
+        for event, handler in handlers:
+            if self._observedPoints is not None:
+                self.removeObserver(self._observedPoints, event, handler)
+            if points is not None:
+                self.addObserver(points, event, handler)
         self._observedPoints = points
 
     def updateButtons(self, caller=None, event=None) -> None:
@@ -326,7 +328,8 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             slicer.util.errorDisplay(_("The analysis failed: {message}").format(message=outcome.message))
             return
         if outcome.succeeded:
-            self.ui.exportReportButton.enabled = True
+            if self._parameterNode and self._parameterNode.points:  # points deleted while it ran take theirs along
+                self.logic.removeResultsWithoutPoint(self._parameterNode.points)
             self.updateNoduleSelector()
 
     # --- results: a nodule, its table, its maps ---------------------------------------------------------------
@@ -342,6 +345,13 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.noduleSelector.currentIndex = keys.index(self._selectedKey) if self._selectedKey in keys else 0
         self.ui.noduleSelector.blockSignals(wasBlocked)
         self.onNoduleSelected(self.ui.noduleSelector.currentIndex)
+
+    def onPointRemoved(self, caller, event) -> None:
+        """A deleted nodule point (or all of them) takes its results along: table, maps, segmentation, list entry."""
+        if slicer.mrmlScene.IsClosing():
+            return
+        if self.logic.removeResultsWithoutPoint(caller):
+            self.updateNoduleSelector()
 
     def onPointClicked(self, caller, event) -> None:
         """Clicking a nodule's point in a view shows that nodule's results."""

@@ -326,6 +326,14 @@ class AnalysisLogic:
         self._removeUnusedRunFolders()
         return removed
 
+    def removeResultsWithoutPoint(self, pointsNode) -> list[str]:
+        """Remove the results of the nodules whose control point was deleted from `pointsNode` (call when a point
+        is removed, and after a run during which one was); returns their keys."""
+        keys = NoduleSelection.keysWithoutPoint(self.scene, pointsNode)
+        for key in keys:
+            self.removeNodule(key)
+        return keys
+
     # --- report ---------------------------------------------------------------------------------------------
 
     def exportReport(self, targetDir: str | Path) -> Path:

@@ -6,7 +6,8 @@ module reload and a saved and reloaded scene, and a nodule whose results were de
 - ANALYSED_POINT_ATTRIBUTE: the point in world RAS (mm) as it was when analysed;
 - ANALYSED_WITH_ATTRIBUTE: the CT node, model bundle and classify-anyway setting it was analysed with.
 A point is run again when it is new, moved by more than MOVE_TOLERANCE_MM, its results are gone, or the CT, bundle
-or setting changed. Export to DICOM sends the analysed nodules of the selected nodule's CT (nodulesToExport).
+or setting changed. A deleted point takes its results with it (keysWithoutPoint); Export to DICOM sends the
+analysed nodules of the selected nodule's CT (nodulesToExport).
 
 The widget only connects Qt signals to these functions (LungNoduleExplain.py).
 """
@@ -66,6 +67,16 @@ def resultTables(scene) -> dict[str, object]:
     """nodule key -> its results table, for every analysed nodule in the scene (in the scene's order)."""
     return {t.GetAttribute(NODULE_KEY_ATTRIBUTE): t for t in _nodes(scene, "vtkMRMLTableNode")
             if t.GetAttribute(ROLE_ATTRIBUTE) == "table" and t.GetAttribute(NODULE_KEY_ATTRIBUTE)}
+
+
+def keysWithoutPoint(scene, markupsNode) -> list[str]:
+    """The keys of the nodules analysed from `markupsNode`'s control points whose point has been deleted since:
+    their results belong to no point any more. Results of other markups nodes are not this node's to judge."""
+    prefix = f"{markupsNode.GetID()}/"
+    points = {pointKey(markupsNode, index) for index in range(markupsNode.GetNumberOfControlPoints())}
+    nodes = (scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes()))
+    keys = dict.fromkeys(node.GetAttribute(NODULE_KEY_ATTRIBUTE) for node in nodes)  # in the scene's order
+    return [key for key in keys if key and key.startswith(prefix) and key not in points]
 
 
 def pointsToAnalyze(scene, nodules: Sequence, settings: str, toleranceMm: float = MOVE_TOLERANCE_MM) -> list:
