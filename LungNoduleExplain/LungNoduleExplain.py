@@ -28,6 +28,7 @@ from slicer.util import VTKObservationMixin
 from LungNoduleExplainLib.vocabulary import Device
 from LungNoduleExplainSlicer import NoduleSelection
 from LungNoduleExplainSlicer.AnalysisLogic import AnalysisLogic, AnalysisOutcome
+from LungNoduleExplainSlicer.DicomExport import NotExportable, notFromDatabase
 from LungNoduleExplainSlicer.InstallLogic import InstallCancelled, InstallLogic, cudaNote, environmentProblem
 from LungNoduleExplainSlicer.MapDisplay import DEFAULT_OPACITY, DEFAULT_THRESHOLD
 
@@ -52,7 +53,7 @@ def sampleNoduleRas() -> tuple:
 
 POLL_INTERVAL_MS = 100
 SUBMODULES = ("WorkerProcess", "SessionFolder", "AnalysisWorker", "MapDisplay", "ResultNodes", "NoduleSelection",
-              "InstallLogic", "AnalysisLogic", "HeadlessScene")
+              "InstallLogic", "DicomExport", "AnalysisLogic", "HeadlessScene")
 
 
 class LungNoduleExplain(ScriptedLoadableModule):
@@ -134,13 +135,14 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.logic.onLog = self.onLog
         self.logic.onFinished = self.onFinished
         self.timer.setInterval(POLL_INTERVAL_MS)
-        self.timer.timeout.connect(self.logic.poll)  # delivers the worker's messages on the main thread
+        self.timer.timeout.connect(self.onPollTimer)  # delivers the worker's messages on the main thread
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.analyzeButton.connect("clicked(bool)", self.onAnalyzeButton)
         self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
         self.ui.exportReportButton.connect("clicked(bool)", self.onExportReport)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
         self.ui.mapSelector.connect("currentIndexChanged(int)", self.onMapSelected)
         self.ui.opacitySlider.connect("valueChanged(double)", self.logic.setMapOpacity)
         self.ui.thresholdSlider.connect("valueChanged(double)", self.logic.setMapThreshold)
@@ -167,6 +169,7 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def enter(self) -> None:
         self.initializeParameterNode()
         self.updateNoduleSelector()  # results already in the scene (a saved scene, another module's deletions)
+        self.prepareAnalysis()
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -213,11 +216,13 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 self.removeObserver(self._observedPoints, event, self.updateButtons)
             if points is not None:
                 self.addObserver(points, event, self.updateButtons)
-        if self._observedPoints is not None:
-            self.removeObserver(self._observedPoints, slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent,
-                                self.onPointClicked)
-        if points is not None:
-            self.addObserver(points, slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent, self.onPointClicked)
+        handlers = ((slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent, self.onPointClicked),
+                    (slicer.vtkMRMLMarkupsNode.PointRemovedEvent, self.onPointRemoved))
+        for event, handler in handlers:
+            if self._observedPoints is not None:
+                self.removeObserver(self._observedPoints, event, handler)
+            if points is not None:
+                self.addObserver(points, event, handler)
         self._observedPoints = points
 
     def updateButtons(self, caller=None, event=None) -> None:
@@ -250,6 +255,33 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         return str(p.bundlePath) if p.bundlePath and str(p.bundlePath) not in ("", ".") else None
 
     # --- running (Analyze doubles as Cancel) -------------------------------------------------------------------
+
+    def prepareAnalysis(self) -> None:
+        """Start the analysis process and load the model now (the module is entered, or the packages were just
+        installed), so that the first Analyze does not wait for them. Returns at once: the process is started and
+        sent one line; its answer comes through the poll timer to the log. Nothing is started while Slicer is too
+        old, packages are missing, a run is in flight or the process already runs (a device or bundle changed since
+        restarts it at the next Analyze, not on every edit), or for a bundle path that does not exist. A failure is
+        a log line, never a dialog: Analyze starts the process again and says what fails."""
+        p = self._parameterNode
+        if (self.environmentProblem or p is None or self.logic.isRunning() or self.logic.worker.isAlive()
+                or not InstallLogic().check().ok):
+            return
+        bundle = self._bundle()
+        if bundle and not pathlib.Path(bundle).exists():
+            return
+        try:
+            self.logic.prepareWorker(p.device, bundle)
+        except OSError as exc:
+            self.onLog("warning", _("Could not start the analysis process ahead of Analyze: {error}").format(
+                error=exc))
+            return
+        self.timer.start()
+
+    def onPollTimer(self) -> None:
+        self.logic.poll()
+        if not self.logic.isRunning() and not self.logic.isPreparing():
+            self.timer.stop()
 
     def onAnalyzeButton(self) -> None:
         if self.logic.isRunning():
@@ -297,7 +329,8 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             slicer.util.errorDisplay(_("The analysis failed: {message}").format(message=outcome.message))
             return
         if outcome.succeeded:
-            self.ui.exportReportButton.enabled = True
+            if self._parameterNode and self._parameterNode.points:  # points deleted while it ran take theirs along
+                self.logic.removeResultsWithoutPoint(self._parameterNode.points)
             self.updateNoduleSelector()
 
     # --- results: a nodule, its table, its maps ---------------------------------------------------------------
@@ -313,6 +346,13 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.noduleSelector.currentIndex = keys.index(self._selectedKey) if self._selectedKey in keys else 0
         self.ui.noduleSelector.blockSignals(wasBlocked)
         self.onNoduleSelected(self.ui.noduleSelector.currentIndex)
+
+    def onPointRemoved(self, caller, event) -> None:
+        """A deleted nodule point (or all of them) takes its results along: table, maps, segmentation, list entry."""
+        if slicer.mrmlScene.IsClosing():
+            return
+        if self.logic.removeResultsWithoutPoint(caller):
+            self.updateNoduleSelector()
 
     def onPointClicked(self, caller, event) -> None:
         """Clicking a nodule's point in a view shows that nodule's results."""
@@ -338,6 +378,22 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.mapSelector.currentIndex = kept if kept >= 0 else 0
         self.ui.mapSelector.blockSignals(wasBlocked)
         self.onMapSelected(self.ui.mapSelector.currentIndex)
+        self.updateExportButtons()
+
+    def updateExportButtons(self) -> None:
+        """The HTML report is the last run's; Export to DICOM sends the analysed nodules of the shown nodule's CT."""
+        self.ui.exportReportButton.enabled = self.logic.lastResultDir is not None
+        views = NoduleSelection.nodulesToExport(slicer.mrmlScene, self._selectedKey)
+        self.ui.exportDicomButton.enabled = bool(views)
+        if not views:
+            self.ui.exportDicomButton.toolTip = _("Analyze a nodule first: its results, and those of the other "
+                                                  "nodules of its CT, go into Slicer's DICOM database.")
+            return
+        why = notFromDatabase(views[0].ctNode)
+        self.ui.exportDicomButton.toolTip = _(
+            "Add {names} to Slicer's DICOM database as a Segmentation, Parametric Maps and a Structured Report "
+            "(QuantitativeReporting shows it).").format(names=", ".join(v.name for v in views)) + (
+            " " + _("Not possible here: {why}.").format(why=why) if why else "")
 
     def onTableRowClicked(self, modelIndex) -> None:
         """A table row shows its output's map (column 0 holds the output's name)."""
@@ -363,6 +419,21 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         with slicer.util.tryWithErrorDisplay(_("Cannot export the report."), waitCursor=True):
             report = self.logic.exportReport(folder)
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(report)))
+
+    def onExportDicom(self) -> None:
+        views = NoduleSelection.nodulesToExport(slicer.mrmlScene, self._selectedKey)
+        refused = None
+        with slicer.util.tryWithErrorDisplay(_("Export to DICOM failed."), waitCursor=True):
+            try:
+                exported = self.logic.exportDicom([v.key for v in views])
+            except NotExportable as exc:  # what the user can change: say it plainly, no traceback
+                refused = str(exc)
+        if refused:
+            self.ui.statusLabel.text = _("Not exported to DICOM: {reason}").format(reason=refused)
+            slicer.util.warningDisplay(self.ui.statusLabel.text, windowTitle=_("Export to DICOM"))
+            return
+        self.ui.statusLabel.text = exported.describe()
+        self.onLog("info", exported.describe())
 
     # --- first use ---------------------------------------------------------------------------------------------
 
@@ -395,6 +466,8 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.statusLabel.text = _("The packages were updated: restart Slicer before running the analysis.")
             self.ui.restartButton.show()
             return False
+        if status.ok:
+            self.prepareAnalysis()
         return status.ok
 
     def onInstallProgress(self, fraction: float, message: str) -> None:

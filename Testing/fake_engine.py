@@ -61,6 +61,8 @@ class FakeAnalyzer:
                  delay_s: float = 0.0, fail: str | None = None, no_nodule_at: Sequence[int] = ()):
         self.device, self.progress, self.delay_s, self.fail = device, progress or (lambda f, m: None), delay_s, fail
         self.no_nodule_at, self.calls = set(no_nodule_at), 0  # 1-based call numbers that find no nodule
+        if fail == "load":
+            raise RuntimeError("simulated failure loading the model")
 
     def analyze(self, ct: sitk.Image, point: Sequence[float], space: str = "ras", *,
                 classify_anyway: bool = False) -> Finding:
@@ -123,7 +125,10 @@ def fake_write_findings(findings: list[Finding], ct: sitk.Image, out_dir, *, tit
         sitk.WriteImage(fit(finding.segmentation_probability, ct, box), str(folder / "segmentation_probability.nrrd"))
         for output in finding.outputs:
             sitk.WriteImage(fit(output.activation_map, ct, box), str(folder / "maps" / f"{output.name}.nrrd"))
-        (folder / "finding.json").write_text(json.dumps(finding.summary(), indent=1))
+        files = {"finding": "finding.json", "segmentation": "segmentation.nrrd",  # as write_findings lists them
+                 "segmentation_probability": "segmentation_probability.nrrd",
+                 "maps": {o.name: f"maps/{o.name}.nrrd" for o in finding.outputs}}
+        (folder / "finding.json").write_text(json.dumps({**finding.summary(), "files": files}, indent=1))
     report = out_dir / "report.html"
     report.write_text(f"<html><body><h1>{title}</h1>{len(findings)} nodules</body></html>")
     return report

@@ -59,6 +59,15 @@ def test_every_widget_the_module_uses_exists_in_the_ui_file():
     assert not missing, f"widgets used by LungNoduleExplain.py but absent from the .ui file: {sorted(missing)}"
 
 
+def test_reload_reloads_every_slicer_side_module():
+    """onReload reloads SUBMODULES: a module missing there keeps its old code after Reload in Slicer."""
+    assignment = next(n for n in module_tree().body if isinstance(n, ast.Assign)
+                      and any(isinstance(t, ast.Name) and t.id == "SUBMODULES" for t in n.targets))
+    listed = set(ast.literal_eval(assignment.value))
+    files = {p.stem for p in (MODULE_DIR / "LungNoduleExplainSlicer").glob("*.py") if p.stem != "__init__"}
+    assert listed == files
+
+
 def test_ui_parameter_bindings_name_fields_of_the_parameter_node():
     root = ET.parse(UI_FILE).getroot()
     bound = {prop.find("string").text for prop in root.iter("property") if prop.get("name") == "SlicerParameterName"}
@@ -495,7 +504,7 @@ class FakeEnvironment:
 
 COMPLETE = {"torch": "2.5.1", "nnunetv2": "2.8.1", "numpy": "2.1.0", "scikit-learn": "1.5.0",
             "matplotlib": "3.9.0", "tqdm": "4.66.0", "safetensors": "0.4.5", "packaging": "24.0",
-            "SimpleITK": "2.4.0"}
+            "highdicom": "0.28.2", "pydicom": "3.0.1", "SimpleITK": "2.4.0"}
 
 
 def install_logic(environment: FakeEnvironment, confirm=lambda message: True, torch=True):
@@ -555,21 +564,34 @@ def test_nothing_is_installed_or_asked_when_everything_is_there():
 
 
 def test_the_slicer_install_asks_for_what_the_engine_package_declares():
-    """pyproject.toml's dependencies (+ the segmentation extra) are what Slicer's Python must get; SimpleITK is
-    Slicer's own and never installed."""
+    """pyproject.toml's dependencies (+ the segmentation extra, + the dicom extra's writer for Export to DICOM) are
+    what Slicer's Python must get; SimpleITK is Slicer's own and never installed."""
     import tomllib
 
     from packaging.requirements import Requirement
 
-    from LungNoduleExplainSlicer.InstallLogic import PINNED_AS_INSTALLED, REQUIREMENTS, TORCH_REQUIREMENT
+    from LungNoduleExplainSlicer.InstallLogic import (DICOM_REQUIREMENTS, PINNED_AS_INSTALLED, REQUIREMENTS,
+                                                      TORCH_REQUIREMENT)
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = project["optional-dependencies"]
+    writer = [r for r in extras["dicom"] if Requirement(r).name in ("highdicom", "pydicom")]  # DICOMweb: not used
+    assert sorted(writer) == sorted(DICOM_REQUIREMENTS)
     declared = {Requirement(r).name: Requirement(r).specifier
-                for r in [*project["dependencies"], *project["optional-dependencies"]["segmentation"]]}
+                for r in [*project["dependencies"], *extras["segmentation"], *writer]}
     asked = {Requirement(r).name: Requirement(r).specifier for r in (TORCH_REQUIREMENT, *REQUIREMENTS)}
     assert "SimpleITK" in PINNED_AS_INSTALLED and "SimpleITK" not in asked
     assert {n: s for n, s in declared.items() if n != "SimpleITK"} == {n: asked[n] for n in declared
                                                                        if n != "SimpleITK" and n in asked}
     assert set(declared) - {"SimpleITK"} <= set(asked)
+
+
+def test_export_to_dicom_gets_its_writer_and_an_older_highdicom_than_the_engine_needs_is_updated():
+    environment = FakeEnvironment({k: v for k, v in COMPLETE.items() if k != "highdicom"})
+    logic = install_logic(environment)
+    assert logic.check().missing == ["highdicom>=0.28"] and logic.plannedSteps() == ["packages: highdicom"]
+    assert logic.install().ok and '"highdicom>=0.28"' in environment.pip[0] and environment.torchCalls == []
+    environment = FakeEnvironment({**COMPLETE, "highdicom": "0.27.0"})  # as some Slicer builds ship it
+    assert install_logic(environment).check().incompatible == ["highdicom installed 0.27.0, needs >=0.28"]
 
 
 def test_torch_2_9_is_refused_with_the_reason_and_replaced_through_the_pytorch_extension():

@@ -1,18 +1,20 @@
 """What the radiologist's clicks do, on the real MRML libraries (slicer-core) with the real LIDC CT and the fake
 engine as worker: Analyze runs only new or moved points, a nodule's table and maps are found from a selection, a
-table row gives its output's map, the colour legend follows the shown map, numbers print with two decimals."""
+table row gives its output's map, the colour legend follows the shown map, numbers print with two decimals, a
+deleted point takes its results along."""
 
 from __future__ import annotations
 
 import re
+import types
 
 import pytest
 
 import vtk
 from test_slicer_logic import (FAKE_WORKER, cleanupLogics, ctNode, lidc_crop, lidc_nrrd, makeLogic,  # noqa: F401
-                               moduleFile, nodules, run, scene)
+                               moduleFile, nodules, placedPoints, run, scene)
 
-from LungNoduleExplainSlicer import NoduleSelection  # noqa: E402  (test_slicer_logic put the module on the path)
+from LungNoduleExplainSlicer import NoduleSelection, ResultNodes  # noqa: E402  (test_slicer_logic put it on the path)
 from LungNoduleExplainSlicer.AnalysisLogic import AnalysisLogic, NoduleRequest  # noqa: E402
 from LungNoduleExplainSlicer.ResultNodes import removeNodule  # noqa: E402
 
@@ -171,7 +173,8 @@ def test_the_self_test_is_skipped_never_passed_without_its_prerequisites(moduleF
 
     from LungNoduleExplainSlicer.InstallLogic import InstallLogic
     complete = {"torch": "2.8.0", "nnunetv2": "2.8.1", "numpy": "2.1.0", "scikit-learn": "1.5.0",
-                "matplotlib": "3.9.0", "tqdm": "4.66.0", "safetensors": "0.4.5", "packaging": "24.0"}
+                "matplotlib": "3.9.0", "tqdm": "4.66.0", "safetensors": "0.4.5", "packaging": "24.0",
+                "highdicom": "0.28.2", "pydicom": "3.0.1"}
     versions = {**complete, **installed}
     monkeypatch.setattr(moduleFile.slicer, "app", types.SimpleNamespace(majorVersion=version[0],
                                                                         minorVersion=version[1]), raising=False)
@@ -197,3 +200,126 @@ def test_the_self_test_is_skipped_never_passed_without_its_prerequisites(moduleF
     else:
         assert not result.wasSuccessful() or result.skipped  # never a plain pass
         assert len(result.skipped) == 1 and says in result.skipped[0][1]
+
+
+# --- a deleted point takes its results along --------------------------------------------------------------------
+
+def resultNodeIds(scene, key: str) -> list[str]:
+    return sorted(node.GetID() for node in ResultNodes.nodesOfNodule(scene, key))
+
+
+def test_deleting_a_point_removes_its_results_and_only_its_results(scene, ctNode, lidc_crop):  # noqa: F811
+    logic = makeLogic(scene)
+    points = placedPoints(scene, lidc_crop, 0.0, 15.0, 30.0)
+    first, second, third = logic.nodulesFromMarkups(points)
+    assert run(logic, ctNode, [first, second]).succeeded  # the third point is placed but not analysed
+    kept = resultNodeIds(scene, second.key)
+    assert resultNodeIds(scene, first.key) and kept
+    assert logic.removeResultsWithoutPoint(points) == []  # every analysed point is still there
+
+    points.RemoveNthControlPoint(0)  # the user deletes Nodule-1
+    assert NoduleSelection.keysWithoutPoint(scene, points) == [first.key]
+    assert logic.removeResultsWithoutPoint(points) == [first.key]
+    assert resultNodeIds(scene, first.key) == [] and ResultNodes.foldersOfNodule(scene, first.key) == []
+    assert resultNodeIds(scene, second.key) == kept  # the other nodule's table, maps and segmentation stay
+    assert [v.key for v in NoduleSelection.noduleViews(scene)] == [second.key]
+    assert logic.nodulesToAnalyze(ctNode, logic.nodulesFromMarkups(points)) == [third]
+
+    other = placedPoints(scene, lidc_crop, -20.0)  # another markups node's results are not this node's to judge
+    assert run(logic, ctNode, logic.nodulesFromMarkups(other)).succeeded
+    points.RemoveAllControlPoints()
+    assert logic.removeResultsWithoutPoint(points) == [second.key]
+    assert [v.name for v in NoduleSelection.noduleViews(scene)] == ["Nodule-1"]  # the other node's first point
+    assert NoduleSelection.noduleViews(scene)[0].key.startswith(other.GetID() + "/")
+
+
+def test_result_files_stay_while_their_nodule_is_shown_and_go_with_it(scene, ctNode, lidc_crop):  # noqa: F811
+    logic = makeLogic(scene)
+    points = placedPoints(scene, lidc_crop, 0.0, 20.0)
+    first, second = logic.nodulesFromMarkups(points)
+    assert run(logic, ctNode, [first]).succeeded
+    firstRun = logic.lastResultDir.parent
+    assert run(logic, ctNode, [second]).succeeded
+    assert firstRun.is_dir()  # Nodule-1 is still shown: Export to DICOM reads its folder again
+    table = NoduleSelection.resultTables(scene)[first.key]
+    assert NoduleSelection.resultFolder(table).is_relative_to(firstRun)
+    points.RemoveNthControlPoint(0)
+    logic.removeResultsWithoutPoint(points)
+    assert not firstRun.exists() and logic.lastResultDir.is_dir()  # the last run stays for the HTML report
+    logic.clearPatientData()
+    assert not list(logic.worker.sessionFolder().glob("run-*"))
+
+
+class FakeComboBox:
+    """The part of QComboBox the widget uses: items with data, an index out of range reads -1 (as in Qt); setting
+    currentIndex emits nothing here (the widget calls its handlers itself where it blocks the signals)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, object]] = []
+        self._index = -1
+
+    @property
+    def currentIndex(self) -> int:
+        return self._index
+
+    @currentIndex.setter
+    def currentIndex(self, index: int) -> None:
+        self._index = index if 0 <= index < len(self.items) else -1
+
+    def blockSignals(self, block: bool) -> bool:
+        return False
+
+    def clear(self) -> None:
+        self.items, self._index = [], -1
+
+    def addItem(self, text: str, data=None) -> None:
+        self.items.append((text, data))
+        self._index = max(self._index, 0)
+
+    def itemData(self, index: int):
+        return self.items[index][1] if 0 <= index < len(self.items) else None
+
+    def findData(self, data) -> int:
+        return next((i for i, (_, d) in enumerate(self.items) if d == data), -1)
+
+    def findText(self, text: str) -> int:
+        return next((i for i, (t, _) in enumerate(self.items) if t == text), -1)
+
+    @property
+    def currentText(self) -> str:
+        return self.items[self.currentIndex][0] if 0 <= self.currentIndex < len(self.items) else ""
+
+
+def resultsWidget(moduleFile, logic, ctNode, points):
+    """bareWidget with the Results section: the nodule and map lists, the table view, the export buttons."""
+    from test_slicer_logic import bareWidget
+    widget = bareWidget(moduleFile, logic, ctNode, points)
+    button = lambda: types.SimpleNamespace(enabled=None, toolTip="")  # noqa: E731
+    widget.ui.noduleSelector, widget.ui.mapSelector = FakeComboBox(), FakeComboBox()
+    widget.ui.resultsTableView = types.SimpleNamespace(setMRMLTableNode=lambda node: None)
+    widget.ui.exportReportButton, widget.ui.exportDicomButton = button(), button()
+    widget.updateButtons()  # observes the points node, as the parameter node's observer does in Slicer
+    return widget
+
+
+def test_the_widget_drops_a_deleted_points_results_from_the_scene_and_the_nodule_list(moduleFile, scene, ctNode,
+                                                                                      lidc_crop):  # noqa: F811
+    logic = makeLogic(scene)
+    points = placedPoints(scene, lidc_crop, 0.0, 20.0)
+    first, second = logic.nodulesFromMarkups(points)
+    widget = resultsWidget(moduleFile, logic, ctNode, points)
+    assert run(logic, ctNode, [first, second]).succeeded
+    widget._selectedKey = first.key
+    widget.updateNoduleSelector()
+    assert [data for _, data in widget.ui.noduleSelector.items] == [first.key, second.key]
+    assert widget.ui.exportDicomButton.enabled and "Nodule-1, Nodule-2" in widget.ui.exportDicomButton.toolTip
+    assert "not loaded from Slicer's DICOM database" in widget.ui.exportDicomButton.toolTip  # a NRRD file here
+
+    points.RemoveNthControlPoint(0)  # what the Markups module or the view's context menu does: the observer acts
+    assert resultNodeIds(scene, first.key) == [] and resultNodeIds(scene, second.key)
+    assert widget.ui.noduleSelector.items == [("Nodule-2", second.key)] and widget._selectedKey == second.key
+    assert widget.ui.mapSelector.items and all(scene.GetNodeByID(d) for _, d in widget.ui.mapSelector.items)
+
+    points.RemoveAllControlPoints()
+    assert NoduleSelection.noduleViews(scene) == [] and widget.ui.noduleSelector.items == []
+    assert widget.ui.exportDicomButton.enabled is False and widget.ui.legendLabel.text == ""

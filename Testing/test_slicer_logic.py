@@ -116,6 +116,15 @@ def nodules(lidc_nrrd, *offsets_mm: float) -> list[NoduleRequest]:
                           pointRas=(centroid[0] + dx, centroid[1], centroid[2])) for i, dx in enumerate(offsets_mm)]
 
 
+def placedPoints(scene, lidc_nrrd, *offsets_mm: float):
+    """A markups node with one placed point per offset (mm in x from the nodule), labelled Nodule-1, -2, ..."""
+    points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Nodule")
+    x, y, z = lidc_nrrd[1]
+    for n, dx in enumerate(offsets_mm, start=1):
+        points.AddControlPoint(vtk.vtkVector3d(x + dx, y, z), f"Nodule-{n}")
+    return points
+
+
 def sceneInventory(scene) -> tuple[int, int, list[str]]:
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     items = vtk.vtkIdList()

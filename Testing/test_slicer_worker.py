@@ -10,13 +10,14 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO_ROOT
-from test_slicer_logic import (FAKE_WORKER, cleanupLogics, ctNode, lidc_crop, lidc_nrrd, makeLogic,  # noqa: F401
-                               nodules, run, scene, sceneInventory)
+from test_slicer_logic import (FAKE_WORKER, bareWidget, cleanupLogics, ctNode, lidc_crop, lidc_nrrd,  # noqa: F401
+                               makeLogic, moduleFile, nodules, run, scene, sceneInventory)
 from test_worker import is_alive
 
 from LungNoduleExplainSlicer import SessionFolder  # noqa: E402  (test_slicer_logic put it on the path)
@@ -176,3 +177,74 @@ def test_a_later_session_sweeps_the_folders_of_sessions_that_no_longer_run(tmp_p
     stranger.mkdir()
     assert SessionFolder.sweepStale(tmp_path) == [gone]
     assert not gone.exists() and alive.exists() and stranger.exists()
+
+
+# --- the module loads the model when it is entered, so the first Analyze does not wait -------------------------
+
+def preparingWidget(moduleFile, monkeypatch, logic, ctNode, installed: bool = True):
+    """The module widget without Qt, with what prepareAnalysis uses: the log, a timer, the package check."""
+    monkeypatch.setattr(moduleFile, "InstallLogic",
+                        lambda: types.SimpleNamespace(check=lambda: types.SimpleNamespace(ok=installed)))
+    widget = bareWidget(moduleFile, logic, ctNode)
+    widget._parameterNode.device = "cpu"
+    widget.log = []
+    widget.ui.logTextEdit = types.SimpleNamespace(appendPlainText=widget.log.append)
+    widget.ui.deviceNoteLabel = types.SimpleNamespace(text="")
+    widget.timer = types.SimpleNamespace(active=False)
+    widget.timer.start = lambda: setattr(widget.timer, "active", True)
+    widget.timer.stop = lambda: setattr(widget.timer, "active", False)
+    logic.onLog = widget.onLog  # as setup() connects them
+    return widget
+
+
+def pollLikeTheTimer(widget) -> None:
+    while widget.timer.active:
+        widget.onPollTimer()
+        time.sleep(0.05)
+
+
+def test_entering_the_module_loads_the_model_in_the_background_and_the_first_analyze_reuses_it(
+        moduleFile, monkeypatch, scene, ctNode, lidc_crop):  # noqa: F811
+    logic = makeLogic(scene)
+    widget = preparingWidget(moduleFile, monkeypatch, logic, ctNode)
+    widget.prepareAnalysis()  # what enter() does
+    assert logic.worker.isAlive() and logic.isPreparing() and widget.timer.active  # returned before the load
+    pid = logic.worker.runner.pid
+    pollLikeTheTimer(widget)  # the timer stops itself once the model has answered
+    assert any(line.startswith("Model loaded ahead of Analyze (cpu") for line in widget.log), widget.log
+    widget.prepareAnalysis()  # entering again: the process that runs is kept, no second load
+    assert logic.worker.starts == 1 and not logic.isPreparing() and not widget.timer.active
+    assert succeeds(logic, ctNode, nodules(lidc_crop, 0.0))
+    assert logic.worker.starts == 1 and logic.worker.runner.pid == pid  # Analyze used the prepared process
+
+
+def test_nothing_is_prepared_without_the_packages_or_with_a_bundle_path_that_does_not_exist(
+        moduleFile, monkeypatch, scene, ctNode, tmp_path):  # noqa: F811
+    logic = makeLogic(scene)
+    preparingWidget(moduleFile, monkeypatch, logic, ctNode, installed=False).prepareAnalysis()
+    widget = preparingWidget(moduleFile, monkeypatch, logic, ctNode)
+    widget._parameterNode.bundlePath = tmp_path / "typed-half-way"
+    widget.prepareAnalysis()
+    assert not logic.worker.isAlive() and logic.worker.starts == 0 and not widget.timer.active
+
+
+@pytest.mark.parametrize("failure", ["no process", "model load"])
+def test_a_failure_preparing_is_a_log_line_and_analyze_still_says_why(moduleFile, monkeypatch, scene, ctNode,
+                                                                      lidc_crop, tmp_path, failure):  # noqa: F811
+    if failure == "no process":
+        logic = makeLogic(scene, [str(tmp_path / "no-such-python")])
+    else:
+        monkeypatch.setenv("FAKE_FAIL", "load")
+        logic = makeLogic(scene)
+    finished = []
+    logic.onFinished = finished.append
+    widget = preparingWidget(moduleFile, monkeypatch, logic, ctNode)
+    widget.prepareAnalysis()  # raises nothing, shows no dialog (a dialog would need Qt here)
+    pollLikeTheTimer(widget)
+    expected = "Could not start the analysis process" if failure == "no process" else \
+        "Loading the model ahead of Analyze failed: RuntimeError: simulated failure loading the model"
+    assert any(expected in line for line in widget.log), widget.log
+    assert finished == [] and not logic.isRunning() and not logic.isPreparing()
+    if failure == "model load":
+        outcome = run(logic, ctNode, nodules(lidc_crop, 0.0))
+        assert outcome.status == "failed" and "simulated failure loading the model" in outcome.message

@@ -21,6 +21,7 @@ from __future__ import annotations
 import shutil
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class AnalysisLogic:
         self.onFinished: Callable[[AnalysisOutcome], None] = lambda outcome: None
         self.lastOutcome: AnalysisOutcome | None = None
         self.lastResultDir: Path | None = None  # the last successful run's folder, kept for the report export
+        self._runFolders: list[Path] = []  # kept run folders: the last one, and those whose nodules are shown
         self.mapOpacity = MapDisplay.DEFAULT_OPACITY
         self.mapThreshold = MapDisplay.DEFAULT_THRESHOLD
         self._workDir: Path | None = None  # the running analysis' folder (in the worker's session folder)
@@ -179,6 +181,10 @@ class AnalysisLogic:
         """Deliver the worker's messages (call from the main thread); True while an analysis is in flight."""
         return self.worker.poll()
 
+    def isPreparing(self) -> bool:
+        """prepareWorker's model load has not answered yet (poll() delivers its answer to onLog)."""
+        return self.worker.preparing
+
     def cancel(self) -> None:
         """Kill the worker and its children (the next Analyze starts a fresh one); the scene stays as it was."""
         self.worker.cancel()
@@ -239,9 +245,22 @@ class AnalysisLogic:
                                nodules=nodules, outDir=Path(result["out_dir"]), device=result.get("device", ""))
 
     def _keepWorkDir(self) -> None:
-        if self.lastResultDir is not None:
-            _removeFolder(self.lastResultDir.parent)
+        self._runFolders.append(self._workDir)
         self.lastResultDir = self._workDir / "results"
+        self._removeUnusedRunFolders()
+
+    def _removeUnusedRunFolders(self) -> None:
+        """Delete the run folders that neither hold the last run (the HTML report) nor a nodule shown in the scene
+        (Export to DICOM reads its folder again)."""
+        used = [NoduleSelection.resultFolder(t) for t in NoduleSelection.resultTables(self.scene).values()]
+        kept = []
+        for run in self._runFolders:
+            if (self.lastResultDir is not None and self.lastResultDir.parent == run) or \
+                    any(folder is not None and folder.is_relative_to(run) for folder in used):
+                kept.append(run)
+            else:
+                _removeFolder(run)
+        self._runFolders = kept
 
     # --- results into the scene -----------------------------------------------------------------------------
 
@@ -303,7 +322,18 @@ class AnalysisLogic:
         return [n for n in nodes if n.GetAttribute(ROLE_ATTRIBUTE) == "map"]
 
     def removeNodule(self, key: str) -> int:
-        return removeNodule(self.scene, key)
+        """Remove a nodule's nodes and folder (and its result files, unless the last run's report needs them)."""
+        removed = removeNodule(self.scene, key)
+        self._removeUnusedRunFolders()
+        return removed
+
+    def removeResultsWithoutPoint(self, pointsNode) -> list[str]:
+        """Remove the results of the nodules whose control point was deleted from `pointsNode` (call when a point
+        is removed, and after a run during which one was); returns their keys."""
+        keys = NoduleSelection.keysWithoutPoint(self.scene, pointsNode)
+        for key in keys:
+            self.removeNodule(key)
+        return keys
 
     # --- report ---------------------------------------------------------------------------------------------
 
@@ -319,26 +349,44 @@ class AnalysisLogic:
             raise ResultError(f"the analysis wrote no report.html in {self.lastResultDir}")
         return report
 
-    def exportDicom(self, ctNode, targetDir: str | Path, database=None, importer=None) -> list[Path]:
-        """The last run's results as DICOM (Segmentation, Parametric Maps, SR) into targetDir and Slicer's DICOM
-        database (DicomExport); the CT must come from that database."""
-        if self.lastResultDir is None or not self.lastResultDir.is_dir():
-            raise ValueError("no analysis result to export yet; run Analyze first")
-        return DicomExport.exportToDicom(self.lastResultDir, ctNode, targetDir, database, importer)
+    def exportDicom(self, keys: Sequence[str], database=None,
+                    importer: Callable[[str, object], object] | None = None) -> DicomExport.DicomExported:
+        """The results of the nodules `keys` (analysed on one CT loaded from Slicer's DICOM database) as one DICOM
+        Segmentation, their Parametric Maps and one TID 1500 SR, written by the engine's writer into a private
+        folder and imported (copied) into Slicer's DICOM database (DicomExport); the objects name the nodules as the
+        Nodule list does. Points without a nodule are left out. DicomExport.NotExportable says why it cannot run."""
+        views = [v for v in NoduleSelection.noduleViews(self.scene) if v.key in keys and v.mapNodes]
+        if not views:
+            raise DicomExport.NotExportable("no analysed nodule to export (a point where no nodule was found has "
+                                            "nothing to export); run Analyze first")
+        if any(v.ctNode is None for v in views) or len({v.ctNode.GetID() for v in views}) > 1:
+            raise DicomExport.NotExportable("the nodules must have been analysed on one CT that is still in the "
+                                            "scene")
+        folders = [(v.name, NoduleSelection.resultFolder(v.tableNode)) for v in views]
+        gone = [name for name, folder in folders if folder is None]
+        if gone:
+            raise DicomExport.NotExportable(
+                f"the result files of {', '.join(gone)} are gone (they are kept only while this Slicer session shows "
+                "them, not in a saved scene); press Analyze to analyse every point again, then export")
+        staging = Path(tempfile.mkdtemp(prefix="dicom-", dir=self.worker.sessionFolder()))
+        try:
+            return DicomExport.exportToDicom(folders, views[0].ctNode, staging / "objects", database, importer)
+        finally:
+            _removeFolder(staging)
 
     def clearPatientData(self) -> None:
         """Cancel any run and delete the exported CT and the kept results (e.g. when the scene closes); the worker
         stays, with the model loaded."""
         self.cancel()
         self.worker.removeCtFile()
-        if self.lastResultDir is not None:
-            _removeFolder(self.lastResultDir.parent)
-            self.lastResultDir = None
+        for run in self._runFolders:
+            _removeFolder(run)
+        self._runFolders, self.lastResultDir = [], None
 
     def cleanup(self) -> None:
         """Stop the worker and delete every temporary file (call when the module or the application closes)."""
         self.worker.close()
-        self.lastResultDir = None
+        self._runFolders, self.lastResultDir = [], None
 
 
 def volumeRasFromWorld(volumeNode, pointWorld: Sequence[float]) -> tuple[float, float, float]:

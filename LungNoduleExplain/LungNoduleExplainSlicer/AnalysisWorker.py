@@ -28,6 +28,8 @@ from LungNoduleExplainLib.vocabulary import Device
 from . import SessionFolder
 from .WorkerProcess import ProcessRunnerProtocol, WorkerProcess
 
+PREPARE_ID = "prepare"  # the id of prepare()'s load request
+
 
 class AnalysisWorker:
     """onMessage(dict): every message of the request in flight, its final "result" or "error" included (the
@@ -44,6 +46,7 @@ class AnalysisWorker:
         self.runner = runnerFactory(self._onProcessMessage, self._onProcessEnded)
         self.starts = 0  # processes started: one per session unless restarted
         self.requestId: str | None = None  # the request in flight
+        self.preparing = False  # prepare()'s model load has not answered yet
         self._pending: tuple | None = None  # (message, bundle, device) of a request the worker has not taken yet
         self._key: tuple | None = None  # (bundle, device) the running process serves
         self._count = 0
@@ -104,7 +107,10 @@ class AnalysisWorker:
         """Start the worker and load the model ahead of the first request (its memory is held from now on)."""
         if not self.busy:
             self._ensure(bundle, device)
-            self.runner.send({"type": "load", "id": "prepare", "bundle": bundle, "device": device})
+            self.runner.send({"type": "load", "id": PREPARE_ID, "bundle": bundle, "device": device})
+            # Returns at once (OSError if the process cannot start); the answer, the load's time or why it failed (a
+            # request then fails the same way and says so), reaches onLog through poll(), and ends `preparing`.
+            self.preparing = True
 
     def poll(self) -> bool:
         """Deliver what the worker said (call from the main thread); True while a request is in flight."""
@@ -144,6 +150,14 @@ class AnalysisWorker:
         kind = message.get("type")
         if kind == "report":  # a finished request's report.html, written after its result
             return
+        if message.get("id") == PREPARE_ID and kind in ("loaded", "error"):
+            self.preparing = False
+            if kind == "loaded":
+                self.onLog("info", f"Model loaded ahead of Analyze ({message.get('device', '?')}, "
+                                   f"{message.get('seconds', '?')} s)")
+            else:
+                self.onLog("warning", f"Loading the model ahead of Analyze failed: {message.get('message', '')}")
+            return
         if self.requestId is None or message.get("id") not in (None, self.requestId):
             if kind == "error" or (kind == "log" and message.get("level") in ("warning", "error")):
                 self.onLog("warning", str(message.get("message", "")))
@@ -155,7 +169,7 @@ class AnalysisWorker:
         self.onMessage(message)
 
     def _onProcessEnded(self, exitCode: int | None) -> None:
-        self._key = None
+        self._key, self.preparing = None, False
         pending, self._pending = self._pending, None
         if self.requestId is not None and pending is not None and exitCode is not None:
             # It died before it took the request (a line can reach a dying process's pipe): a fresh one takes it.

@@ -50,8 +50,12 @@ MINIMUM_SLICER_VERSION = (5, 10)
 MINIMUM_PYTHON_VERSION = (3, 10)
 TORCH_REQUIREMENT = "torch>=2.1.2,!=2.9.*"
 NNUNET_REQUIREMENT = "nnunetv2>=2.7,<3"
+# Export to DICOM: the engine's DICOM writer, as pyproject.toml's `dicom` extra asks (its DICOMweb part is not used
+# in Slicer). Slicer's own DICOM support ships pydicom (and, in recent builds, highdicom): one in range is kept, an
+# older one updated, with a restart asked for when this session had imported it.
+DICOM_REQUIREMENTS = ("highdicom>=0.28", "pydicom>=3.0")
 REQUIREMENTS = (NNUNET_REQUIREMENT, "numpy>=1.24", "scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60",
-                "safetensors>=0.4", "packaging")
+                "safetensors>=0.4", "packaging", *DICOM_REQUIREMENTS)
 PINNED_AS_INSTALLED = ("SimpleITK", "torch")  # never replaced by a dependency's requirement
 IMPORT_NAMES = {"scikit-learn": "sklearn", "nnunetv2": "nnunetv2", "torch": "torch", "numpy": "numpy"}
 # Why a version is refused, where the bare specifier would not say it.

@@ -6,7 +6,8 @@ module reload and a saved and reloaded scene, and a nodule whose results were de
 - ANALYSED_POINT_ATTRIBUTE: the point in world RAS (mm) as it was when analysed;
 - ANALYSED_WITH_ATTRIBUTE: the CT node, model bundle and classify-anyway setting it was analysed with.
 A point is run again when it is new, moved by more than MOVE_TOLERANCE_MM, its results are gone, or the CT, bundle
-or setting changed.
+or setting changed. A deleted point takes its results with it (keysWithoutPoint); Export to DICOM sends the
+analysed nodules of the selected nodule's CT (nodulesToExport).
 
 The widget only connects Qt signals to these functions (LungNoduleExplain.py).
 """
@@ -23,7 +24,7 @@ from typing import Sequence
 import slicer
 
 from .ResultNodes import (DESCRIPTOR_SHARE_ATTRIBUTE, MAP_LEGEND_ATTRIBUTE, NODULE_KEY_ATTRIBUTE, OUTPUT_ATTRIBUTE,
-                          ROLE_ATTRIBUTE, SOURCE_VOLUME_ATTRIBUTE)
+                          RESULT_FOLDER_ATTRIBUTE, ROLE_ATTRIBUTE, SOURCE_VOLUME_ATTRIBUTE)
 
 ANALYSED_POINT_ATTRIBUTE = "LungNoduleExplain.AnalysedPointRas"
 ANALYSED_WITH_ATTRIBUTE = "LungNoduleExplain.AnalysedWith"
@@ -66,6 +67,16 @@ def resultTables(scene) -> dict[str, object]:
     """nodule key -> its results table, for every analysed nodule in the scene (in the scene's order)."""
     return {t.GetAttribute(NODULE_KEY_ATTRIBUTE): t for t in _nodes(scene, "vtkMRMLTableNode")
             if t.GetAttribute(ROLE_ATTRIBUTE) == "table" and t.GetAttribute(NODULE_KEY_ATTRIBUTE)}
+
+
+def keysWithoutPoint(scene, markupsNode) -> list[str]:
+    """The keys of the nodules analysed from `markupsNode`'s control points whose point has been deleted since:
+    their results belong to no point any more. Results of other markups nodes are not this node's to judge."""
+    prefix = f"{markupsNode.GetID()}/"
+    points = {pointKey(markupsNode, index) for index in range(markupsNode.GetNumberOfControlPoints())}
+    nodes = (scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes()))
+    keys = dict.fromkeys(node.GetAttribute(NODULE_KEY_ATTRIBUTE) for node in nodes)  # in the scene's order
+    return [key for key in keys if key and key.startswith(prefix) and key not in points]
 
 
 def pointsToAnalyze(scene, nodules: Sequence, settings: str, toleranceMm: float = MOVE_TOLERANCE_MM) -> list:
@@ -111,14 +122,38 @@ def noduleViews(scene) -> list[NoduleView]:
         ordered = {name: found[name] for name in order if name in found}
         ordered.update({name: node for name, node in found.items() if name not in ordered})
         anyMap = next(iter(ordered.values()), None)
-        ctID = anyMap.GetAttribute(SOURCE_VOLUME_ATTRIBUTE) if anyMap is not None else None
+        ctID = anyMap.GetAttribute(SOURCE_VOLUME_ATTRIBUTE) if anyMap is not None else _analysedCtID(table)
         name = table.GetName().split(" results")[0]
         views.append(NoduleView(key, name, table, ordered, scene.GetNodeByID(ctID) if ctID else None))
     return views
 
 
+def _analysedCtID(tableNode) -> str | None:
+    """The CT a nodule without maps (no nodule found) was analysed on, from its analysisSettings."""
+    try:
+        return json.loads(tableNode.GetAttribute(ANALYSED_WITH_ATTRIBUTE) or "{}").get("ct") or None
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
 def noduleView(scene, key: str) -> NoduleView | None:
     return next((v for v in noduleViews(scene) if v.key == key), None)
+
+
+def nodulesToExport(scene, selectedKey: str | None) -> list[NoduleView]:
+    """What Export to DICOM sends when `selectedKey`'s nodule is shown: every analysed nodule of the same CT that
+    has a nodule (points without one have nothing to export), in the Nodule list's order; one report per study."""
+    views = noduleViews(scene)
+    selected = next((v for v in views if v.key == selectedKey), None)
+    if selected is None or selected.ctNode is None:
+        return []
+    return [v for v in views if v.mapNodes and v.ctNode is selected.ctNode]
+
+
+def resultFolder(tableNode) -> Path | None:
+    """The folder a nodule's results were read from, while it is still there (the session's temporary folder)."""
+    folder = tableNode.GetAttribute(RESULT_FOLDER_ATTRIBUTE)
+    return Path(folder) if folder and Path(folder).is_dir() else None
 
 
 def legendText(mapNode, threshold: float) -> str:

@@ -34,6 +34,8 @@ MAP_LEGEND_ATTRIBUTE = "LungNoduleExplain.MapLegend"
 DESCRIPTOR_SHARE_ATTRIBUTE = "LungNoduleExplain.DescriptorShare"
 TABLE_COLUMNS = ("output", "finding", "probability", "threshold", "result", "members")
 CALIBRATED_ATTRIBUTE = "LungNoduleExplain.Calibrated"  # on the table: "true" / "false" (raw scores)
+# on the table: the result folder it was read from (in the session folder; Export to DICOM reads it again)
+RESULT_FOLDER_ATTRIBUTE = "LungNoduleExplain.ResultFolder"
 # finding.json size fields -> table attributes (mm, mm^3); the table's name also says the axial axes
 SIZE_ATTRIBUTES = {"long_axis_mm": "LungNoduleExplain.LongAxisMm", "short_axis_mm": "LungNoduleExplain.ShortAxisMm",
                    "diameter_mm": "LungNoduleExplain.EquivalentDiameterMm", "volume_mm3": "LungNoduleExplain.VolumeMm3"}
@@ -218,6 +220,7 @@ def readNodule(folder: Path, ctNode, key: str, name: str) -> NoduleNodes:
     if finding.get("no_nodule_found"):  # a table saying so and why; nothing to draw
         table = _makeTable(finding)
         table.SetName(f"{name} results (no nodule found)")
+        table.SetAttribute(RESULT_FOLDER_ATTRIBUTE, str(folder))
         return NoduleNodes(key=key, name=name, finding=finding, segmentationNode=None, tableNode=table)
     files = finding.get("files") or {}  # relative paths, when the writer lists them; else the default layout
 
@@ -245,6 +248,7 @@ def readNodule(folder: Path, ctNode, key: str, name: str) -> NoduleNodes:
     table = _makeTable(finding)
     size = sizeText(finding)
     table.SetName(f"{name} results" + (f" ({size})" if size else ""))
+    table.SetAttribute(RESULT_FOLDER_ATTRIBUTE, str(folder))
     return NoduleNodes(key=key, name=name, finding=finding, segmentationNode=segmentation, tableNode=table,
                        mapNodes=maps)
 

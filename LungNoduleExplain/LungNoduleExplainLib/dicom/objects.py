@@ -59,15 +59,21 @@ class DicomResults:
         return [*self.segmentation_and_maps, self.report]
 
 
-def build_dicom_results(findings: Sequence[Finding], ct: sitk.Image, series: DicomSeries) -> DicomResults:
+def build_dicom_results(findings: Sequence[Finding], ct: sitk.Image, series: DicomSeries,
+                        labels: Sequence[str] | None = None) -> DicomResults:
     """The DICOM objects of `findings` about `ct`, which was read from `series` (same grid: headers[k] is
-    slice k). Entries without a nodule (nodule_check.NoNodule) are left out: nothing was segmented there."""
+    slice k). Entries without a nodule (nodule_check.NoNodule, None) are left out: nothing was segmented there.
+    labels: each entry's name in the objects (segment label, tracking identifier, map series), e.g. the names a
+    viewer gave its points; default "Nodule n" by position, as the report's folders."""
     from .report import build_report
 
+    names = list(labels) if labels is not None else [f"Nodule {n}" for n in range(1, len(findings) + 1)]
+    if len(names) != len(findings):
+        raise ValueError(f"{len(names)} label(s) for {len(findings)} finding(s)")
     numbered = [(n, f) for n, f in enumerate(findings, start=1) if isinstance(f, Finding)]
     if not numbered:
         raise ValueError("no finding with a nodule to write as DICOM")
-    kept, labels = [f for _, f in numbered], [f"Nodule {n}" for n, _ in numbered]  # as the report's folders
+    kept, labels = [f for _, f in numbered], [names[n - 1] for n, _ in numbered]
     sources = list(series.headers)
     _check_grid(ct, sources)
     segmentation = build_segmentation(kept, sources, labels, ct)
