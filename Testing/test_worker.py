@@ -473,3 +473,45 @@ def test_a_request_that_waits_is_answered_before_the_previous_results_report(tmp
     assert [s for s in seen if s[0] in ("result", "report")] == [("result", "1"), ("result", "2"),
                                                                  ("report", "1"), ("report", "2")]
     assert all((tmp_path / f"out-{n}" / "report.html").is_file() for n in ("1", "2"))
+
+
+def test_a_request_that_comes_while_a_report_is_written_stops_it_and_the_report_is_written_after(
+        tmp_path, small_ct, monkeypatch):
+    """The report stops between two overlays when a click comes, and is written whole once the click is answered."""
+    from LungNoduleExplainLib.reports import overlays
+    from LungNoduleExplainLib.worker import MessageWriter
+    from LungNoduleExplainLib.worker_loop import serve
+
+    read_end, write_end = os.pipe()
+    requests = os.fdopen(write_end, "w", buffering=1)
+    seen, renders = [], []
+    real_render = overlays.OverlayRenderer.render
+
+    def render(self, *args, **kwargs):  # the first overlay of report 1 is when the user clicks again
+        renders.append(len(seen))
+        if len(renders) == 1:
+            requests.write(json.dumps(analyze_line(tmp_path, small_ct, "2")) + "\n")
+        return real_render(self, *args, **kwargs)
+
+    monkeypatch.setattr(overlays.OverlayRenderer, "render", render)
+
+    class FrontEnd:
+        def write(self, text: str) -> None:
+            for line in text.splitlines():
+                message = json.loads(line)
+                seen.append((message["type"], message.get("id")))
+                if message["type"] == "report" and message["id"] == "2":
+                    requests.close()
+
+        def flush(self) -> None:
+            pass
+
+    requests.write(json.dumps(analyze_line(tmp_path, small_ct, "1")) + "\n")
+    with os.fdopen(read_end, "r") as stdin:
+        serve([], MessageWriter(FrontEnd()), stdin, analyzer_factory=FakeAnalyzer, cuda_available=lambda: False)
+    ends = [s for s in seen if s[0] in ("result", "report")]
+    assert ends == [("result", "1"), ("result", "2"), ("report", "1"), ("report", "2")]
+    assert renders[1] > seen.index(("result", "2")), "report 1 stopped after its first overlay, before result 2"
+    for n in ("1", "2"):
+        assert (tmp_path / f"out-{n}" / "report.html").is_file()
+        assert not list((tmp_path / f"out-{n}").rglob(".*.tmp*"))

@@ -173,7 +173,7 @@ def run_request(request: Request, messages: MessageWriter, *,
                 ct_reader: Callable[[Path], Any] = _default_ct_reader,
                 cuda_available: Callable[[], bool] | None = None,
                 analyzer_source: Callable[..., AnalyzerLike] | None = None,
-                report_later: bool = False) -> Callable[[], None] | None:
+                report_later: bool = False) -> Callable[..., None] | None:
     """Analyse every point of the request and write the results; raises on failure (main turns it into a line).
     analyzer_source(bundle=, device=, progress=) -> analyzer: where the analyzer comes from (the request loop's
     cache of loaded models, worker_loop.py); analyzer_factory when None. report_later: send the result once the
@@ -211,10 +211,12 @@ def run_request(request: Request, messages: MessageWriter, *,
     if not report_later:
         return None
 
-    def write_report() -> None:
+    def write_report(interrupted: Callable[[], bool] | None = None) -> None:
+        """Raises reports.ReportInterrupted when interrupted() says so (call it again later)."""
         if not request.out_dir.is_dir():  # the front end removed that run's results: nobody wants its report
             return
-        messages.send("report", report=str(_default_report_writer(findings, ct, request.out_dir, source=source)))
+        report = _default_report_writer(findings, ct, request.out_dir, source=source, interrupted=interrupted)
+        messages.send("report", report=str(report))
     return write_report
 
 

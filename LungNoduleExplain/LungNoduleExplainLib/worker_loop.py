@@ -112,17 +112,19 @@ def serve(argv: Sequence[str], messages: MessageWriter, stdin: IO[str] | Iterabl
           ct_reader: Callable[[Path], Any] = _default_ct_reader, **injected: Any) -> int:
     """Answer requests from `stdin` until it closes or says exit. `injected`: findings_writer, cuda_available.
 
-    A result's report (overlays and report.html) is written once no request has come for REPORT_IDLE_S, so that
-    a click soon after the previous result does not wait for it."""
+    A result's report (overlays and report.html) is written once no request has come for REPORT_IDLE_S, and
+    stops between two overlays when a request comes (it is written again afterwards), so that a click never waits
+    for the previous result's report."""
     remove_on_exit = _remove_on_exit(argv)
     analyzers, cts = AnalyzerCache(analyzer_factory), CtCache(ct_reader)
-    reports: list[Callable[[], None]] = []  # oldest first
+    reports: list[Callable[..., None]] = []  # oldest first
     messages.send("ready", pid=os.getpid(), protocol=PROTOCOL_VERSION)
     lines = iter(stdin)
     try:
         while True:
             if reports and not _line_within(stdin, REPORT_IDLE_S):
-                _write_report(reports.pop(0), messages)
+                if _write_report(reports[0], messages, lambda: _line_within(stdin, 0.0)):
+                    reports.pop(0)
                 continue
             line = next(lines, "")
             if not line:
@@ -150,16 +152,22 @@ def _line_within(stream: IO[str] | Iterable[str], seconds: float) -> bool:
     return bool(ready)
 
 
-def _write_report(write: Callable[[], None], messages: MessageWriter) -> None:
-    """Write one pending report; a failure is a log line (the result was delivered and stands)."""
+def _write_report(write: Callable[..., None], messages: MessageWriter, interrupted: Callable[[], bool]) -> bool:
+    """Write one pending report; False when a request came meanwhile (write it again later). A failure is a log
+    line (the result was delivered and stands)."""
+    from .reports import ReportInterrupted
+
     try:
-        write()
+        write(interrupted=interrupted)
+    except ReportInterrupted:
+        return False
     except Exception as exc:  # noqa: BLE001 - the loop survives; the front end finds report.html missing
         messages.log(f"the report could not be written: {type(exc).__name__}: {exc}", level="warning")
+    return True
 
 
 def _answer(line: str, messages: MessageWriter, analyzers: AnalyzerCache, cts: CtCache,
-            injected: dict) -> str | Callable[[], None] | None:
+            injected: dict) -> str | Callable[..., None] | None:
     """Answer one request line; every failure becomes an error line with the request's id. Returns "exit", the
     result's pending report writer, or None."""
     request_id = None

@@ -45,7 +45,7 @@ from .overlays import OverlayRenderer, PlaneStack
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_findings", "add_report", "finding_files", "OutputExistsError", "check_on_grid", "check_out_dir",
+__all__ = ["write_findings", "add_report", "ReportInterrupted", "finding_files", "OutputExistsError", "check_on_grid", "check_out_dir",
            "RESEARCH_NOTICE", "PHANTOM_NOTICE"]
 
 REPORT_NAME = "report.html"
@@ -93,6 +93,10 @@ def write_findings(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | P
     return out_dir / REPORT_NAME
 
 
+class ReportInterrupted(Exception):
+    """add_report stopped because `interrupted()` said so; nothing half-written is left."""
+
+
 def nodule_folder(index: int) -> str:
     """The folder of nodule `index` (from 1, in point order) inside a report folder."""
     return f"nodule-{index:02d}"
@@ -105,12 +109,14 @@ def finding_files(out_dir: str | Path, count: int) -> list[Path]:
 
 def add_report(findings: Sequence[Finding], ct: sitk.Image, out_dir: str | Path, *,
                title: str = "Lung nodule analysis", source: str = "CT given in memory", is_phantom: bool = False,
-               study: StudyInfo | None = None) -> Path:
+               study: StudyInfo | None = None, interrupted: Callable[[], bool] | None = None) -> Path:
     """The overlays and report.html of a folder that write_findings(report=False) wrote for the same findings;
-    each finding.json gets its overlays' paths. report.html appears last and whole (renamed into place)."""
+    each finding.json gets its overlays' paths. report.html appears last and whole (renamed into place).
+    interrupted(): asked before each overlay; True stops with ReportInterrupted (the worker has a click to answer
+    first and writes the report again later), leaving only whole files and no report.html."""
     out_dir = Path(out_dir).absolute()
     sections = [NoduleSection(f, nodule_folder(i), {} if isinstance(f, NoNodule) else
-                              _write_overlays(out_dir / nodule_folder(i), i, f, ct))
+                              _write_overlays(out_dir / nodule_folder(i), i, f, ct, interrupted))
                 for i, f in enumerate(findings, start=1)]
     write_text_atomic(out_dir / REPORT_NAME, render_report(sections, ct, title=title, source=source,
                                                           is_phantom=is_phantom, study=study))
@@ -204,12 +210,15 @@ def _write_nodule(root: Path, index: int, finding: Finding, ct: sitk.Image, sour
     return NoduleSection(finding, name, _write_overlays(folder, index, finding, ct) if overlays else {})
 
 
-def _write_overlays(folder: Path, index: int, finding: Finding, ct: sitk.Image) -> dict[str, bytes]:
+def _write_overlays(folder: Path, index: int, finding: Finding, ct: sitk.Image,
+                    interrupted: Callable[[], bool] | None = None) -> dict[str, bytes]:
     """overlays/<output>.png for every output, listed in the nodule's finding.json; returns the PNG bytes."""
     (folder / "overlays").mkdir(exist_ok=True)
     renderer = OverlayRenderer(PlaneStack.build(ct, finding.segmentation, finding.point_lps, finding.diameter_mm))
     overlays, paths = {}, {}
     for output in finding.outputs:
+        if interrupted is not None and interrupted():
+            raise ReportInterrupted(f"writing the report in {folder.parent} was interrupted")
         probability, threshold = output.shown
         caption = (f"Nodule {index} · {output.name}: probability {probability} "
                    f"({output.verdict}, threshold {threshold})")
