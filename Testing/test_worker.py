@@ -444,34 +444,46 @@ def test_a_worker_that_took_the_request_and_died_fails_it_without_a_retry(tmp_pa
     client.close()
 
 
+class PipeFrontEnd:
+    """A front end over a real pipe: request 1 at once, request 2 on `send("2")` (or as soon as result 1 arrives,
+    with second_on_result), hanging up after report 2; `seen` is (type, id) of every message, in order."""
+
+    def __init__(self, tmp_path: Path, ct: Path, second_on_result: bool):
+        read_end, write_end = os.pipe()
+        self.stdin, self.requests = os.fdopen(read_end, "r"), os.fdopen(write_end, "w", buffering=1)
+        self.tmp_path, self.ct, self.second_on_result, self.seen = tmp_path, ct, second_on_result, []
+        self.send("1")
+
+    def send(self, request_id: str) -> None:
+        self.requests.write(json.dumps(analyze_line(self.tmp_path, self.ct, request_id)) + "\n")
+
+    def write(self, text: str) -> None:
+        for line in text.splitlines():
+            message = json.loads(line)
+            self.seen.append((message["type"], message.get("id")))
+            if self.second_on_result and message["type"] == "result" and message["id"] == "1":
+                self.send("2")
+            if message["type"] == "report" and message["id"] == "2":
+                self.requests.close()
+
+    def flush(self) -> None:
+        pass
+
+    def serve(self) -> list:
+        """Run the worker's loop until the front end hangs up; the results and reports, in order."""
+        from LungNoduleExplainLib.worker import MessageWriter
+        from LungNoduleExplainLib.worker_loop import serve
+
+        with self.stdin:
+            serve([], MessageWriter(self), self.stdin, analyzer_factory=FakeAnalyzer, cuda_available=lambda: False)
+        return [s for s in self.seen if s[0] in ("result", "report")]
+
+
 def test_a_request_that_waits_is_answered_before_the_previous_results_report(tmp_path, small_ct):
     """The report (overlays, report.html) is written once no request waits: a click made as soon as the previous
     result is shown does not wait for that result's report, and every report still comes."""
-    from LungNoduleExplainLib.worker import MessageWriter
-    from LungNoduleExplainLib.worker_loop import serve
-
-    read_end, write_end = os.pipe()
-    requests = os.fdopen(write_end, "w", buffering=1)
-    seen = []
-
-    class FrontEnd:  # sends request 2 the moment result 1 arrives, and hangs up after the last report
-        def write(self, text: str) -> None:
-            for line in text.splitlines():
-                message = json.loads(line)
-                seen.append((message["type"], message.get("id")))
-                if message["type"] == "result" and message["id"] == "1":
-                    requests.write(json.dumps(analyze_line(tmp_path, small_ct, "2")) + "\n")
-                if message["type"] == "report" and message["id"] == "2":
-                    requests.close()
-
-        def flush(self) -> None:
-            pass
-
-    requests.write(json.dumps(analyze_line(tmp_path, small_ct, "1")) + "\n")
-    with os.fdopen(read_end, "r") as stdin:
-        serve([], MessageWriter(FrontEnd()), stdin, analyzer_factory=FakeAnalyzer, cuda_available=lambda: False)
-    assert [s for s in seen if s[0] in ("result", "report")] == [("result", "1"), ("result", "2"),
-                                                                 ("report", "1"), ("report", "2")]
+    ends = PipeFrontEnd(tmp_path, small_ct, second_on_result=True).serve()
+    assert ends == [("result", "1"), ("result", "2"), ("report", "1"), ("report", "2")]
     assert all((tmp_path / f"out-{n}" / "report.html").is_file() for n in ("1", "2"))
 
 
@@ -479,39 +491,21 @@ def test_a_request_that_comes_while_a_report_is_written_stops_it_and_the_report_
         tmp_path, small_ct, monkeypatch):
     """The report stops between two overlays when a click comes, and is written whole once the click is answered."""
     from LungNoduleExplainLib.reports import overlays
-    from LungNoduleExplainLib.worker import MessageWriter
-    from LungNoduleExplainLib.worker_loop import serve
 
-    read_end, write_end = os.pipe()
-    requests = os.fdopen(write_end, "w", buffering=1)
-    seen, renders = [], []
+    front_end = PipeFrontEnd(tmp_path, small_ct, second_on_result=False)
+    renders = []
     real_render = overlays.OverlayRenderer.render
 
     def render(self, *args, **kwargs):  # the first overlay of report 1 is when the user clicks again
-        renders.append(len(seen))
+        renders.append(len(front_end.seen))
         if len(renders) == 1:
-            requests.write(json.dumps(analyze_line(tmp_path, small_ct, "2")) + "\n")
+            front_end.send("2")
         return real_render(self, *args, **kwargs)
 
     monkeypatch.setattr(overlays.OverlayRenderer, "render", render)
-
-    class FrontEnd:
-        def write(self, text: str) -> None:
-            for line in text.splitlines():
-                message = json.loads(line)
-                seen.append((message["type"], message.get("id")))
-                if message["type"] == "report" and message["id"] == "2":
-                    requests.close()
-
-        def flush(self) -> None:
-            pass
-
-    requests.write(json.dumps(analyze_line(tmp_path, small_ct, "1")) + "\n")
-    with os.fdopen(read_end, "r") as stdin:
-        serve([], MessageWriter(FrontEnd()), stdin, analyzer_factory=FakeAnalyzer, cuda_available=lambda: False)
-    ends = [s for s in seen if s[0] in ("result", "report")]
+    ends = front_end.serve()
     assert ends == [("result", "1"), ("result", "2"), ("report", "1"), ("report", "2")]
-    assert renders[1] > seen.index(("result", "2")), "report 1 stopped after its first overlay, before result 2"
+    assert renders[1] > front_end.seen.index(("result", "2")), "report 1 stopped after its first overlay"
     for n in ("1", "2"):
         assert (tmp_path / f"out-{n}" / "report.html").is_file()
         assert not list((tmp_path / f"out-{n}").rglob(".*.tmp*"))
