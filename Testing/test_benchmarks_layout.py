@@ -99,3 +99,27 @@ def test_stamp_records_commit_and_input_checksums(tmp_path):
     assert list(stamp["inputs"].values()) == [common.sha256(table), "missing"]
     assert common.runs_path("ens5").parent == common.RUNS_ROOT
     assert common.data_path("/elsewhere/lidc-voi") == Path("/elsewhere/lidc-voi")
+
+
+def test_a_rerun_rewriting_its_own_results_is_not_dirty_but_changed_code_is(monkeypatch):
+    import types
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    status = {"text": ""}
+
+    def run(command, **kwargs):
+        return types.SimpleNamespace(stdout="abc123\n" if "rev-parse" in command else status["text"])
+
+    monkeypatch.setattr(common.subprocess, "run", run)
+    folder = common.BENCHMARKS / "slicer_worker"
+    status["text"] = " M benchmarks/slicer_worker/results_clicks.json\n M benchmarks/slicer_worker/README.md\n"
+    assert common.git_commit(folder) == "abc123"
+    assert common.git_commit() == "abc123-dirty"
+    status["text"] += " M benchmarks/slicer_worker/bench_worker.py\n"
+    assert common.git_commit(folder) == "abc123-dirty"
+    status["text"] = " M LungNoduleExplain/LungNoduleExplainLib/points.py\n"
+    assert common.git_commit(folder) == "abc123-dirty"

@@ -41,15 +41,21 @@ def runs_path(name: str | Path) -> Path:
     return Path(name) if Path(name).is_absolute() else RUNS_ROOT / name
 
 
-def git_commit() -> str:
-    """``git rev-parse HEAD`` of the repository, with ``-dirty`` when the tracked tree has changes."""
+def git_commit(results_folder: Path | None = None) -> str:
+    """``git rev-parse HEAD`` of the repository, with ``-dirty`` when the tracked tree has changes other than the
+    results being written (files in ``results_folder`` that are not code: a rerun rewrites its tracked results
+    before it stamps them)."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                                 capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError) as error:
         return f"unknown ({error})"
-    return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
+    changed = [REPO / line[3:].strip() for line in status.stdout.splitlines() if line.strip()]
+    if results_folder is not None:
+        results_folder = Path(results_folder).resolve()
+        changed = [c for c in changed if not (c.parent.resolve() == results_folder and c.suffix != ".py")]
+    return head.stdout.strip() + ("-dirty" if changed else "")
 
 
 def sha256(path: Path) -> str:
@@ -90,7 +96,8 @@ def write_stamp(result: Path, inputs: Iterable[Path]) -> Path:
     """Writes ``<result>.stamp.json`` beside ``result``: the command, the git commit (``-dirty`` when the tree had
     changes) and the SHA-256 of the inputs' tables. Returns its path."""
     result = Path(result)
-    stamp = {"result": result.name, "command": "python " + " ".join(sys.argv), "git_commit": git_commit(),
+    stamp = {"result": result.name, "command": "python " + " ".join(sys.argv),
+             "git_commit": git_commit(result.parent),
              "inputs": input_checksums(inputs)}
     out = result.with_name(result.stem + ".stamp.json")
     out.write_text(json.dumps(stamp, indent=2) + "\n")
