@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=data_path, default=data_path("lidc-voi"), help="under $LUNGNODULE_DATA")
     parser.add_argument("--model", type=Path, default=None, help="bundle folder (default: the shipped one)")
     parser.add_argument("--out", type=runs_path, default=runs_path("oof"), help="under $LUNGNODULE_RUNS (default oof)")
+    parser.add_argument("--no-recentre", action="store_true",
+                        help="segment once with the crop centred on the point, as before issue 19's re-centring: "
+                             "the maps the v11 classifier was trained and recorded with (default: as analyze does now)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     bundle_path = args.model or default_bundle_path()
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     fold_of_case = json.loads((bundle_path / "segmentation" / "cross_validation.json").read_text())["fold_of_case"]
     todo = [r for r in records if not (maps / f"{r.case_id}.nii.gz").is_file()]
     for fold in sorted({int(fold_of_case[r.case_id]) for r in todo}):
-        segmenter = NoduleSegmenter(bundle_path / "segmentation", folds=(fold,), device="cpu")
+        segmenter = NoduleSegmenter(bundle_path / "segmentation", folds=(fold,), device="cpu",
+                                    recentre=not args.no_recentre)
         cases = [r for r in todo if int(fold_of_case[r.case_id]) == fold]
         for record in tqdm(cases, desc=f"nnU-Net fold {fold}"):
             write_oof(segmenter, [record], maps)
