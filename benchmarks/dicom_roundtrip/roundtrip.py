@@ -25,12 +25,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "Testing"))  # the tests' Orthanc launcher
+sys.path.insert(0, str(ROOT / "benchmarks"))  # common
+from common import DATA_ROOT, write_stamp  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("LUNGNODULE_DATA", ROOT.parent / "shared"
-                                                                          / "data")) / "lidc-ct")
+    parser.add_argument("--data", type=Path, default=DATA_ROOT / "lidc-ct")
     parser.add_argument("--patients", nargs="+", default=["LIDC-IDRI-0001", "LIDC-IDRI-0003"])
     parser.add_argument("--repeats", type=int, default=3, help="clicks per patient")
     parser.add_argument("--device", default="cpu")
@@ -38,13 +39,17 @@ def main() -> int:
     args = parser.parse_args()
 
     from LungNoduleExplainLib.analysis import Analyzer
+    from LungNoduleExplainLib.bundle import default_bundle_path
     from LungNoduleExplainLib.dicom import web
+    from LungNoduleExplainLib.segmentation.predict import NoduleSegmenter
     from orthanc_server import PASSWORD, USER, run_orthanc
 
     nodules = {n["patient_id"]: n for n in json.loads((args.data / "nodules.json").read_text())}
     os.environ[web.USER_VARIABLE], os.environ[web.PASSWORD_VARIABLE] = USER, PASSWORD
     start = time.perf_counter()
-    analyzer = Analyzer(None, device=args.device)
+    # every repeat is the same click: nothing may come from the segmenter's memory of recent crops
+    analyzer = Analyzer(None, device=args.device, segmenter=NoduleSegmenter(
+        default_bundle_path() / "segmentation", device=args.device, recent_crops=0))
     load_s = time.perf_counter() - start
     rows = []
     with tempfile.TemporaryDirectory(prefix="lungnodule-roundtrip-") as scratch:
@@ -61,6 +66,7 @@ def main() -> int:
     result = {"commit": _commit(), "device": args.device, "cpu": platform.processor() or platform.machine(),
               "threads": _threads(), "model_load_s": round(load_s, 2), "clicks": rows}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_stamp(args.out, [args.data / "nodules.json"])
     print(table(result))
     return 0
 
