@@ -138,6 +138,7 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.timer.timeout.connect(self.onPollTimer)  # delivers the worker's messages on the main thread
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.analyzeButton.connect("clicked(bool)", self.onAnalyzeButton)
         self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
@@ -151,6 +152,9 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
         self.ui.noduleSelector.connect("currentIndexChanged(int)", self.onNoduleSelected)
         self.ui.resultsTableView.connect("clicked(QModelIndex)", self.onTableRowClicked)
+        # the arrow keys move the current row too; the view keeps one model (qMRMLTableView), so one connection
+        self.ui.resultsTableView.selectionModel().connect("currentRowChanged(QModelIndex,QModelIndex)",
+                                                          self.onTableCurrentRowChanged)
         self.ui.restartButton.connect("clicked(bool)", slicer.util.restart)
         self.ui.restartButton.hide()
         self.ui.progressBar.hide()
@@ -354,6 +358,14 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if self.logic.removeResultsWithoutPoint(caller):
             self.updateNoduleSelector()
 
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeRemoved(self, caller, event, node) -> None:
+        """A deleted points node takes its nodules' results along, as a deleted point does."""
+        if slicer.mrmlScene.IsClosing() or node is None or not node.IsA("vtkMRMLMarkupsFiducialNode"):
+            return
+        if self.logic.removeResultsWithoutPoint(node):
+            self.updateNoduleSelector()
+
     def onPointClicked(self, caller, event) -> None:
         """Clicking a nodule's point in a view shows that nodule's results."""
         index = caller.GetDisplayNode().GetActiveControlPoint()  # the point under the mouse
@@ -401,6 +413,10 @@ class LungNoduleExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         mapNode = view.mapOfOutput(modelIndex.sibling(modelIndex.row(), 0).data()) if view is not None else None
         if mapNode is not None:
             self.ui.mapSelector.currentIndex = self.ui.mapSelector.findData(mapNode.GetID())
+
+    def onTableCurrentRowChanged(self, current, previous) -> None:
+        if current.isValid():
+            self.onTableRowClicked(current)
 
     def onMapSelected(self, index: int) -> None:
         node = slicer.mrmlScene.GetNodeByID(self.ui.mapSelector.itemData(index)) if index >= 0 else None

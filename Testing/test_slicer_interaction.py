@@ -232,6 +232,10 @@ def test_deleting_a_point_removes_its_results_and_only_its_results(scene, ctNode
     assert [v.name for v in NoduleSelection.noduleViews(scene)] == ["Nodule-1"]  # the other node's first point
     assert NoduleSelection.noduleViews(scene)[0].key.startswith(other.GetID() + "/")
 
+    scene.RemoveNode(other)  # the whole points node deleted: its points' results go with it
+    assert other.GetNumberOfControlPoints() == 1 and logic.removeResultsWithoutPoint(other) != []
+    assert NoduleSelection.noduleViews(scene) == [] and NoduleSelection.resultTables(scene) == {}
+
 
 def test_result_files_stay_while_their_nodule_is_shown_and_go_with_it(scene, ctNode, lidc_crop):  # noqa: F811
     logic = makeLogic(scene)
@@ -323,3 +327,47 @@ def test_the_widget_drops_a_deleted_points_results_from_the_scene_and_the_nodule
     points.RemoveAllControlPoints()
     assert NoduleSelection.noduleViews(scene) == [] and widget.ui.noduleSelector.items == []
     assert widget.ui.exportDicomButton.enabled is False and widget.ui.legendLabel.text == ""
+
+    assert run(logic, ctNode, logic.nodulesFromMarkups(placedPoints(scene, lidc_crop, 5.0))).succeeded
+    widget.updateNoduleSelector()
+    others = [n for n in NoduleSelection.noduleViews(scene)]
+    assert len(others) == 1 and widget.ui.noduleSelector.items
+    removed = scene.GetNodeByID(others[0].key.split("/")[0])
+    scene.RemoveNode(removed)  # the whole points node deleted (Data module): what the scene observer hands on
+    widget.onNodeRemoved(scene, scene.NodeRemovedEvent, removed)
+    assert NoduleSelection.noduleViews(scene) == [] and widget.ui.noduleSelector.items == []
+
+
+class FakeIndex:
+    """The part of a QModelIndex of the results table the widget reads: its row, and column 0's text (the output)."""
+
+    def __init__(self, output: str | None):
+        self.output = output
+
+    def isValid(self) -> bool:
+        return self.output is not None
+
+    def row(self) -> int:
+        return 0
+
+    def sibling(self, row: int, column: int) -> "FakeIndex":
+        return self
+
+    def data(self) -> str | None:
+        return self.output
+
+
+def test_a_table_row_made_current_by_mouse_or_keys_shows_its_outputs_map(moduleFile, scene, ctNode,
+                                                                          lidc_crop):  # noqa: F811
+    logic = makeLogic(scene)
+    points = placedPoints(scene, lidc_crop, 0.0)
+    widget = resultsWidget(moduleFile, logic, ctNode, points)
+    assert run(logic, ctNode, logic.nodulesFromMarkups(points)).succeeded
+    widget.updateNoduleSelector()
+    view = NoduleSelection.noduleView(scene, widget._selectedKey)
+    for output in ("spiculated", "calcified"):
+        widget.onTableCurrentRowChanged(FakeIndex(output), FakeIndex(None))  # an arrow key moved the current row
+        assert widget.ui.mapSelector.itemData(widget.ui.mapSelector.currentIndex) == view.mapOfOutput(output).GetID()
+    shown = widget.ui.mapSelector.currentIndex
+    widget.onTableCurrentRowChanged(FakeIndex(None), FakeIndex("calcified"))  # no current row: nothing changes
+    assert widget.ui.mapSelector.currentIndex == shown

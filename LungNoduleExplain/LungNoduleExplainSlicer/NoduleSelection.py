@@ -70,10 +70,12 @@ def resultTables(scene) -> dict[str, object]:
 
 
 def keysWithoutPoint(scene, markupsNode) -> list[str]:
-    """The keys of the nodules analysed from `markupsNode`'s control points whose point has been deleted since:
-    their results belong to no point any more. Results of other markups nodes are not this node's to judge."""
+    """The keys of the nodules analysed from `markupsNode`'s control points whose point has been deleted since, or
+    all of them once the node itself left the scene: their results belong to no point any more. Results of other
+    markups nodes are not this node's to judge."""
     prefix = f"{markupsNode.GetID()}/"
-    points = {pointKey(markupsNode, index) for index in range(markupsNode.GetNumberOfControlPoints())}
+    points = {pointKey(markupsNode, index) for index in range(markupsNode.GetNumberOfControlPoints())} \
+        if scene.IsNodePresent(markupsNode) else set()
     nodes = (scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes()))
     keys = dict.fromkeys(node.GetAttribute(NODULE_KEY_ATTRIBUTE) for node in nodes)  # in the scene's order
     return [key for key in keys if key and key.startswith(prefix) and key not in points]
