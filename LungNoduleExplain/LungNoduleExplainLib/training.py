@@ -201,7 +201,8 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if resume:
-            remove_leftovers(self.checkpoint_path)  # a checkpoint write that the kill interrupted
+            if distributed.is_main_process():  # the one writer of checkpoints
+                remove_leftovers(self.checkpoint_path)  # a checkpoint write that the kill interrupted
             self.load_checkpoint()
         start_time = time.time() - sum(h.get("seconds", 0.0) for h in self.state["history"])
         first_epoch = self.state["epoch"] + 1
