@@ -13,8 +13,8 @@ SIGSTOP to this process, SIGKILL to each of its children (found through /proc) a
 What makes that safe is the engine: every checkpoint, history.csv and the bundle are written to a temporary file
 and renamed into place, so a kill at any moment leaves the last completed epoch's checkpoint whole, and
 "Resume" (`--resume`) continues from it. The write that was killed can leave its hidden temporary beside the file
-(`.checkpoint.pt.<random>.tmp.pt`, atomic.atomic_path); nothing reads it, and Resume deletes it. Testing/test_extension_files.py kills a
-real CPU training run this way and resumes it.
+(`.checkpoint.pt.<random>.tmp.pt`, atomic.atomic_path); nothing reads it, and Resume deletes it.
+Testing/test_extension_files.py kills a real CPU training run this way and resumes it.
 """
 
 from __future__ import annotations

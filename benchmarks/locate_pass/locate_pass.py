@@ -28,7 +28,11 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common
-from common import data_path, write_stamp  # noqa: E402
+from common import BENCHMARKS, data_path, write_stamp  # noqa: E402
+
+sys.path.insert(0, str(BENCHMARKS / "click_stability"))
+from click_stability import inside  # noqa: E402  (is the point in the reference mask)
+from LungNoduleExplainLib.metrics import dice  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 STEP_MM = 3.0
@@ -42,19 +46,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "locate_pass", help="output path without suffix")
     return parser.parse_args(argv)
-
-
-def dice(a: sitk.Image, b: sitk.Image) -> float:
-    x, y = sitk.GetArrayViewFromImage(a) > 0, sitk.GetArrayViewFromImage(b) > 0
-    total = int(x.sum() + y.sum())
-    return 1.0 if total == 0 else 2.0 * int((x & y).sum()) / total
-
-
-def inside(mask: sitk.Image, point_lps: np.ndarray) -> bool:
-    index = np.round(mask.TransformPhysicalPointToContinuousIndex([float(v) for v in point_lps])).astype(int)
-    if np.any(index < 0) or np.any(index >= np.asarray(mask.GetSize())):
-        return False
-    return bool(sitk.GetArrayViewFromImage(mask)[index[2], index[1], index[0]] > 0)
 
 
 def segment(segmenter, ct: sitk.Image, point_lps: np.ndarray) -> tuple:  # noqa: ANN001

@@ -45,8 +45,8 @@ from .overlays import OverlayRenderer, PlaneStack
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_findings", "add_report", "ReportInterrupted", "finding_files", "OutputExistsError", "check_on_grid", "check_out_dir",
-           "RESEARCH_NOTICE", "PHANTOM_NOTICE"]
+__all__ = ["write_findings", "add_report", "ReportInterrupted", "finding_files", "OutputExistsError", "check_on_grid",
+           "check_out_dir", "RESEARCH_NOTICE", "PHANTOM_NOTICE"]
 
 REPORT_NAME = "report.html"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")

@@ -42,7 +42,9 @@ DEFAULT_THRESHOLD = 0.5
 # The second pass is centred on the nodule only while the click stays this far (mm) inside the moved crop.
 RECENTRE_MARGIN_MM = 4.0
 RECENT_CROPS = 8  # nnU-Net answers kept per segmenter (each about 0.3 MB at the default crop)
-LOCATE_FOLDS: int | None = 1  # folds that find the nodule before the re-centred pass (None: all; benchmarks/locate_pass)
+# Folds that find the nodule before the re-centred pass (None: all); one changed nothing that matters:
+# benchmarks/locate_pass.
+LOCATE_FOLDS: int | None = 1
 # nnU-Net imports the classes plans.json names (pydoc.locate): allow only its architectures and torch.nn layers.
 ARCHITECTURE_PREFIX = "dynamic_network_architectures.architectures."
 LAYER_PREFIX = "torch.nn."
